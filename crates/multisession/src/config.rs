@@ -1,0 +1,547 @@
+//! Cookie options, lifetimes and limits, with secure defaults, checked once at
+//! start-up.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use cookie::{Cookie, Key, SameSite};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use time::{Duration, OffsetDateTime};
+
+use crate::id::ENCODED_ID_LEN;
+use crate::{Error, Result, SessionId};
+
+/// How one session cookie is set and how long its session lives.
+///
+/// Defaults are the secure ones a Flask-Session user knows: cookie `session`,
+/// path `/`, `HttpOnly`, `Secure`, `SameSite=Lax`, no `Max-Age` (a browser
+/// session cookie unless the session is permanent), 1 day idle lifetime,
+/// 31 days for permanent sessions, no absolute lifetime, unsigned ids (the id
+/// is already 256 random bits; signing adds key rotation and rejects forged
+/// cookies before any store read).
+///
+/// ```
+/// use multisession::{SessionConfig, SameSite};
+/// use time::Duration;
+///
+/// let config = SessionConfig::default()
+///     .with_cookie_name("sid")
+///     .with_secure(false)                       // plain http on localhost only
+///     .with_same_site(SameSite::Strict)
+///     .with_lifetime(Duration::hours(2))
+///     .with_absolute_lifetime(Duration::days(7));
+/// assert_eq!(config.cookie_name(), "sid");
+/// ```
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    pub(crate) cookie_name: String,
+    pub(crate) domain: Option<String>,
+    pub(crate) path: String,
+    pub(crate) http_only: bool,
+    pub(crate) secure: bool,
+    pub(crate) same_site: SameSite,
+    pub(crate) max_age: Option<Duration>,
+    pub(crate) lifetime: Duration,
+    pub(crate) permanent_lifetime: Duration,
+    pub(crate) absolute_lifetime: Option<Duration>,
+    pub(crate) touch_interval: Duration,
+    pub(crate) signing_keys: Option<KeyRing>,
+    pub(crate) session_limit: Option<SessionLimit>,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            cookie_name: "session".to_owned(),
+            domain: None,
+            path: "/".to_owned(),
+            http_only: true,
+            secure: true,
+            same_site: SameSite::Lax,
+            max_age: None,
+            lifetime: Duration::DAY,
+            permanent_lifetime: Duration::days(31),
+            absolute_lifetime: None,
+            touch_interval: Duration::MINUTE,
+            signing_keys: None,
+            session_limit: None,
+        }
+    }
+}
+
+/// What a login does when the user already has `max_sessions_per_user`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnLimit {
+    /// Log out the user's least recently active sessions to make room.
+    EvictLeastRecent,
+    /// Refuse the login with [`ErrorKind::TooManySessions`](crate::ErrorKind::TooManySessions).
+    RefuseLogin,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SessionLimit {
+    pub(crate) max: usize,
+    pub(crate) on_limit: OnLimit,
+}
+
+impl SessionConfig {
+    /// The cookie's name (default `session`).
+    ///
+    /// ```
+    /// let c = multisession::SessionConfig::default().with_cookie_name("__Host-sid");
+    /// assert_eq!(c.cookie_name(), "__Host-sid");
+    /// ```
+    pub fn with_cookie_name(mut self, name: impl Into<String>) -> Self {
+        self.cookie_name = name.into();
+        self
+    }
+
+    /// The cookie's `Domain` (default: none, the exact host only).
+    ///
+    /// ```
+    /// let c = multisession::SessionConfig::default().with_domain("example.com");
+    /// # let _ = c;
+    /// ```
+    pub fn with_domain(mut self, domain: impl Into<String>) -> Self {
+        self.domain = Some(domain.into());
+        self
+    }
+
+    /// The cookie's `Path` (default `/`).
+    ///
+    /// ```
+    /// let c = multisession::SessionConfig::default().with_path("/app");
+    /// # let _ = c;
+    /// ```
+    pub fn with_path(mut self, path: impl Into<String>) -> Self {
+        self.path = path.into();
+        self
+    }
+
+    /// `HttpOnly` (default true).
+    ///
+    /// **Warning:** turning it off lets any script on the page, including an
+    /// injected one, read the session cookie.
+    ///
+    /// ```
+    /// let c = multisession::SessionConfig::default().with_http_only(true);
+    /// # let _ = c;
+    /// ```
+    pub fn with_http_only(mut self, http_only: bool) -> Self {
+        self.http_only = http_only;
+        self
+    }
+
+    /// `Secure` (default true).
+    ///
+    /// **Warning:** turn it off only for plain-http development on localhost;
+    /// otherwise the cookie travels in clear text.
+    ///
+    /// ```
+    /// let c = multisession::SessionConfig::default().with_secure(false);
+    /// # let _ = c;
+    /// ```
+    pub fn with_secure(mut self, secure: bool) -> Self {
+        self.secure = secure;
+        self
+    }
+
+    /// `SameSite` (default `Lax`). `None` requires `Secure`.
+    ///
+    /// ```
+    /// let c = multisession::SessionConfig::default().with_same_site(multisession::SameSite::Strict);
+    /// # let _ = c;
+    /// ```
+    pub fn with_same_site(mut self, same_site: SameSite) -> Self {
+        self.same_site = same_site;
+        self
+    }
+
+    /// A fixed `Max-Age` for the cookie. Without it, a permanent session's
+    /// cookie lasts until the session expires and any other is a browser
+    /// session cookie.
+    ///
+    /// ```
+    /// let c = multisession::SessionConfig::default().with_max_age(time::Duration::hours(1));
+    /// # let _ = c;
+    /// ```
+    pub fn with_max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = Some(max_age);
+        self
+    }
+
+    /// Idle lifetime of a session (default 1 day): it expires this long after
+    /// its last use.
+    ///
+    /// ```
+    /// let c = multisession::SessionConfig::default().with_lifetime(time::Duration::hours(8));
+    /// # let _ = c;
+    /// ```
+    pub fn with_lifetime(mut self, lifetime: Duration) -> Self {
+        self.lifetime = lifetime;
+        self
+    }
+
+    /// Idle lifetime of a permanent session (default 31 days).
+    ///
+    /// ```
+    /// let c = multisession::SessionConfig::default().with_permanent_lifetime(time::Duration::days(90));
+    /// # let _ = c;
+    /// ```
+    pub fn with_permanent_lifetime(mut self, lifetime: Duration) -> Self {
+        self.permanent_lifetime = lifetime;
+        self
+    }
+
+    /// A hard limit counted from creation (for a login, from the login) that
+    /// no activity extends (default: none).
+    ///
+    /// ```
+    /// let c = multisession::SessionConfig::default().with_absolute_lifetime(time::Duration::days(30));
+    /// # let _ = c;
+    /// ```
+    pub fn with_absolute_lifetime(mut self, lifetime: Duration) -> Self {
+        self.absolute_lifetime = Some(lifetime);
+        self
+    }
+
+    /// How far the idle expiry must move before a read-only request writes it
+    /// back (default 1 minute). Larger means fewer store writes and a less
+    /// exact "last active".
+    ///
+    /// ```
+    /// let c = multisession::SessionConfig::default().with_touch_interval(time::Duration::minutes(5));
+    /// # let _ = c;
+    /// ```
+    pub fn with_touch_interval(mut self, interval: Duration) -> Self {
+        self.touch_interval = interval;
+        self
+    }
+
+    /// Signs the id cookie with HMAC-SHA256 under the first key of `keys`;
+    /// every key verifies, and a cookie verified by an older key is re-issued
+    /// under the first. The cookie's name is part of what is signed.
+    ///
+    /// ```
+    /// use multisession::{Key, KeyRing, SessionConfig};
+    /// let keys = KeyRing::new(vec![Key::generate()])?;
+    /// let c = SessionConfig::default().with_signed_id(keys);
+    /// # let _ = c;
+    /// # Ok::<(), multisession::Error>(())
+    /// ```
+    pub fn with_signed_id(mut self, keys: KeyRing) -> Self {
+        self.signing_keys = Some(keys);
+        self
+    }
+
+    /// Caps how many sessions one user may have; `on_limit` says what a login
+    /// beyond the cap does.
+    ///
+    /// ```
+    /// use multisession::{OnLimit, SessionConfig};
+    /// let c = SessionConfig::default().with_max_sessions_per_user(5, OnLimit::EvictLeastRecent);
+    /// # let _ = c;
+    /// ```
+    pub fn with_max_sessions_per_user(mut self, max: usize, on_limit: OnLimit) -> Self {
+        self.session_limit = Some(SessionLimit { max, on_limit });
+        self
+    }
+
+    /// The cookie's name.
+    ///
+    /// ```
+    /// assert_eq!(multisession::SessionConfig::default().cookie_name(), "session");
+    /// ```
+    pub fn cookie_name(&self) -> &str {
+        &self.cookie_name
+    }
+
+    /// Checks the configuration once, at start-up.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let is_token = |s: &str| {
+            !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+        };
+        if !is_token(&self.cookie_name) {
+            return Err(Error::config(format!(
+                "cookie_name: {:?} is not a valid cookie name (use letters, digits, '-', '_' or '.')",
+                self.cookie_name
+            )));
+        }
+        let is_attr = |s: &str| s.bytes().all(|b| b.is_ascii_graphic() && b != b';');
+        if let Some(domain) = &self.domain {
+            if domain.is_empty() || !is_attr(domain) {
+                return Err(Error::config(format!("domain: {domain:?} is not a valid cookie domain")));
+            }
+        }
+        if !self.path.starts_with('/') || !is_attr(&self.path) {
+            return Err(Error::config(format!("path: {:?} must start with '/' and hold no ';' or spaces", self.path)));
+        }
+        if self.same_site == SameSite::None && !self.secure {
+            return Err(Error::config("same_site: SameSite=None requires secure = true (browsers drop it otherwise)"));
+        }
+        for (field, value) in [("lifetime", self.lifetime), ("permanent_lifetime", self.permanent_lifetime)] {
+            if !value.is_positive() {
+                return Err(Error::config(format!("{field}: must be positive, got {value}")));
+            }
+        }
+        if let Some(absolute) = self.absolute_lifetime {
+            if !absolute.is_positive() {
+                return Err(Error::config(format!("absolute_lifetime: must be positive, got {absolute}")));
+            }
+        }
+        if let Some(max_age) = self.max_age {
+            if max_age.is_negative() {
+                return Err(Error::config(format!("max_age: must not be negative, got {max_age}")));
+            }
+        }
+        if self.touch_interval.is_negative() || self.touch_interval >= self.lifetime {
+            return Err(Error::config(format!(
+                "touch_interval: must be at least zero and shorter than lifetime ({}), got {}",
+                self.lifetime, self.touch_interval
+            )));
+        }
+        if self.session_limit.is_some_and(|l| l.max == 0) {
+            return Err(Error::config("max_sessions_per_user: must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// When a session used at `now` expires.
+    pub(crate) fn expiry(
+        &self,
+        now: OffsetDateTime,
+        permanent: bool,
+        absolute: Option<OffsetDateTime>,
+    ) -> OffsetDateTime {
+        let idle = now + if permanent { self.permanent_lifetime } else { self.lifetime };
+        absolute.map_or(idle, |a| a.min(idle))
+    }
+
+    /// The `Set-Cookie` value carrying `id`.
+    pub(crate) fn id_cookie(&self, id: &SessionId, permanent: bool, expires_at: OffsetDateTime) -> String {
+        let mut value = id.encode();
+        if let Some(keys) = &self.signing_keys {
+            let signature = keys.sign(&self.cookie_name, &value, 0);
+            value.push('.');
+            value.push_str(&signature);
+        }
+        let max_age = self.max_age.or_else(|| permanent.then(|| expires_at - OffsetDateTime::now_utc()));
+        self.cookie(value, max_age.map(|d| d.max(Duration::ZERO)))
+    }
+
+    /// The `Set-Cookie` value that makes the browser drop the cookie.
+    pub(crate) fn removal_cookie(&self) -> String {
+        self.cookie(String::new(), Some(Duration::ZERO))
+    }
+
+    fn cookie(&self, value: String, max_age: Option<Duration>) -> String {
+        let mut cookie = Cookie::build((self.cookie_name.clone(), value))
+            .path(self.path.clone())
+            .http_only(self.http_only)
+            .secure(self.secure)
+            .same_site(self.same_site);
+        if let Some(domain) = &self.domain {
+            cookie = cookie.domain(domain.clone());
+        }
+        if let Some(max_age) = max_age {
+            cookie = cookie.max_age(max_age);
+            if max_age.is_zero() {
+                cookie = cookie.expires(OffsetDateTime::UNIX_EPOCH);
+            }
+        }
+        cookie.build().encoded().to_string()
+    }
+
+    /// Finds this config's cookie in `Cookie` header values and returns the
+    /// id it carries, if it decodes and verifies, with whether an older key
+    /// signed it. The second value says whether the cookie was present at all.
+    pub(crate) fn read_id<'a>(&self, headers: impl IntoIterator<Item = &'a str>) -> (Option<IncomingId>, bool) {
+        let mut present = false;
+        for header in headers {
+            for cookie in Cookie::split_parse_encoded(header).flatten() {
+                if cookie.name() != self.cookie_name {
+                    continue;
+                }
+                present = true;
+                if let Some(incoming) = self.verify(cookie.value()) {
+                    return (Some(incoming), true);
+                }
+            }
+        }
+        (None, present)
+    }
+
+    fn verify(&self, value: &str) -> Option<IncomingId> {
+        match &self.signing_keys {
+            None => SessionId::decode(value).map(|id| IncomingId { id, stale_key: false }),
+            Some(keys) => {
+                let (id_text, signature) = value.split_at_checked(ENCODED_ID_LEN)?;
+                let signature = signature.strip_prefix('.')?;
+                let index = keys.verify(&self.cookie_name, id_text, signature)?;
+                SessionId::decode(id_text).map(|id| IncomingId { id, stale_key: index > 0 })
+            }
+        }
+    }
+}
+
+/// A session id read from a request's cookie.
+pub(crate) struct IncomingId {
+    pub(crate) id: SessionId,
+    /// Verified by a key other than the current one: re-issue the cookie.
+    pub(crate) stale_key: bool,
+}
+
+/// Keys for signing: the first signs, every one verifies, so a key can be
+/// rotated in without logging anyone out. Re-exported [`Key`] is the
+/// `cookie` crate's 64-byte key.
+///
+/// ```
+/// use multisession::{Key, KeyRing};
+/// let ring = KeyRing::new(vec![Key::generate(), Key::generate()])?;
+/// assert_eq!(ring.len(), 2);
+/// assert!(KeyRing::new(vec![]).is_err());
+/// # Ok::<(), multisession::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct KeyRing(Vec<Key>);
+
+impl KeyRing {
+    /// A ring of `keys`, the first being the current one.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) if `keys` is empty.
+    ///
+    /// ```
+    /// let ring = multisession::KeyRing::new(vec![multisession::Key::generate()])?;
+    /// # let _ = ring;
+    /// # Ok::<(), multisession::Error>(())
+    /// ```
+    pub fn new(keys: Vec<Key>) -> Result<Self> {
+        if keys.is_empty() {
+            return Err(Error::config("keys: a key ring needs at least one key"));
+        }
+        Ok(Self(keys))
+    }
+
+    /// How many keys the ring holds.
+    ///
+    /// ```
+    /// let ring = multisession::KeyRing::new(vec![multisession::Key::generate()])?;
+    /// assert_eq!(ring.len(), 1);
+    /// # Ok::<(), multisession::Error>(())
+    /// ```
+    #[allow(clippy::len_without_is_empty)] // a ring is never empty
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn mac(&self, index: usize, cookie_name: &str, value: &str) -> Option<Hmac<Sha256>> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.0.get(index)?.signing()).ok()?;
+        // The cookie's name is signed with the value, so a signature for one
+        // cookie never verifies another.
+        mac.update(b"multisession.id.v1\0");
+        mac.update(cookie_name.as_bytes());
+        mac.update(b"\0");
+        mac.update(value.as_bytes());
+        Some(mac)
+    }
+
+    fn sign(&self, cookie_name: &str, value: &str, index: usize) -> String {
+        self.mac(index, cookie_name, value)
+            .map(|mac| URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+            .unwrap_or_default()
+    }
+
+    /// The index of the key whose signature matches, compared in constant time.
+    fn verify(&self, cookie_name: &str, value: &str, signature: &str) -> Option<usize> {
+        let signature = URL_SAFE_NO_PAD.decode(signature).ok()?;
+        (0..self.0.len()).find(|&i| self.mac(i, cookie_name, value).is_some_and(|mac| mac.verify_slice(&signature).is_ok()))
+    }
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyRing({} keys)", self.0.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signed(keys: Vec<Key>) -> SessionConfig {
+        SessionConfig::default().with_signed_id(KeyRing::new(keys).expect("keys"))
+    }
+
+    fn value_of(set_cookie: &str) -> String {
+        Cookie::parse_encoded(set_cookie.to_owned()).expect("cookie").value().to_owned()
+    }
+
+    #[test]
+    fn a_signed_cookie_verifies_and_a_tampered_one_does_not() {
+        let config = signed(vec![Key::generate()]);
+        let id = SessionId::generate().expect("rng");
+        let value = value_of(&config.id_cookie(&id, false, OffsetDateTime::now_utc()));
+        let header = format!("session={value}");
+        assert!(config.read_id([header.as_str()]).0.is_some_and(|i| i.id == id && !i.stale_key));
+        let mut tampered = value.into_bytes();
+        tampered[3] ^= 1;
+        let header = format!("session={}", String::from_utf8_lossy(&tampered));
+        let (incoming, present) = config.read_id([header.as_str()]);
+        assert!(incoming.is_none() && present);
+    }
+
+    #[test]
+    fn an_older_key_verifies_and_asks_for_reissue() {
+        let (old, new) = (Key::generate(), Key::generate());
+        let id = SessionId::generate().expect("rng");
+        let value = value_of(&signed(vec![old.clone()]).id_cookie(&id, false, OffsetDateTime::now_utc()));
+        let header = format!("session={value}");
+        let rotated = signed(vec![new, old]);
+        assert!(rotated.read_id([header.as_str()]).0.is_some_and(|i| i.stale_key));
+        let unknown = signed(vec![Key::generate()]);
+        assert!(unknown.read_id([header.as_str()]).0.is_none());
+    }
+
+    #[test]
+    fn a_signature_for_one_cookie_name_does_not_verify_another() {
+        let key = Key::generate();
+        let id = SessionId::generate().expect("rng");
+        let a = signed(vec![key.clone()]).with_cookie_name("a");
+        let value = value_of(&a.id_cookie(&id, false, OffsetDateTime::now_utc()));
+        let b = signed(vec![key]).with_cookie_name("b");
+        let header = format!("b={value}");
+        assert!(b.read_id([header.as_str()]).0.is_none());
+    }
+
+    #[test]
+    fn invalid_fields_are_named() {
+        let cases = [
+            (SessionConfig::default().with_cookie_name(""), "cookie_name"),
+            (SessionConfig::default().with_cookie_name("a b"), "cookie_name"),
+            (SessionConfig::default().with_path("app"), "path"),
+            (SessionConfig::default().with_domain("a;b"), "domain"),
+            (SessionConfig::default().with_lifetime(Duration::ZERO), "lifetime"),
+            (SessionConfig::default().with_secure(false).with_same_site(SameSite::None), "same_site"),
+            (SessionConfig::default().with_touch_interval(Duration::DAY), "touch_interval"),
+            (SessionConfig::default().with_max_sessions_per_user(0, OnLimit::RefuseLogin), "max_sessions_per_user"),
+        ];
+        for (config, field) in cases {
+            let err = config.validate().expect_err(field);
+            assert!(err.to_string().contains(field), "{err} does not name {field}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_secure() {
+        let config = SessionConfig::default();
+        config.validate().expect("defaults are valid");
+        let id = SessionId::generate().expect("rng");
+        let set_cookie = config.id_cookie(&id, false, OffsetDateTime::now_utc());
+        for attribute in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/"] {
+            assert!(set_cookie.contains(attribute), "{set_cookie} lacks {attribute}");
+        }
+        assert!(!set_cookie.contains("Max-Age"), "a non-permanent session gets a browser-session cookie");
+    }
+}

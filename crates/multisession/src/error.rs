@@ -1,0 +1,188 @@
+//! One error type for stores, the engine and configuration.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+/// Shorthand for results whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+type Source = Box<dyn StdError + Send + Sync + 'static>;
+
+/// What went wrong, in the terms a caller can act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The store cannot be reached or did not answer in time. Requests get
+    /// `503 Service Unavailable`; retrying later may succeed.
+    Unavailable,
+    /// Stored data could not be decoded. The engine treats such a session as
+    /// no session.
+    Corrupt,
+    /// The store cannot do this (for example, a store without a user index
+    /// asked to list a user's sessions).
+    Unsupported,
+    /// A write collided with another one: `create` on a key that exists, or a
+    /// concurrent update that could not be retried.
+    Conflict,
+    /// The session was deleted or expired meanwhile: `apply` and `touch` never
+    /// recreate it. The engine ends this device's session.
+    Gone,
+    /// The configuration is invalid; the message names the field.
+    Config,
+    /// A login was refused because the user is at `max_sessions_per_user`.
+    TooManySessions,
+    /// The session API was used in a way it does not allow; the message says
+    /// what to do instead.
+    Usage,
+}
+
+/// The error of every fallible operation in this crate: a kind, a message
+/// that never contains a session id or session data, and the source.
+///
+/// ```
+/// use multisession::{Error, ErrorKind};
+///
+/// let err = Error::gone();
+/// assert_eq!(err.kind(), ErrorKind::Gone);
+/// assert!(err.to_string().contains("no longer exists"));
+/// ```
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    source: Option<Source>,
+}
+
+impl Error {
+    /// An error of `kind` with a message.
+    ///
+    /// ```
+    /// let err = multisession::Error::new(multisession::ErrorKind::Conflict, "key exists");
+    /// assert_eq!(err.to_string(), "conflict: key exists");
+    /// ```
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into(), source: None }
+    }
+
+    /// Attaches the underlying cause, kept for [`std::error::Error::source`].
+    ///
+    /// ```
+    /// use std::error::Error as _;
+    /// let io = std::io::Error::other("connection refused");
+    /// let err = multisession::Error::unavailable("redis is down", io);
+    /// assert!(err.source().is_some());
+    /// ```
+    pub fn with_source(mut self, source: impl Into<Source>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// The store could not be reached; see [`ErrorKind::Unavailable`].
+    ///
+    /// ```
+    /// let err = multisession::Error::unavailable("timed out", std::io::Error::other("t"));
+    /// assert!(err.is_unavailable());
+    /// ```
+    pub fn unavailable(message: impl Into<String>, source: impl Into<Source>) -> Self {
+        Self::new(ErrorKind::Unavailable, message).with_source(source)
+    }
+
+    /// Stored data did not decode; see [`ErrorKind::Corrupt`].
+    ///
+    /// ```
+    /// let err = multisession::Error::corrupt("not JSON");
+    /// assert_eq!(err.kind(), multisession::ErrorKind::Corrupt);
+    /// ```
+    pub fn corrupt(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Corrupt, message)
+    }
+
+    /// The session was deleted or expired meanwhile; see [`ErrorKind::Gone`].
+    ///
+    /// ```
+    /// assert_eq!(multisession::Error::gone().kind(), multisession::ErrorKind::Gone);
+    /// ```
+    pub fn gone() -> Self {
+        Self::new(ErrorKind::Gone, "the session no longer exists")
+    }
+
+    /// The store cannot do this; see [`ErrorKind::Unsupported`].
+    ///
+    /// ```
+    /// let err = multisession::Error::unsupported("cookie stores keep no user index");
+    /// assert_eq!(err.kind(), multisession::ErrorKind::Unsupported);
+    /// ```
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unsupported, message)
+    }
+
+    /// Invalid configuration; the message must name the field.
+    ///
+    /// ```
+    /// let err = multisession::Error::config("cookie_name: must not be empty");
+    /// assert!(err.to_string().contains("cookie_name"));
+    /// ```
+    pub fn config(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Config, message)
+    }
+
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Usage, message)
+    }
+
+    /// What kind of error this is.
+    ///
+    /// ```
+    /// assert_eq!(multisession::Error::gone().kind(), multisession::ErrorKind::Gone);
+    /// ```
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Whether the store was unreachable (the request gets 503).
+    ///
+    /// ```
+    /// assert!(!multisession::Error::gone().is_unavailable());
+    /// ```
+    pub fn is_unavailable(&self) -> bool {
+        self.kind == ErrorKind::Unavailable
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            ErrorKind::Unavailable => "session store unavailable",
+            ErrorKind::Corrupt => "corrupt session data",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Gone => "session gone",
+            ErrorKind::Config => "invalid session configuration",
+            ErrorKind::TooManySessions => "too many sessions",
+            ErrorKind::Usage => "session API misuse",
+        };
+        write!(f, "{kind}: {}", self.message)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind).field("message", &self.message);
+        if let Some(source) = &self.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source.as_deref().map(|s| s as &(dyn StdError + 'static))
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Self::corrupt("session data is not valid JSON").with_source(e)
+    }
+}

@@ -1,0 +1,32 @@
+#![doc = include_str!("docs/guide.md")]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod config;
+mod engine;
+mod error;
+mod id;
+mod record;
+mod session;
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod users;
+pub mod web;
+
+pub use config::{KeyRing, OnLimit, SessionConfig};
+pub use engine::Commit;
+pub use error::{Error, ErrorKind, Result};
+pub use id::{SessionId, StoreKey};
+pub use record::{Change, Device, Meta, RECORD_FORMAT_VERSION, Record};
+pub use session::{Session, USER_ID_KEY};
+pub use users::{DeviceSession, SessionHandle, Sessions};
+#[cfg(feature = "axum")]
+pub use web::axum::SessionLayer;
+
+/// The `cookie` crate's 64-byte key, for [`KeyRing`].
+pub use cookie::Key;
+/// The `SameSite` cookie attribute, for [`SessionConfig::with_same_site`].
+pub use cookie::SameSite;
+/// Durations for lifetimes, from the `time` crate.
+pub use time::Duration;

@@ -1,0 +1,441 @@
+//! [`Session`]: the handle a request handler uses.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::engine::{Commit, Cycle, Engine, State};
+use crate::users::{DeviceSession, SessionHandle};
+use crate::{Device, Error, Result};
+
+/// The key under which the logged-in user reads back through [`Session::get`].
+/// It is set by [`Session::login`] only.
+pub const USER_ID_KEY: &str = "user_id";
+
+/// One request's session. Cheap to clone; every clone is the same session.
+///
+/// Nothing is read from the store until a method first needs the session, and
+/// nothing is written unless something changed. Every method is async because
+/// the first one loads.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+/// use multisession::{Device, SessionConfig, Sessions, store::MemoryStore};
+///
+/// let sessions = Sessions::new(MemoryStore::new(), SessionConfig::default())?;
+/// let session = sessions.session([], Device::default());   // a request without a cookie
+/// session.insert("theme", "dark").await?;
+/// assert_eq!(session.get::<String>("theme").await?.as_deref(), Some("dark"));
+/// let commit = session.commit().await?;
+/// assert!(commit.set_cookie.is_some());                     // a new session holds data
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Session {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    engine: Arc<Engine>,
+    device: Device,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(engine: Arc<Engine>, state: State, device: Device) -> Self {
+        Self { shared: Arc::new(Shared { engine, device, state: Mutex::new(state) }) }
+    }
+
+    /// Locks the state and loads the session if this is its first use.
+    async fn loaded(&self) -> Result<tokio::sync::MutexGuard<'_, State>> {
+        let mut state = self.shared.state.lock().await;
+        state.load(&self.shared.engine).await?;
+        Ok(state)
+    }
+
+    fn engine(&self) -> &Engine {
+        &self.shared.engine
+    }
+
+    /// The value under `key`, deserialized as `T`; `None` if absent.
+    /// `user_id` reads the logged-in user.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the store cannot be read; `Usage` if the value is not
+    /// a `T`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// # let session = sessions.session([], Default::default());
+    /// session.insert("visits", 3).await?;
+    /// assert_eq!(session.get::<u32>("visits").await?, Some(3));
+    /// assert_eq!(session.get::<u32>("missing").await?, None);
+    /// # Ok(()) }
+    /// ```
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        let state = self.loaded().await?;
+        let value = if key == USER_ID_KEY {
+            state.user.clone().map(Value::String)
+        } else {
+            state.data.get(key).cloned()
+        };
+        drop(state);
+        value
+            .map(|v| {
+                serde_json::from_value(v).map_err(|e| {
+                    Error::usage(format!("the session value under {key:?} is not of the requested type")).with_source(e)
+                })
+            })
+            .transpose()
+    }
+
+    /// Sets `key` to `value`, written at the end of the request.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the store cannot be read; `Usage` for `user_id` (use
+    /// [`Session::login`]) or a value that does not serialize to JSON.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// # let session = sessions.session([], Default::default());
+    /// session.insert("cart", vec![1, 2, 3]).await?;
+    /// assert!(session.insert("user_id", "23").await.is_err());   // logins go through login()
+    /// # Ok(()) }
+    /// ```
+    pub async fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<()> {
+        if key == USER_ID_KEY {
+            return Err(Error::usage("user_id is set by Session::login (which also changes the session id), not insert"));
+        }
+        let value = serde_json::to_value(value).map_err(|e| {
+            Error::usage(format!("the value for {key:?} does not serialize to JSON")).with_source(e)
+        })?;
+        self.loaded().await?.set(key, value);
+        Ok(())
+    }
+
+    /// Removes `key`, returning its value.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the store cannot be read; `Usage` for `user_id` (use
+    /// [`Session::logout`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// # let session = sessions.session([], Default::default());
+    /// session.insert("flash", "saved").await?;
+    /// assert_eq!(session.remove("flash").await?, Some(serde_json::json!("saved")));
+    /// # Ok(()) }
+    /// ```
+    pub async fn remove(&self, key: &str) -> Result<Option<Value>> {
+        if key == USER_ID_KEY {
+            return Err(Error::usage("user_id is removed by Session::logout, not remove"));
+        }
+        Ok(self.loaded().await?.remove(key))
+    }
+
+    /// Removes every key; the login, if any, stays.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the store cannot be read.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// # let session = sessions.session([], Default::default());
+    /// session.insert("a", 1).await?;
+    /// session.clear().await?;
+    /// assert_eq!(session.get::<i32>("a").await?, None);
+    /// # Ok(()) }
+    /// ```
+    pub async fn clear(&self) -> Result<()> {
+        self.loaded().await?.clear();
+        Ok(())
+    }
+
+    /// The logged-in user, if any.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the store cannot be read.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// # let session = sessions.session([], Default::default());
+    /// assert_eq!(session.user().await?, None);
+    /// session.login("23").await?;
+    /// assert_eq!(session.user().await?.as_deref(), Some("23"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn user(&self) -> Result<Option<String>> {
+        Ok(self.loaded().await?.user.clone())
+    }
+
+    /// Logs `user` in on this device: at the end of the request the session
+    /// gets a new id (the old one stops working), keeps its data, and records
+    /// the user and the device (User-Agent, client address).
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the store cannot be read; `TooManySessions` if a
+    /// session limit with [`OnLimit::RefuseLogin`](crate::OnLimit::RefuseLogin)
+    /// is reached; `Usage` for an empty user id.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// # let session = sessions.session([], Default::default());
+    /// session.login("23").await?;
+    /// assert_eq!(session.get::<String>("user_id").await?.as_deref(), Some("23"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn login(&self, user: &str) -> Result<()> {
+        if user.is_empty() {
+            return Err(Error::usage("login needs a non-empty user id"));
+        }
+        let mut state = self.loaded().await?;
+        state.login(self.engine(), user).await
+    }
+
+    /// Logs this device out: deletes its session and expires its cookie.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the store cannot be read.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// # let session = sessions.session([], Default::default());
+    /// session.login("23").await?;
+    /// session.logout().await?;
+    /// assert_eq!(session.user().await?, None);
+    /// # Ok(()) }
+    /// ```
+    pub async fn logout(&self) -> Result<()> {
+        self.loaded().await?.end(false);
+        Ok(())
+    }
+
+    /// Logs the user out everywhere but here; how many sessions ended.
+    /// Without a login, does nothing.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the store cannot be reached.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// # let session = sessions.session([], Default::default());
+    /// assert_eq!(session.logout_other_devices().await?, 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn logout_other_devices(&self) -> Result<u64> {
+        let state = self.loaded().await?;
+        let Some(user) = state.user.clone() else { return Ok(0) };
+        let keep = state.surviving_key();
+        self.engine().store.delete_user_sessions(&user, keep.as_ref()).await
+    }
+
+    /// Logs the user out on every device, this one included; how many
+    /// sessions ended. Without a login, does nothing.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the store cannot be reached.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// # let session = sessions.session([], Default::default());
+    /// assert_eq!(session.logout_all_devices().await?, 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn logout_all_devices(&self) -> Result<u64> {
+        let mut state = self.loaded().await?;
+        let Some(user) = state.user.clone() else { return Ok(0) };
+        let deleted = self.engine().store.delete_user_sessions(&user, None).await?;
+        let stored_as_user = state.current.as_ref().is_some_and(|c| c.meta.user_id.as_deref() == Some(&user));
+        state.end(stored_as_user);
+        Ok(deleted)
+    }
+
+    /// Logs out every session of `user` except this request's own, as
+    /// Flask-Multi-Session's `session.clear_user_sessions(user_id=…)` does;
+    /// how many ended. For code without a request, see
+    /// [`Sessions::clear_user_sessions`](crate::Sessions::clear_user_sessions).
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the store cannot be reached.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// # let session = sessions.session([], Default::default());
+    /// assert_eq!(session.clear_user_sessions("23").await?, 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn clear_user_sessions(&self, user: &str) -> Result<u64> {
+        let keep = self.loaded().await?.surviving_key();
+        self.engine().store.delete_user_sessions(user, keep.as_ref()).await
+    }
+
+    /// The logged-in user's sessions on every device, the current one marked;
+    /// empty without a login.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the store cannot be reached.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// # let session = sessions.session([], Default::default());
+    /// assert!(session.devices().await?.is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub async fn devices(&self) -> Result<Vec<DeviceSession>> {
+        let state = self.loaded().await?;
+        let Some(user) = state.user.clone() else { return Ok(Vec::new()) };
+        let current = state.current.as_ref().map(|c| c.key);
+        drop(state);
+        let mut devices: Vec<DeviceSession> = self
+            .engine()
+            .store
+            .user_sessions(&user)
+            .await?
+            .into_iter()
+            .map(|info| {
+                let is_current = Some(info.key) == current;
+                DeviceSession::new(info, is_current)
+            })
+            .collect();
+        devices.sort_by(|a, b| b.last_active_at.cmp(&a.last_active_at));
+        Ok(devices)
+    }
+
+    /// Logs out one of the logged-in user's own devices, named by the handle
+    /// from [`Session::devices`]; revoking the current device is a logout.
+    /// A handle of another user's session is refused (`false`).
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the store cannot be reached.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// # let session = sessions.session([], Default::default());
+    /// let handle: multisession::SessionHandle = "0123456789abcdef.MjM".parse()?;
+    /// assert!(!session.revoke(&handle).await?);   // not logged in as "23"
+    /// # Ok(()) }
+    /// ```
+    pub async fn revoke(&self, handle: &SessionHandle) -> Result<bool> {
+        let mut state = self.loaded().await?;
+        if state.user.as_deref() != Some(handle.user()) {
+            return Ok(false);
+        }
+        if state.current.as_ref().is_some_and(|c| handle.matches(&c.key)) {
+            state.end(false);
+            return Ok(true);
+        }
+        drop(state);
+        crate::users::revoke(&*self.engine().store, handle).await
+    }
+
+    /// Whether the session is permanent.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the store cannot be read.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// # let session = sessions.session([], Default::default());
+    /// assert!(!session.is_permanent().await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn is_permanent(&self) -> Result<bool> {
+        Ok(self.loaded().await?.permanent)
+    }
+
+    /// Makes the session permanent ("remember me": the permanent lifetime and
+    /// a cookie that outlives the browser) or not. The flag is stored and
+    /// survives every later request.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the store cannot be read.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// # let session = sessions.session([], Default::default());
+    /// session.set_permanent(true).await?;
+    /// assert!(session.is_permanent().await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_permanent(&self, permanent: bool) -> Result<()> {
+        self.loaded().await?.permanent = permanent;
+        Ok(())
+    }
+
+    /// Gives the session a new id at the end of the request, keeping its
+    /// data, user and device (use after a privilege change other than login,
+    /// which already does this).
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the store cannot be read.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// # let session = sessions.session([], Default::default());
+    /// session.cycle_id().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn cycle_id(&self) -> Result<()> {
+        self.loaded().await?.cycle(Cycle::Rotate);
+        Ok(())
+    }
+
+    /// Writes what the request changed and says what the response needs.
+    /// Framework adapters call it once, after the handler; a session the
+    /// handler never touched costs nothing.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the store cannot be written (the adapter answers 503).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// let untouched = sessions.session([], Default::default());
+    /// assert_eq!(untouched.commit().await?, multisession::Commit::default());
+    /// # Ok(()) }
+    /// ```
+    pub async fn commit(&self) -> Result<Commit> {
+        let mut state = self.shared.state.lock().await;
+        state.commit(&self.shared.engine, &self.shared.device).await
+    }
+}

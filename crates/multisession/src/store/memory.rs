@@ -1,0 +1,189 @@
+//! An in-process store: for tests, single-process apps and development.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use super::{SessionInfo, Store};
+use crate::{Change, Error, ErrorKind, Record, Result, StoreKey};
+
+/// Sessions in this process's memory, with a per-user index.
+///
+/// Records are kept serialized, as a remote store would keep them, so nothing
+/// outside the store can alias them. Expired records are never returned and
+/// are removed by [`Store::delete_expired`] (see [`super::spawn_cleanup`]).
+/// Everything is lost when the process exits.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+/// use multisession::store::{MemoryStore, Store};
+///
+/// let store = MemoryStore::new();
+/// let key = multisession::SessionId::generate()?.store_key();
+/// assert!(store.load(&key).await?.is_none());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    examined: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    sessions: HashMap<StoreKey, Entry>,
+    users: HashMap<String, HashSet<StoreKey>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    bytes: Vec<u8>,
+    user: Option<String>,
+    expires_at: OffsetDateTime,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    ///
+    /// ```
+    /// let store = multisession::store::MemoryStore::new();
+    /// # let _ = store;
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>> {
+        self.inner
+            .lock()
+            .map_err(|_| Error::new(ErrorKind::Unavailable, "the memory store's lock is poisoned by a panic"))
+    }
+
+    /// How many session entries the user operations have examined so far: the
+    /// memory store's own measure of work, for the conformance suite.
+    #[cfg(feature = "testing")]
+    pub fn entries_examined(&self) -> u64 {
+        self.examined.load(Ordering::Relaxed)
+    }
+
+    /// Replaces the stored bytes of `key` by hand, as a test of corrupt data
+    /// does. The entry keeps its user index and expiry.
+    #[cfg(feature = "testing")]
+    pub fn write_raw(&self, key: &StoreKey, bytes: &[u8]) {
+        if let Ok(mut inner) = self.inner.lock() {
+            if let Some(entry) = inner.sessions.get_mut(key) {
+                entry.bytes = bytes.to_vec();
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn live(&self, key: &StoreKey, now: OffsetDateTime) -> Option<&Entry> {
+        self.sessions.get(key).filter(|e| e.expires_at > now)
+    }
+
+    fn remove(&mut self, key: &StoreKey) -> Option<Entry> {
+        let entry = self.sessions.remove(key)?;
+        if let Some(user) = &entry.user {
+            if let Some(keys) = self.users.get_mut(user) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.users.remove(user);
+                }
+            }
+        }
+        Some(entry)
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn load(&self, key: &StoreKey) -> Result<Option<Record>> {
+        let now = OffsetDateTime::now_utc();
+        let inner = self.lock()?;
+        inner.live(key, now).map(|e| Record::from_bytes(&e.bytes)).transpose()
+    }
+
+    async fn create(&self, key: &StoreKey, record: &Record) -> Result<()> {
+        let bytes = record.to_bytes()?;
+        let now = OffsetDateTime::now_utc();
+        let mut inner = self.lock()?;
+        if inner.live(key, now).is_some() {
+            return Err(Error::new(ErrorKind::Conflict, "a session with this key exists"));
+        }
+        inner.remove(key);
+        let user = record.meta.user_id.clone();
+        if let Some(user) = &user {
+            inner.users.entry(user.clone()).or_default().insert(*key);
+        }
+        inner.sessions.insert(*key, Entry { bytes, user, expires_at: record.meta.expires_at });
+        Ok(())
+    }
+
+    async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {
+        let now = OffsetDateTime::now_utc();
+        let mut inner = self.lock()?;
+        let entry = match inner.sessions.get_mut(key) {
+            Some(entry) if entry.expires_at > now => entry,
+            _ => return Err(Error::gone()),
+        };
+        let mut record = Record::from_bytes(&entry.bytes)?;
+        record.apply(change);
+        entry.bytes = record.to_bytes()?;
+        entry.expires_at = record.meta.expires_at;
+        Ok(())
+    }
+
+    async fn touch(&self, key: &StoreKey, last_active_at: OffsetDateTime, expires_at: OffsetDateTime) -> Result<()> {
+        self.apply(key, &Change::new(last_active_at, expires_at)).await
+    }
+
+    async fn delete(&self, key: &StoreKey) -> Result<bool> {
+        Ok(self.lock()?.remove(key).is_some())
+    }
+
+    async fn user_sessions(&self, user: &str) -> Result<Vec<SessionInfo>> {
+        let now = OffsetDateTime::now_utc();
+        let inner = self.lock()?;
+        let Some(keys) = inner.users.get(user) else { return Ok(Vec::new()) };
+        self.examined.fetch_add(keys.len() as u64, Ordering::Relaxed);
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(entry) = inner.live(key, now) {
+                let record = Record::from_bytes(&entry.bytes)?;
+                out.extend(SessionInfo::from_meta(*key, &record.meta));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> Result<u64> {
+        let now = OffsetDateTime::now_utc();
+        let mut inner = self.lock()?;
+        let Some(keys) = inner.users.get(user) else { return Ok(0) };
+        self.examined.fetch_add(keys.len() as u64, Ordering::Relaxed);
+        let doomed: Vec<StoreKey> = keys.iter().filter(|k| Some(*k) != keep).copied().collect();
+        let mut deleted = 0;
+        for key in doomed {
+            if inner.remove(&key).is_some_and(|e| e.expires_at > now) {
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn delete_expired(&self) -> Result<u64> {
+        let now = OffsetDateTime::now_utc();
+        let mut inner = self.lock()?;
+        let expired: Vec<StoreKey> =
+            inner.sessions.iter().filter(|(_, e)| e.expires_at <= now).map(|(k, _)| *k).collect();
+        for key in &expired {
+            inner.remove(key);
+        }
+        Ok(expired.len() as u64)
+    }
+}

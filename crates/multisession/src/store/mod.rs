@@ -1,0 +1,137 @@
+//! The [`Store`] trait every backend implements, and the stores themselves.
+//!
+//! A store knows no cookie and no framework: it keeps [`Record`]s under
+//! [`StoreKey`]s, applies [`Change`]s field by field, and indexes sessions by
+//! user. [`crate::testing`] holds the suite every store must pass.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::{Change, Device, Meta, Record, Result, StoreKey};
+
+mod memory;
+pub use memory::MemoryStore;
+
+#[cfg(feature = "sqlite")]
+mod sqlite;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
+
+/// A session backend. Object safe: the engine holds an `Arc<dyn Store>`.
+///
+/// Every method returns [`crate::Error`]; a backend that cannot be reached
+/// answers [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) within
+/// its timeout, and works again once the backend is back, without being
+/// rebuilt.
+///
+/// The rules, proven by [`crate::testing::run`]:
+/// - `load` never returns an expired record, even while the backend still
+///   holds it.
+/// - `create` never overwrites: an existing key is `Conflict`.
+/// - `apply` and `touch` never create: a deleted or expired session is
+///   `Gone`, and nothing reappears.
+/// - The per-user operations cost a number of backend operations that grows
+///   with that user's sessions, never with the whole store.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The live record under `key`, or `None`.
+    async fn load(&self, key: &StoreKey) -> Result<Option<Record>>;
+
+    /// Stores a new record; `Conflict` if `key` already exists.
+    async fn create(&self, key: &StoreKey, record: &Record) -> Result<()>;
+
+    /// Applies `change` field by field; `Gone` if the session is not live.
+    async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()>;
+
+    /// Moves the activity time and expiry without rewriting data; `Gone` if
+    /// the session is not live.
+    async fn touch(&self, key: &StoreKey, last_active_at: OffsetDateTime, expires_at: OffsetDateTime) -> Result<()>;
+
+    /// Deletes the session; whether there was one. Deleting twice is fine.
+    async fn delete(&self, key: &StoreKey) -> Result<bool>;
+
+    /// The live sessions of `user`.
+    async fn user_sessions(&self, user: &str) -> Result<Vec<SessionInfo>>;
+
+    /// Deletes every session of `user` except `keep`; how many it deleted.
+    async fn delete_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> Result<u64>;
+
+    /// Removes expired records; how many. A no-op where expiry is native.
+    async fn delete_expired(&self) -> Result<u64>;
+}
+
+/// One session of a user, as a store lists it: no id and nothing that could be
+/// turned into a cookie.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The store key (a hash; not a credential).
+    pub key: StoreKey,
+    /// The user the session belongs to.
+    pub user_id: String,
+    /// The device that logged in.
+    pub device: Device,
+    /// When the user logged in on this device.
+    pub created_at: OffsetDateTime,
+    /// When the device last used the session.
+    pub last_active_at: OffsetDateTime,
+    /// When the session expires unless used.
+    pub expires_at: OffsetDateTime,
+    /// Whether the session is permanent.
+    pub permanent: bool,
+}
+
+impl SessionInfo {
+    /// The listing entry of a record, or `None` when it has no user.
+    ///
+    /// ```
+    /// # use multisession::{Meta, Device, store::SessionInfo};
+    /// # let now = time::OffsetDateTime::now_utc();
+    /// let key = multisession::SessionId::generate()?.store_key();
+    /// let meta = Meta { user_id: Some("23".into()), created_at: now, last_active_at: now,
+    ///     expires_at: now, absolute_expires_at: None, permanent: false, device: Device::default() };
+    /// assert_eq!(SessionInfo::from_meta(key, &meta).map(|i| i.user_id), Some("23".into()));
+    /// # Ok::<(), multisession::Error>(())
+    /// ```
+    pub fn from_meta(key: StoreKey, meta: &Meta) -> Option<Self> {
+        Some(Self {
+            key,
+            user_id: meta.user_id.clone()?,
+            device: meta.device.clone(),
+            created_at: meta.created_at,
+            last_active_at: meta.last_active_at,
+            expires_at: meta.expires_at,
+            permanent: meta.permanent,
+        })
+    }
+}
+
+/// Runs [`Store::delete_expired`] every `period` on the current Tokio
+/// runtime, logging failures, until the returned handle is aborted or the
+/// runtime stops.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::sync::Arc;
+/// use multisession::store::{spawn_cleanup, MemoryStore};
+///
+/// let task = spawn_cleanup(Arc::new(MemoryStore::new()), std::time::Duration::from_secs(60));
+/// task.abort();
+/// # }
+/// ```
+pub fn spawn_cleanup(store: Arc<dyn Store>, period: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match store.delete_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(deleted = n, "expired sessions removed"),
+                Err(e) => tracing::warn!(error = %e, "expired-session cleanup failed"),
+            }
+        }
+    })
+}

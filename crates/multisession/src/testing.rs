@@ -1,0 +1,625 @@
+//! The store conformance suite every store must pass, public so that a
+//! third-party store can prove itself against the same bar; and
+//! [`CountingStore`], which counts the calls the engine makes.
+//!
+//! A store's test file implements [`Harness`] and invokes
+//! [`store_conformance_tests!`](crate::store_conformance_tests), which
+//! generates one `#[tokio::test]` per behaviour:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use multisession::{StoreKey, store::{MemoryStore, Store}, testing::Harness};
+//!
+//! struct Memory(Arc<MemoryStore>);
+//!
+//! #[async_trait::async_trait]
+//! impl Harness for Memory {
+//!     fn store(&self) -> Arc<dyn Store> { self.0.clone() }
+//!     async fn corrupt(&self, key: &StoreKey) { self.0.write_raw(key, b"{not json"); }
+//!     async fn work(&self) -> Option<u64> { Some(self.0.entries_examined()) }
+//! }
+//!
+//! // In tests/memory.rs:
+//! // multisession::store_conformance_tests!(async { Memory(Arc::new(MemoryStore::new())) });
+//! # let _ = Memory(Arc::new(MemoryStore::new()));
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use serde_json::{Map, Value, json};
+use time::{Duration, OffsetDateTime};
+
+use crate::store::{SessionInfo, Store};
+use crate::{Change, Device, ErrorKind, Meta, Record, Result, SessionId, StoreKey};
+
+/// What the suite needs from a backend besides the store itself.
+#[async_trait]
+pub trait Harness: Send + Sync {
+    /// The store under test. Each generated test gets a fresh harness; the
+    /// suite uses users and keys of its own, so a shared backend is fine.
+    fn store(&self) -> Arc<dyn Store>;
+
+    /// Overwrites the stored session `key` by hand, through the backend's
+    /// own client, with data the store cannot decode.
+    async fn corrupt(&self, key: &StoreKey);
+
+    /// The backend's own count of work done so far (commands, or entries
+    /// examined), where it keeps one. Listing and deleting one user's
+    /// sessions must cost the same with 10 and with 10 000 other sessions.
+    async fn work(&self) -> Option<u64> {
+        None
+    }
+
+    /// For backends without a work counter (SQL databases): whether the
+    /// planner runs every user query of the store through an index, asked of
+    /// the backend itself (`EXPLAIN`). A harness must provide this or
+    /// [`Harness::work`].
+    async fn user_queries_use_index(&self) -> Option<bool> {
+        None
+    }
+
+    /// Whether the store keeps a user index. Without one, the user checks
+    /// expect `Unsupported`.
+    fn has_user_index(&self) -> bool {
+        true
+    }
+}
+
+/// Generates one `#[tokio::test]` per conformance check, each calling
+/// `$harness` (an expression evaluating to a future of a [`Harness`]).
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($harness:expr) => {
+        $crate::store_conformance_tests!(@tests $harness;
+            create_then_load_round_trips,
+            values_and_keys_round_trip_exactly,
+            create_never_overwrites,
+            unknown_key_loads_nothing,
+            expired_record_is_never_loaded,
+            corrupt_record_is_a_corrupt_error,
+            apply_changes_only_named_keys,
+            concurrent_applies_keep_every_key,
+            deleted_session_is_gone_and_stays_gone,
+            expired_session_is_gone,
+            touch_moves_expiry_and_keeps_data,
+            delete_answers_whether_it_deleted,
+            user_sessions_lists_exactly_live_sessions,
+            session_moves_between_users_on_relogin,
+            delete_user_sessions_spares_keep_and_others,
+            user_operations_cost_does_not_grow_with_store,
+            delete_expired_removes_only_expired,
+        );
+    };
+    (@tests $harness:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let harness = $harness.await;
+                $crate::testing::checks::$check(&harness).await;
+            }
+        )*
+    };
+}
+
+/// A wrapper that counts every call the engine makes to a store.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+/// use multisession::{store::{MemoryStore, Store}, testing::CountingStore};
+/// let store = CountingStore::new(MemoryStore::new());
+/// store.load(&multisession::SessionId::generate()?.store_key()).await?;
+/// assert_eq!(store.counts().loads, 1);
+/// assert_eq!(store.counts().writes(), 0);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Default)]
+pub struct CountingStore<S> {
+    inner: S,
+    loads: AtomicU64,
+    creates: AtomicU64,
+    applies: AtomicU64,
+    touches: AtomicU64,
+    deletes: AtomicU64,
+    user_reads: AtomicU64,
+    user_deletes: AtomicU64,
+}
+
+/// Calls made so far, by method.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct Counts {
+    pub loads: u64,
+    pub creates: u64,
+    pub applies: u64,
+    pub touches: u64,
+    pub deletes: u64,
+    pub user_reads: u64,
+    pub user_deletes: u64,
+}
+
+impl Counts {
+    /// Every call that writes.
+    ///
+    /// ```
+    /// assert_eq!(multisession::testing::Counts::default().writes(), 0);
+    /// ```
+    pub fn writes(&self) -> u64 {
+        self.creates + self.applies + self.touches + self.deletes + self.user_deletes
+    }
+
+    /// Every call.
+    ///
+    /// ```
+    /// assert_eq!(multisession::testing::Counts::default().total(), 0);
+    /// ```
+    pub fn total(&self) -> u64 {
+        self.writes() + self.loads + self.user_reads
+    }
+}
+
+impl<S: Store> CountingStore<S> {
+    /// Wraps `inner`.
+    ///
+    /// ```
+    /// let store = multisession::testing::CountingStore::new(multisession::store::MemoryStore::new());
+    /// assert_eq!(store.counts().total(), 0);
+    /// ```
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            loads: AtomicU64::new(0),
+            creates: AtomicU64::new(0),
+            applies: AtomicU64::new(0),
+            touches: AtomicU64::new(0),
+            deletes: AtomicU64::new(0),
+            user_reads: AtomicU64::new(0),
+            user_deletes: AtomicU64::new(0),
+        }
+    }
+
+    /// The calls so far.
+    ///
+    /// ```
+    /// let store = multisession::testing::CountingStore::new(multisession::store::MemoryStore::new());
+    /// assert_eq!(store.counts(), Default::default());
+    /// ```
+    pub fn counts(&self) -> Counts {
+        let get = |c: &AtomicU64| c.load(Ordering::SeqCst);
+        Counts {
+            loads: get(&self.loads),
+            creates: get(&self.creates),
+            applies: get(&self.applies),
+            touches: get(&self.touches),
+            deletes: get(&self.deletes),
+            user_reads: get(&self.user_reads),
+            user_deletes: get(&self.user_deletes),
+        }
+    }
+
+    /// The wrapped store.
+    ///
+    /// ```
+    /// let store = multisession::testing::CountingStore::new(multisession::store::MemoryStore::new());
+    /// let _memory: &multisession::store::MemoryStore = store.inner();
+    /// ```
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::SeqCst);
+}
+
+#[async_trait]
+impl<S: Store> Store for CountingStore<S> {
+    async fn load(&self, key: &StoreKey) -> Result<Option<Record>> {
+        bump(&self.loads);
+        self.inner.load(key).await
+    }
+    async fn create(&self, key: &StoreKey, record: &Record) -> Result<()> {
+        bump(&self.creates);
+        self.inner.create(key, record).await
+    }
+    async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {
+        bump(&self.applies);
+        self.inner.apply(key, change).await
+    }
+    async fn touch(&self, key: &StoreKey, last_active_at: OffsetDateTime, expires_at: OffsetDateTime) -> Result<()> {
+        bump(&self.touches);
+        self.inner.touch(key, last_active_at, expires_at).await
+    }
+    async fn delete(&self, key: &StoreKey) -> Result<bool> {
+        bump(&self.deletes);
+        self.inner.delete(key).await
+    }
+    async fn user_sessions(&self, user: &str) -> Result<Vec<SessionInfo>> {
+        bump(&self.user_reads);
+        self.inner.user_sessions(user).await
+    }
+    async fn delete_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> Result<u64> {
+        bump(&self.user_deletes);
+        self.inner.delete_user_sessions(user, keep).await
+    }
+    async fn delete_expired(&self) -> Result<u64> {
+        self.inner.delete_expired().await
+    }
+}
+
+/// The checks behind [`store_conformance_tests!`](crate::store_conformance_tests),
+/// one function per behaviour. Each panics with a message that says what the
+/// store got wrong.
+pub mod checks {
+    use super::*;
+
+    fn now() -> OffsetDateTime {
+        crate::engine::now()
+    }
+
+    fn key() -> StoreKey {
+        SessionId::generate().expect("the OS random number generator works").store_key()
+    }
+
+    /// A user id no other test uses, so the suite can share a backend.
+    fn user(label: &str) -> String {
+        format!("{label}-{}", &key().to_string()[..12])
+    }
+
+    fn record(user: Option<&str>, data: Map<String, Value>) -> Record {
+        let now = now();
+        Record {
+            data,
+            meta: Meta {
+                user_id: user.map(str::to_owned),
+                created_at: now - Duration::minutes(5),
+                last_active_at: now,
+                expires_at: now + Duration::hours(1),
+                absolute_expires_at: Some(now + Duration::days(2)),
+                permanent: true,
+                device: Device::new(Some("Mozilla/5.0 (conformance)".into()), "203.0.113.9".parse().ok()),
+            },
+        }
+    }
+
+    fn data(pairs: &[(&str, Value)]) -> Map<String, Value> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+    }
+
+    async fn create(store: &dyn Store, record: &Record) -> StoreKey {
+        let key = key();
+        store.create(&key, record).await.expect("create succeeds");
+        key
+    }
+
+    async fn load(store: &dyn Store, key: &StoreKey) -> Option<Record> {
+        store.load(key).await.expect("load succeeds")
+    }
+
+    fn change(set: &[(&str, Value)], remove: &[&str]) -> Change {
+        let now = now();
+        let mut change = Change::new(now, now + Duration::hours(2));
+        change.set = set.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect::<BTreeMap<_, _>>();
+        change.remove = remove.iter().map(|k| (*k).to_owned()).collect::<BTreeSet<_>>();
+        change
+    }
+
+    fn keys_of(list: &[SessionInfo]) -> BTreeSet<StoreKey> {
+        list.iter().map(|s| s.key).collect()
+    }
+
+    /// `create` then `load` returns the same data and metadata.
+    pub async fn create_then_load_round_trips(h: &dyn Harness) {
+        let store = h.store();
+        let u = user("round-trip");
+        let original = record(Some(&u), data(&[("cart", json!([1, 2, 3])), ("theme", json!("dark"))]));
+        let key = create(&*store, &original).await;
+        assert_eq!(load(&*store, &key).await, Some(original), "the loaded record differs from the created one");
+    }
+
+    /// Nested JSON, unicode, 100 kB values, numbers at the edges and
+    /// awkward keys come back unchanged.
+    pub async fn values_and_keys_round_trip_exactly(h: &dyn Harness) {
+        let store = h.store();
+        let long_key = "k".repeat(1024);
+        let mut original = record(None, Map::new());
+        for (k, v) in [
+            ("nested", json!({"a": {"b": [1, {"c": null}], "d": true}})),
+            ("unicode", json!("héllo wörld ✓ 日本 🎉")),
+            ("big", json!("x".repeat(100 * 1024))),
+            ("i64_min", json!(i64::MIN)),
+            ("i64_max", json!(i64::MAX)),
+            ("u64_max", json!(u64::MAX)),
+            ("f64_max", json!(f64::MAX)),
+            ("f64_tiny", json!(f64::MIN_POSITIVE)),
+            ("f64_frac", json!(0.1_f64)),
+            ("null", Value::Null),
+            ("a.b", json!(1)),
+            ("$x", json!(2)),
+            ("", json!(3)),
+            ("ключ", json!(4)),
+            ("quote\"d", json!(5)),
+            (long_key.as_str(), json!(6)),
+        ] {
+            original.data.insert(k.to_owned(), v);
+        }
+        let key = create(&*store, &original).await;
+        let loaded = load(&*store, &key).await.expect("the record loads");
+        for (k, v) in &original.data {
+            assert_eq!(loaded.data.get(k), Some(v), "key {:?} did not round-trip", &k[..k.len().min(20)]);
+        }
+        assert_eq!(loaded.data.len(), original.data.len(), "extra keys came back");
+
+        let mut change = change(&[("a.b", json!("set")), ("$y", json!([]))], &["$x", ""]);
+        change.set.insert(long_key.clone(), json!("updated"));
+        store.apply(&key, &change).await.expect("apply succeeds");
+        let loaded = load(&*store, &key).await.expect("the record loads");
+        assert_eq!(loaded.data.get("a.b"), Some(&json!("set")));
+        assert_eq!(loaded.data.get("$y"), Some(&json!([])));
+        assert_eq!(loaded.data.get(&long_key), Some(&json!("updated")));
+        assert!(!loaded.data.contains_key("$x") && !loaded.data.contains_key(""), "removed keys remain");
+    }
+
+    /// A second `create` on the same key is `Conflict` and changes nothing.
+    pub async fn create_never_overwrites(h: &dyn Harness) {
+        let store = h.store();
+        let first = record(None, data(&[("n", json!(1))]));
+        let key = create(&*store, &first).await;
+        let err = store.create(&key, &record(None, data(&[("n", json!(2))]))).await.expect_err("create overwrote");
+        assert_eq!(err.kind(), ErrorKind::Conflict);
+        assert_eq!(load(&*store, &key).await.map(|r| r.data), Some(first.data));
+    }
+
+    /// An unknown key loads `None`.
+    pub async fn unknown_key_loads_nothing(h: &dyn Harness) {
+        assert_eq!(load(&*h.store(), &key()).await, None);
+    }
+
+    /// A record past its expiry loads `None`, even if the backend still holds it.
+    pub async fn expired_record_is_never_loaded(h: &dyn Harness) {
+        let store = h.store();
+        let mut expired = record(None, data(&[("n", json!(1))]));
+        expired.meta.expires_at = now() - Duration::seconds(1);
+        let key = key();
+        // A store may refuse to keep an already expired record; it must not return one.
+        let _ = store.create(&key, &expired).await;
+        assert_eq!(load(&*store, &key).await, None, "an expired record was loaded");
+
+        let mut short = record(None, data(&[("n", json!(1))]));
+        short.meta.expires_at = now() + Duration::milliseconds(300);
+        let key = create(&*store, &short).await;
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        assert_eq!(load(&*store, &key).await, None, "a record was loaded after it expired");
+    }
+
+    /// Undecodable stored data is a `Corrupt` error, not a panic.
+    pub async fn corrupt_record_is_a_corrupt_error(h: &dyn Harness) {
+        let store = h.store();
+        let key = create(&*store, &record(None, data(&[("n", json!(1))]))).await;
+        h.corrupt(&key).await;
+        let err = store.load(&key).await.expect_err("corrupt data loaded");
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    }
+
+    /// `apply` sets and removes the named keys and leaves the rest.
+    pub async fn apply_changes_only_named_keys(h: &dyn Harness) {
+        let store = h.store();
+        let original = record(None, data(&[("keep", json!(1)), ("drop", json!(2)), ("change", json!(3))]));
+        let key = create(&*store, &original).await;
+        let mut c = change(&[("change", json!("new")), ("add", json!({"x": 1}))], &["drop", "absent"]);
+        c.permanent = Some(false);
+        store.apply(&key, &c).await.expect("apply succeeds");
+        let loaded = load(&*store, &key).await.expect("the record loads");
+        assert_eq!(loaded.data, data(&[("keep", json!(1)), ("change", json!("new")), ("add", json!({"x": 1}))]));
+        assert_eq!(loaded.meta.expires_at, c.expires_at, "apply must move the expiry");
+        assert_eq!(loaded.meta.last_active_at, c.last_active_at);
+        assert!(!loaded.meta.permanent, "apply must set the permanent flag");
+        assert_eq!(loaded.meta.user_id, original.meta.user_id);
+        assert_eq!(loaded.meta.created_at, original.meta.created_at);
+
+        let mut clear = change(&[("fresh", json!(true))], &[]);
+        clear.clear = true;
+        store.apply(&key, &clear).await.expect("apply succeeds");
+        assert_eq!(load(&*store, &key).await.map(|r| r.data), Some(data(&[("fresh", json!(true))])));
+    }
+
+    /// 50 concurrent `apply` calls, each setting its own key: all 50 survive.
+    pub async fn concurrent_applies_keep_every_key(h: &dyn Harness) {
+        let store = h.store();
+        let key = create(&*store, &record(None, data(&[("base", json!(0))]))).await;
+        let mut writers = tokio::task::JoinSet::new();
+        for i in 0..50 {
+            let store = store.clone();
+            writers.spawn(async move { store.apply(&key, &change(&[(&format!("k{i}"), json!(i))], &[])).await });
+        }
+        while let Some(done) = writers.join_next().await {
+            done.expect("writer task").expect("apply succeeds");
+        }
+        let loaded = load(&*store, &key).await.expect("the record loads");
+        let missing: Vec<_> = (0..50).filter(|i| loaded.data.get(&format!("k{i}")) != Some(&json!(i))).collect();
+        assert!(missing.is_empty(), "lost updates for writers {missing:?}");
+        assert_eq!(loaded.data.get("base"), Some(&json!(0)));
+    }
+
+    /// `apply` and `touch` after `delete` are `Gone`; nothing reappears.
+    pub async fn deleted_session_is_gone_and_stays_gone(h: &dyn Harness) {
+        let store = h.store();
+        let u = user("gone");
+        let key = create(&*store, &record(Some(&u), data(&[("n", json!(1))]))).await;
+        assert!(store.delete(&key).await.expect("delete succeeds"));
+        let err = store.apply(&key, &change(&[("n", json!(2))], &[])).await.expect_err("apply recreated");
+        assert_eq!(err.kind(), ErrorKind::Gone, "{err}");
+        let err = store.touch(&key, now(), now() + Duration::hours(1)).await.expect_err("touch recreated");
+        assert_eq!(err.kind(), ErrorKind::Gone, "{err}");
+        assert_eq!(load(&*store, &key).await, None, "a deleted session came back");
+        if h.has_user_index() {
+            let listed = store.user_sessions(&u).await.expect("user_sessions succeeds");
+            assert!(listed.is_empty(), "the user index still lists a deleted session");
+        }
+    }
+
+    /// `apply` and `touch` on an expired session are `Gone`.
+    pub async fn expired_session_is_gone(h: &dyn Harness) {
+        let store = h.store();
+        let mut short = record(None, data(&[("n", json!(1))]));
+        short.meta.expires_at = now() + Duration::milliseconds(300);
+        let key = create(&*store, &short).await;
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        let err = store.apply(&key, &change(&[("n", json!(2))], &[])).await.expect_err("apply revived");
+        assert_eq!(err.kind(), ErrorKind::Gone, "{err}");
+        let err = store.touch(&key, now(), now() + Duration::hours(1)).await.expect_err("touch revived");
+        assert_eq!(err.kind(), ErrorKind::Gone, "{err}");
+        assert_eq!(load(&*store, &key).await, None);
+    }
+
+    /// `touch` moves the expiry and activity time and keeps the data.
+    pub async fn touch_moves_expiry_and_keeps_data(h: &dyn Harness) {
+        let store = h.store();
+        let original = record(None, data(&[("n", json!(1))]));
+        let key = create(&*store, &original).await;
+        let (active, expires) = (now(), now() + Duration::hours(5));
+        store.touch(&key, active, expires).await.expect("touch succeeds");
+        let loaded = load(&*store, &key).await.expect("the record loads");
+        assert_eq!(loaded.meta.expires_at, expires);
+        assert_eq!(loaded.meta.last_active_at, active);
+        assert_eq!(loaded.data, original.data);
+    }
+
+    /// `delete` says whether it deleted; twice is not an error.
+    pub async fn delete_answers_whether_it_deleted(h: &dyn Harness) {
+        let store = h.store();
+        let key = create(&*store, &record(None, data(&[("n", json!(1))]))).await;
+        assert!(store.delete(&key).await.expect("delete succeeds"));
+        assert!(!store.delete(&key).await.expect("a second delete succeeds"));
+    }
+
+    /// `user_sessions` lists exactly the user's live sessions, with device
+    /// facts and timestamps.
+    pub async fn user_sessions_lists_exactly_live_sessions(h: &dyn Harness) {
+        let store = h.store();
+        let (u, other) = (user("list"), user("other"));
+        if !h.has_user_index() {
+            let err = store.user_sessions(&u).await.expect_err("a store without a user index listed users");
+            assert_eq!(err.kind(), ErrorKind::Unsupported);
+            return;
+        }
+        let live = record(Some(&u), Map::new());
+        let a = create(&*store, &live).await;
+        let b = create(&*store, &live).await;
+        let deleted = create(&*store, &live).await;
+        store.delete(&deleted).await.expect("delete succeeds");
+        let mut short = record(Some(&u), Map::new());
+        short.meta.expires_at = now() + Duration::milliseconds(300);
+        let _expired = create(&*store, &short).await;
+        let _theirs = create(&*store, &record(Some(&other), Map::new())).await;
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+
+        let listed = store.user_sessions(&u).await.expect("user_sessions succeeds");
+        assert_eq!(keys_of(&listed), BTreeSet::from([a, b]), "wrong sessions listed");
+        let info = listed.iter().find(|s| s.key == a).expect("listed");
+        assert_eq!(info.user_id, u);
+        assert_eq!(info.device, live.meta.device);
+        assert_eq!((info.created_at, info.last_active_at), (live.meta.created_at, live.meta.last_active_at));
+        assert_eq!((info.expires_at, info.permanent), (live.meta.expires_at, live.meta.permanent));
+    }
+
+    /// Logging out and in as someone else moves the session between lists.
+    pub async fn session_moves_between_users_on_relogin(h: &dyn Harness) {
+        if !h.has_user_index() {
+            return;
+        }
+        let store = h.store();
+        let (first, second) = (user("first"), user("second"));
+        let old = create(&*store, &record(Some(&first), Map::new())).await;
+        store.delete(&old).await.expect("delete succeeds");
+        let new = create(&*store, &record(Some(&second), Map::new())).await;
+        assert!(store.user_sessions(&first).await.expect("listed").is_empty());
+        assert_eq!(keys_of(&store.user_sessions(&second).await.expect("listed")), BTreeSet::from([new]));
+    }
+
+    /// `delete_user_sessions` deletes all but `keep`, counts them, and leaves
+    /// other users alone; without `keep`, all.
+    pub async fn delete_user_sessions_spares_keep_and_others(h: &dyn Harness) {
+        let store = h.store();
+        let (u, other) = (user("clear"), user("bystander"));
+        if !h.has_user_index() {
+            let err = store.delete_user_sessions(&u, None).await.expect_err("a store without a user index cleared");
+            assert_eq!(err.kind(), ErrorKind::Unsupported);
+            return;
+        }
+        let mine: Vec<StoreKey> = {
+            let mut keys = Vec::new();
+            for _ in 0..4 {
+                keys.push(create(&*store, &record(Some(&u), Map::new())).await);
+            }
+            keys
+        };
+        let theirs = create(&*store, &record(Some(&other), Map::new())).await;
+        let deleted = store.delete_user_sessions(&u, Some(&mine[0])).await.expect("delete_user_sessions succeeds");
+        assert_eq!(deleted, 3, "wrong count of deleted sessions");
+        assert_eq!(keys_of(&store.user_sessions(&u).await.expect("listed")), BTreeSet::from([mine[0]]));
+        for key in &mine[1..] {
+            assert_eq!(load(&*store, key).await, None, "a cleared session still loads");
+        }
+        assert!(load(&*store, &theirs).await.is_some(), "another user's session was deleted");
+        assert_eq!(store.delete_user_sessions(&u, None).await.expect("succeeds"), 1);
+        assert_eq!(load(&*store, &mine[0]).await, None);
+        assert_eq!(keys_of(&store.user_sessions(&other).await.expect("listed")), BTreeSet::from([theirs]));
+    }
+
+    /// Listing and clearing a user costs the same backend work with 10 and
+    /// with 10 000 other sessions in the store: counted where the backend
+    /// counts, or by the planner's choice of an index.
+    pub async fn user_operations_cost_does_not_grow_with_store(h: &dyn Harness) {
+        if !h.has_user_index() {
+            return;
+        }
+        let store = h.store();
+        async fn fill(store: &dyn Store, n: usize) {
+            for i in 0..n {
+                create(store, &record(Some(&format!("crowd-{i}")), Map::new())).await;
+            }
+        }
+        async fn cost(h: &dyn Harness, store: &dyn Store, label: &str) -> Option<u64> {
+            let u = user(label);
+            let mine = [create(store, &record(Some(&u), Map::new())).await, create(store, &record(Some(&u), Map::new())).await];
+            let before = h.work().await;
+            assert_eq!(store.user_sessions(&u).await.expect("listed").len(), 2);
+            assert_eq!(store.delete_user_sessions(&u, Some(&mine[0])).await.expect("cleared"), 1);
+            Some(h.work().await? - before?)
+        }
+        fill(&*store, 10).await;
+        let small = cost(h, &*store, "small").await;
+        let small_indexed = h.user_queries_use_index().await;
+        fill(&*store, 10_000).await;
+        let large = cost(h, &*store, "large").await;
+        let large_indexed = h.user_queries_use_index().await;
+        match (small, large, small_indexed, large_indexed) {
+            (Some(small), Some(large), _, _) => {
+                assert!(small > 0, "the harness reports no work: its counter is not wired to the backend");
+                assert_eq!(small, large, "user operations cost {small} with 10 others and {large} with 10 010");
+            }
+            (None, None, Some(small), Some(large)) => {
+                assert!(small, "with 10 other sessions, a user query does not use an index");
+                assert!(large, "with 10 010 other sessions, a user query does not use an index");
+            }
+            _ => panic!("the harness must report either a work counter or whether user queries use an index"),
+        }
+    }
+
+    /// `delete_expired` removes expired records and keeps live ones.
+    pub async fn delete_expired_removes_only_expired(h: &dyn Harness) {
+        let store = h.store();
+        let live = create(&*store, &record(None, data(&[("n", json!(1))]))).await;
+        let mut short = record(None, data(&[("n", json!(2))]));
+        short.meta.expires_at = now() + Duration::milliseconds(300);
+        let expired = create(&*store, &short).await;
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        store.delete_expired().await.expect("delete_expired succeeds");
+        assert!(load(&*store, &live).await.is_some(), "delete_expired removed a live session");
+        assert_eq!(load(&*store, &expired).await, None);
+        assert!(!store.delete(&expired).await.expect("delete succeeds"), "the expired record was not removed");
+    }
+}

@@ -1,0 +1,271 @@
+//! Users and their devices: the application-wide [`Sessions`] handle, the
+//! listing entry [`DeviceSession`] and its public [`SessionHandle`].
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use time::OffsetDateTime;
+
+use crate::engine::{Engine, State};
+use crate::store::{SessionInfo, Store};
+use crate::{Device, Error, Result, Session, SessionConfig, StoreKey};
+
+/// The application's sessions: a store and a configuration, checked once.
+///
+/// Framework adapters start each request's [`Session`] from it; admin code
+/// uses it to list and end any user's sessions. Cheap to clone.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+/// use multisession::{Sessions, SessionConfig, store::MemoryStore};
+///
+/// let sessions = Sessions::new(MemoryStore::new(), SessionConfig::default())?;
+/// assert!(sessions.user_sessions("23").await?.is_empty());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Sessions {
+    engine: Arc<Engine>,
+}
+
+impl fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sessions").field("config", &self.engine.config).finish_non_exhaustive()
+    }
+}
+
+impl Sessions {
+    /// Sessions kept in `store`, with cookies and lifetimes from `config`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config), naming the field, if
+    /// the configuration is invalid: checked here, at start-up, never at the
+    /// first request.
+    ///
+    /// ```
+    /// use multisession::{Sessions, SessionConfig, store::MemoryStore};
+    /// let err = Sessions::new(MemoryStore::new(), SessionConfig::default().with_path("app")).unwrap_err();
+    /// assert!(err.to_string().contains("path"));
+    /// ```
+    pub fn new(store: impl Store, config: SessionConfig) -> Result<Self> {
+        Self::from_shared(Arc::new(store), config)
+    }
+
+    /// Like [`Sessions::new`], for a store already behind an `Arc` (shared
+    /// with a cleanup task, say).
+    ///
+    /// # Errors
+    ///
+    /// As [`Sessions::new`].
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use multisession::{Sessions, store::{MemoryStore, Store}};
+    /// let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    /// let sessions = Sessions::from_shared(store.clone(), Default::default())?;
+    /// # let _ = sessions;
+    /// # Ok::<(), multisession::Error>(())
+    /// ```
+    pub fn from_shared(store: Arc<dyn Store>, config: SessionConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self { engine: Arc::new(Engine { store, config }) })
+    }
+
+    /// The session of one request, from its `Cookie` header values and the
+    /// client's device facts. Nothing is read until the session is used.
+    ///
+    /// ```
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// let session = sessions.session(["session=garbage; theme=dark"], multisession::Device::default());
+    /// # let _ = session;
+    /// # Ok::<(), multisession::Error>(())
+    /// ```
+    pub fn session<'a>(&self, cookie_headers: impl IntoIterator<Item = &'a str>, device: Device) -> Session {
+        let (incoming, present) = self.engine.config.read_id(cookie_headers);
+        Session::new(self.engine.clone(), State::new(incoming, present), device)
+    }
+
+    /// The configuration in force.
+    ///
+    /// ```
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// assert_eq!(sessions.config().cookie_name(), "session");
+    /// # Ok::<(), multisession::Error>(())
+    /// ```
+    pub fn config(&self) -> &SessionConfig {
+        &self.engine.config
+    }
+
+    /// The store, for a cleanup task or tooling.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// assert_eq!(sessions.store().delete_expired().await?, 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.engine.store.clone()
+    }
+
+    /// Every live session of `user`, most recently active first.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the store cannot be reached; `Unsupported` for a store
+    /// without a user index.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// for device in sessions.user_sessions("23").await? {
+    ///     println!("{} last active {}", device.handle, device.last_active_at);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn user_sessions(&self, user: &str) -> Result<Vec<DeviceSession>> {
+        let mut list: Vec<DeviceSession> =
+            self.engine.store.user_sessions(user).await?.into_iter().map(|i| DeviceSession::new(i, false)).collect();
+        list.sort_by(|a, b| b.last_active_at.cmp(&a.last_active_at));
+        Ok(list)
+    }
+
+    /// Logs `user` out on every device; how many sessions ended. Inside a
+    /// request, [`Session::clear_user_sessions`] spares the caller's own.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the store cannot be reached.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// assert_eq!(sessions.clear_user_sessions("23").await?, 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn clear_user_sessions(&self, user: &str) -> Result<u64> {
+        self.engine.store.delete_user_sessions(user, None).await
+    }
+
+    /// Logs out the one session `handle` names; whether it existed.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the store cannot be reached.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// let handle = "0123456789abcdef.MjM".parse()?;
+    /// assert!(!sessions.revoke(&handle).await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn revoke(&self, handle: &SessionHandle) -> Result<bool> {
+        revoke(&*self.engine.store, handle).await
+    }
+}
+
+/// Deletes the session `handle` names, found through its user's index.
+pub(crate) async fn revoke(store: &dyn Store, handle: &SessionHandle) -> Result<bool> {
+    let found = store.user_sessions(handle.user()).await?.into_iter().find(|s| handle.matches(&s.key));
+    match found {
+        Some(info) => store.delete(&info.key).await,
+        None => Ok(false),
+    }
+}
+
+/// A public name for one of a user's sessions, safe to put in a page or a
+/// form: the user and the first 64 bits of the store key, so it can be
+/// neither turned into a cookie nor used for another user's session.
+///
+/// Its text form is `{16 hex digits}.{base64url of the user id}`.
+///
+/// ```
+/// let handle: multisession::SessionHandle = "0123456789abcdef.MjM".parse()?;
+/// assert_eq!(handle.user(), "23");
+/// assert_eq!(handle.to_string(), "0123456789abcdef.MjM");
+/// # Ok::<(), multisession::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SessionHandle {
+    prefix: String,
+    user: String,
+}
+
+impl SessionHandle {
+    /// The user whose session this is.
+    ///
+    /// ```
+    /// let handle: multisession::SessionHandle = "0123456789abcdef.MjM".parse()?;
+    /// assert_eq!(handle.user(), "23");
+    /// # Ok::<(), multisession::Error>(())
+    /// ```
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    pub(crate) fn matches(&self, key: &StoreKey) -> bool {
+        key.short() == self.prefix
+    }
+}
+
+impl fmt::Display for SessionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.prefix, URL_SAFE_NO_PAD.encode(&self.user))
+    }
+}
+
+impl FromStr for SessionHandle {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let invalid = || Error::usage("a session handle is 16 hex digits, a dot and a base64url user id");
+        let (prefix, user) = s.split_once('.').ok_or_else(invalid)?;
+        if prefix.len() != 16 || !prefix.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(invalid());
+        }
+        let user = URL_SAFE_NO_PAD.decode(user).map_err(|_| invalid())?;
+        let user = String::from_utf8(user).map_err(|_| invalid())?;
+        if user.is_empty() {
+            return Err(invalid());
+        }
+        Ok(Self { prefix: prefix.to_owned(), user })
+    }
+}
+
+/// One of a user's sessions, as a "your devices" page shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceSession {
+    /// Names this session for [`Session::revoke`] and [`Sessions::revoke`].
+    pub handle: SessionHandle,
+    /// The device that logged in.
+    pub device: Device,
+    /// When the user logged in on this device.
+    pub created_at: OffsetDateTime,
+    /// When the device last used the session (to within the touch interval).
+    pub last_active_at: OffsetDateTime,
+    /// When the session expires unless used.
+    pub expires_at: OffsetDateTime,
+    /// Whether the session is permanent.
+    pub permanent: bool,
+    /// Whether this is the session of the request that listed it.
+    pub current: bool,
+}
+
+impl DeviceSession {
+    pub(crate) fn new(info: SessionInfo, current: bool) -> Self {
+        Self {
+            handle: SessionHandle { prefix: info.key.short(), user: info.user_id },
+            device: info.device,
+            created_at: info.created_at,
+            last_active_at: info.last_active_at,
+            expires_at: info.expires_at,
+            permanent: info.permanent,
+            current,
+        }
+    }
+}

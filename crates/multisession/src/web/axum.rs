@@ -1,0 +1,162 @@
+//! The tower layer that gives each request its [`Session`], and the axum
+//! extractor that hands it to handlers.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::response::{IntoResponse, Response};
+use http::header::{COOKIE, SET_COOKIE, USER_AGENT, VARY};
+use http::request::Parts;
+use http::{HeaderValue, Request, StatusCode};
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::Instrument as _;
+
+use crate::{Device, Error, ErrorKind, Session, Sessions};
+
+/// Gives every request a lazily loaded [`Session`] and commits it after the
+/// handler: one store read for a request that reads the session, none for one
+/// that does not, and a write only when something changed.
+///
+/// The client address comes from axum's `ConnectInfo<SocketAddr>` (serve with
+/// `into_make_service_with_connect_info`); without it, devices have no address.
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use multisession::{Session, SessionLayer, Sessions, store::MemoryStore};
+///
+/// async fn visits(session: Session) -> multisession::Result<String> {
+///     let n = session.get::<u64>("visits").await?.unwrap_or(0) + 1;
+///     session.insert("visits", n).await?;
+///     Ok(format!("{n} visits"))
+/// }
+///
+/// let sessions = Sessions::new(MemoryStore::new(), Default::default())?;
+/// let app: Router = Router::new().route("/", get(visits)).layer(SessionLayer::new(sessions));
+/// # let _ = app;
+/// # Ok::<(), multisession::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct SessionLayer {
+    sessions: Sessions,
+}
+
+impl SessionLayer {
+    /// A layer serving `sessions`.
+    ///
+    /// ```
+    /// let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// let layer = multisession::SessionLayer::new(sessions.clone());   // keep `sessions` for admin code
+    /// # let _ = layer;
+    /// # Ok::<(), multisession::Error>(())
+    /// ```
+    pub fn new(sessions: Sessions) -> Self {
+        Self { sessions }
+    }
+}
+
+impl<S> Layer<S> for SessionLayer {
+    type Service = SessionService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionService { inner, sessions: self.sessions.clone() }
+    }
+}
+
+/// The service [`SessionLayer`] wraps around an application.
+#[derive(Clone, Debug)]
+pub struct SessionService<S> {
+    inner: S,
+    sessions: Sessions,
+}
+
+impl<S, B> Service<Request<B>> for SessionService<S>
+where
+    S: Service<Request<B>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let headers = request.headers();
+        let cookies = headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok());
+        let user_agent = headers.get(USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let ip = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        let session = self.sessions.session(cookies, Device::new(user_agent, ip));
+        request.extensions_mut().insert(session.clone());
+
+        // The clone that was polled ready serves this request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let span = tracing::info_span!("session", cookie = %self.sessions.config().cookie_name());
+        Box::pin(
+            async move {
+                let mut response = inner.call(request).await?;
+                match session.commit().await {
+                    Ok(commit) => {
+                        let headers = response.headers_mut();
+                        if commit.vary_cookie {
+                            headers.append(VARY, HeaderValue::from_static("cookie"));
+                        }
+                        if let Some(cookie) = commit.set_cookie {
+                            match HeaderValue::try_from(cookie) {
+                                Ok(value) => {
+                                    headers.append(SET_COOKIE, value);
+                                }
+                                Err(_) => {
+                                    return Ok(Error::config("cookie: options produce an invalid header")
+                                        .into_response());
+                                }
+                            }
+                        }
+                        Ok(response)
+                    }
+                    Err(e) => Ok(e.into_response()),
+                }
+            }
+            .instrument(span),
+        )
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Session {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Session>().cloned().ok_or_else(|| {
+            Error::usage("no session in this request: add multisession::SessionLayer to the router (Router::layer)")
+        })
+    }
+}
+
+/// `503 Service Unavailable` when the store is down, `409 Conflict` for a
+/// refused login, `500` otherwise; the body says which, never the session id.
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = match self.kind() {
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::TooManySessions => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %self, source = ?std::error::Error::source(&self), "session error");
+        }
+        let body = match self.kind() {
+            ErrorKind::Unavailable => "The session store is unavailable. Please try again shortly.",
+            ErrorKind::TooManySessions => "Too many active sessions: log out on another device first.",
+            _ => "Internal error in session handling.",
+        };
+        (status, body).into_response()
+    }
+}

@@ -1,0 +1,85 @@
+//! What each kind of request costs the store, counted by a wrapper around a
+//! real store.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Device, app};
+use multisession::store::MemoryStore;
+use multisession::testing::{CountingStore, Counts};
+use multisession::{SessionConfig, Sessions};
+
+fn setup(config: SessionConfig) -> (Arc<CountingStore<MemoryStore>>, Device) {
+    let store = Arc::new(CountingStore::new(MemoryStore::new()));
+    let sessions = Sessions::from_shared(store.clone(), config).expect("valid config");
+    (store, Device::new(app(sessions), "test-agent", "127.0.0.1:4000"))
+}
+
+fn delta(after: Counts, before: Counts) -> Counts {
+    Counts {
+        loads: after.loads - before.loads,
+        creates: after.creates - before.creates,
+        applies: after.applies - before.applies,
+        touches: after.touches - before.touches,
+        deletes: after.deletes - before.deletes,
+        user_reads: after.user_reads - before.user_reads,
+        user_deletes: after.user_deletes - before.user_deletes,
+    }
+}
+
+#[tokio::test]
+async fn a_route_that_never_touches_the_session_costs_nothing() {
+    let (store, mut device) = setup(SessionConfig::default());
+    device.get("/write").await;
+    let before = store.counts();
+    let reply = device.get("/none").await;
+    assert_eq!(delta(store.counts(), before).total(), 0);
+    assert!(reply.set_cookies().is_empty());
+    assert!(reply.headers.get("vary").is_none(), "an untouched session must not add Vary");
+}
+
+#[tokio::test]
+async fn a_read_only_request_costs_exactly_one_load_and_no_write() {
+    let (store, mut device) = setup(SessionConfig::default());
+    device.get("/write").await;
+    let before = store.counts();
+    let reply = device.get("/read").await;
+    assert_eq!(reply.body, "user=anonymous n=1");
+    let cost = delta(store.counts(), before);
+    assert_eq!(cost, Counts { loads: 1, ..Counts::default() });
+    assert!(reply.set_cookies().is_empty(), "a read-only request re-sent the cookie");
+    assert_eq!(reply.headers.get("vary").and_then(|v| v.to_str().ok()), Some("cookie"));
+}
+
+#[tokio::test]
+async fn reading_without_a_cookie_costs_nothing_and_stores_nothing() {
+    let (store, mut device) = setup(SessionConfig::default());
+    let reply = device.get("/read").await;
+    assert_eq!(reply.body, "user=anonymous n=0");
+    assert_eq!(store.counts().total(), 0);
+    assert!(reply.set_cookies().is_empty(), "an empty session must not be created");
+}
+
+#[tokio::test]
+async fn a_new_session_is_one_create_and_a_change_is_one_apply() {
+    let (store, mut device) = setup(SessionConfig::default());
+    device.get("/write").await;
+    assert_eq!(store.counts(), Counts { creates: 1, ..Counts::default() });
+    let before = store.counts();
+    device.get("/write").await;
+    assert_eq!(delta(store.counts(), before), Counts { loads: 1, applies: 1, ..Counts::default() });
+}
+
+#[tokio::test]
+async fn a_read_touches_only_once_the_expiry_moved_past_the_touch_interval() {
+    let (store, mut device) = setup(SessionConfig::default().with_touch_interval(time::Duration::milliseconds(50)));
+    device.get("/write").await;
+    let before = store.counts();
+    device.get("/read").await;
+    assert_eq!(delta(store.counts(), before).touches, 0, "touched within the interval");
+    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+    let before = store.counts();
+    device.get("/read").await;
+    assert_eq!(delta(store.counts(), before), Counts { loads: 1, touches: 1, ..Counts::default() });
+}

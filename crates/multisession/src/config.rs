@@ -258,9 +258,8 @@ impl SessionConfig {
 
     /// Checks the configuration once, at start-up.
     pub(crate) fn validate(&self) -> Result<()> {
-        let is_token = |s: &str| {
-            !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
-        };
+        let is_token =
+            |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
         if !is_token(&self.cookie_name) {
             return Err(Error::config(format!(
                 "cookie_name: {:?} is not a valid cookie name (use letters, digits, '-', '_' or '.')",
@@ -268,10 +267,10 @@ impl SessionConfig {
             )));
         }
         let is_attr = |s: &str| s.bytes().all(|b| b.is_ascii_graphic() && b != b';');
-        if let Some(domain) = &self.domain {
-            if domain.is_empty() || !is_attr(domain) {
-                return Err(Error::config(format!("domain: {domain:?} is not a valid cookie domain")));
-            }
+        if let Some(domain) = &self.domain
+            && (domain.is_empty() || !is_attr(domain))
+        {
+            return Err(Error::config(format!("domain: {domain:?} is not a valid cookie domain")));
         }
         if !self.path.starts_with('/') || !is_attr(&self.path) {
             return Err(Error::config(format!("path: {:?} must start with '/' and hold no ';' or spaces", self.path)));
@@ -284,15 +283,15 @@ impl SessionConfig {
                 return Err(Error::config(format!("{field}: must be positive, got {value}")));
             }
         }
-        if let Some(absolute) = self.absolute_lifetime {
-            if !absolute.is_positive() {
-                return Err(Error::config(format!("absolute_lifetime: must be positive, got {absolute}")));
-            }
+        if let Some(absolute) = self.absolute_lifetime
+            && !absolute.is_positive()
+        {
+            return Err(Error::config(format!("absolute_lifetime: must be positive, got {absolute}")));
         }
-        if let Some(max_age) = self.max_age {
-            if max_age.is_negative() {
-                return Err(Error::config(format!("max_age: must not be negative, got {max_age}")));
-            }
+        if let Some(max_age) = self.max_age
+            && max_age.is_negative()
+        {
+            return Err(Error::config(format!("max_age: must not be negative, got {max_age}")));
         }
         if self.touch_interval.is_negative() || self.touch_interval >= self.lifetime {
             return Err(Error::config(format!(
@@ -456,7 +455,8 @@ impl KeyRing {
     /// The index of the key whose signature matches, compared in constant time.
     fn verify(&self, cookie_name: &str, value: &str, signature: &str) -> Option<usize> {
         let signature = URL_SAFE_NO_PAD.decode(signature).ok()?;
-        (0..self.0.len()).find(|&i| self.mac(i, cookie_name, value).is_some_and(|mac| mac.verify_slice(&signature).is_ok()))
+        (0..self.0.len())
+            .find(|&i| self.mac(i, cookie_name, value).is_some_and(|mac| mac.verify_slice(&signature).is_ok()))
     }
 }
 

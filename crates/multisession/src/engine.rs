@@ -175,6 +175,12 @@ impl State {
                 }
             }
         }
+        // Data follows a visitor into their login (a cart, a theme), but never
+        // from one user to another on a shared browser.
+        if self.user.as_deref().is_some_and(|previous| previous != user) {
+            self.clear();
+            self.permanent = false;
+        }
         self.user = Some(user.to_owned());
         self.cycle(Cycle::Login);
         Ok(())
@@ -183,10 +189,10 @@ impl State {
     /// Ends this device's session: forget it now, delete it at commit unless
     /// `already_deleted`.
     pub(crate) fn end(&mut self, already_deleted: bool) {
-        if let Some(current) = self.current.take() {
-            if !already_deleted {
-                self.doomed.push(current.key);
-            }
+        if let Some(current) = self.current.take()
+            && !already_deleted
+        {
+            self.doomed.push(current.key);
         }
         self.data.clear();
         self.user = None;

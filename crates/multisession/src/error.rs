@@ -63,13 +63,15 @@ impl Error {
         Self { kind, message: message.into(), source: None }
     }
 
-    /// Attaches the underlying cause, kept for [`std::error::Error::source`].
+    /// Attaches the underlying cause, kept for [`std::error::Error::source`]
+    /// and shown after the message.
     ///
     /// ```
     /// use std::error::Error as _;
     /// let io = std::io::Error::other("connection refused");
     /// let err = multisession::Error::unavailable("redis is down", io);
     /// assert!(err.source().is_some());
+    /// assert_eq!(err.to_string(), "session store unavailable: redis is down: connection refused");
     /// ```
     pub fn with_source(mut self, source: impl Into<Source>) -> Self {
         self.source = Some(source.into());
@@ -160,7 +162,13 @@ impl fmt::Display for Error {
             ErrorKind::TooManySessions => "too many sessions",
             ErrorKind::Usage => "session API misuse",
         };
-        write!(f, "{kind}: {}", self.message)
+        write!(f, "{kind}: {}", self.message)?;
+        // The cause is part of the message: most applications print `{e}`
+        // and would otherwise lose why the store failed.
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
     }
 }
 

@@ -42,8 +42,7 @@ impl SessionId {
     /// with a weaker generator.
     pub fn generate() -> Result<Self> {
         let mut bytes = [0u8; ID_LEN];
-        getrandom::getrandom(&mut bytes)
-            .map_err(|e| Error::unavailable("the OS random number generator failed", e))?;
+        getrandom::getrandom(&mut bytes).map_err(|e| Error::unavailable("the OS random number generator failed", e))?;
         Ok(Self(bytes))
     }
 

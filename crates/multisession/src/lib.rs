@@ -30,3 +30,8 @@ pub use cookie::Key;
 pub use cookie::SameSite;
 /// Durations for lifetimes, from the `time` crate.
 pub use time::Duration;
+
+/// The README's example compiles.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

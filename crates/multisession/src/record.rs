@@ -291,4 +291,5 @@ mod millis {
     }
 }
 
+#[cfg(feature = "sqlite")]
 pub(crate) use millis::{from_millis, to_millis};

@@ -85,11 +85,8 @@ impl Session {
     /// ```
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let state = self.loaded().await?;
-        let value = if key == USER_ID_KEY {
-            state.user.clone().map(Value::String)
-        } else {
-            state.data.get(key).cloned()
-        };
+        let value =
+            if key == USER_ID_KEY { state.user.clone().map(Value::String) } else { state.data.get(key).cloned() };
         drop(state);
         value
             .map(|v| {
@@ -117,11 +114,12 @@ impl Session {
     /// ```
     pub async fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<()> {
         if key == USER_ID_KEY {
-            return Err(Error::usage("user_id is set by Session::login (which also changes the session id), not insert"));
+            return Err(Error::usage(
+                "user_id is set by Session::login (which also changes the session id), not insert",
+            ));
         }
-        let value = serde_json::to_value(value).map_err(|e| {
-            Error::usage(format!("the value for {key:?} does not serialize to JSON")).with_source(e)
-        })?;
+        let value = serde_json::to_value(value)
+            .map_err(|e| Error::usage(format!("the value for {key:?} does not serialize to JSON")).with_source(e))?;
         self.loaded().await?.set(key, value);
         Ok(())
     }
@@ -188,8 +186,10 @@ impl Session {
     }
 
     /// Logs `user` in on this device: at the end of the request the session
-    /// gets a new id (the old one stops working), keeps its data, and records
-    /// the user and the device (User-Agent, client address).
+    /// gets a new id (the old one stops working) and records the user and the
+    /// device (User-Agent, client address). An anonymous session's data is
+    /// kept (a cart survives logging in); a session of another user starts
+    /// empty, so nothing passes between users of a shared browser.
     ///
     /// # Errors
     ///
@@ -317,19 +317,7 @@ impl Session {
         let Some(user) = state.user.clone() else { return Ok(Vec::new()) };
         let current = state.current.as_ref().map(|c| c.key);
         drop(state);
-        let mut devices: Vec<DeviceSession> = self
-            .engine()
-            .store
-            .user_sessions(&user)
-            .await?
-            .into_iter()
-            .map(|info| {
-                let is_current = Some(info.key) == current;
-                DeviceSession::new(info, is_current)
-            })
-            .collect();
-        devices.sort_by(|a, b| b.last_active_at.cmp(&a.last_active_at));
-        Ok(devices)
+        Ok(crate::users::listing(self.engine().store.user_sessions(&user).await?, current))
     }
 
     /// Logs out one of the logged-in user's own devices, named by the handle

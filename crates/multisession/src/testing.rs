@@ -584,7 +584,10 @@ pub mod checks {
         }
         async fn cost(h: &dyn Harness, store: &dyn Store, label: &str) -> Option<u64> {
             let u = user(label);
-            let mine = [create(store, &record(Some(&u), Map::new())).await, create(store, &record(Some(&u), Map::new())).await];
+            let mine = [
+                create(store, &record(Some(&u), Map::new())).await,
+                create(store, &record(Some(&u), Map::new())).await,
+            ];
             let before = h.work().await;
             assert_eq!(store.user_sessions(&u).await.expect("listed").len(), 2);
             assert_eq!(store.delete_user_sessions(&u, Some(&mine[0])).await.expect("cleared"), 1);

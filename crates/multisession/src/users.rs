@@ -128,10 +128,7 @@ impl Sessions {
     /// # Ok(()) }
     /// ```
     pub async fn user_sessions(&self, user: &str) -> Result<Vec<DeviceSession>> {
-        let mut list: Vec<DeviceSession> =
-            self.engine.store.user_sessions(user).await?.into_iter().map(|i| DeviceSession::new(i, false)).collect();
-        list.sort_by(|a, b| b.last_active_at.cmp(&a.last_active_at));
-        Ok(list)
+        Ok(listing(self.engine.store.user_sessions(user).await?, None))
     }
 
     /// Logs `user` out on every device; how many sessions ended. Inside a
@@ -167,6 +164,19 @@ impl Sessions {
     pub async fn revoke(&self, handle: &SessionHandle) -> Result<bool> {
         revoke(&*self.engine.store, handle).await
     }
+}
+
+/// A user's sessions as devices, most recently active first, `current` marked.
+pub(crate) fn listing(sessions: Vec<SessionInfo>, current: Option<StoreKey>) -> Vec<DeviceSession> {
+    let mut list: Vec<DeviceSession> = sessions
+        .into_iter()
+        .map(|info| {
+            let is_current = Some(info.key) == current;
+            DeviceSession::new(info, is_current)
+        })
+        .collect();
+    list.sort_by_key(|d| std::cmp::Reverse(d.last_active_at));
+    list
 }
 
 /// Deletes the session `handle` names, found through its user's index.

@@ -73,10 +73,10 @@ impl MemoryStore {
     /// does. The entry keeps its user index and expiry.
     #[cfg(feature = "testing")]
     pub fn write_raw(&self, key: &StoreKey, bytes: &[u8]) {
-        if let Ok(mut inner) = self.inner.lock() {
-            if let Some(entry) = inner.sessions.get_mut(key) {
-                entry.bytes = bytes.to_vec();
-            }
+        if let Ok(mut inner) = self.inner.lock()
+            && let Some(entry) = inner.sessions.get_mut(key)
+        {
+            entry.bytes = bytes.to_vec();
         }
     }
 }
@@ -88,12 +88,12 @@ impl Inner {
 
     fn remove(&mut self, key: &StoreKey) -> Option<Entry> {
         let entry = self.sessions.remove(key)?;
-        if let Some(user) = &entry.user {
-            if let Some(keys) = self.users.get_mut(user) {
-                keys.remove(key);
-                if keys.is_empty() {
-                    self.users.remove(user);
-                }
+        if let Some(user) = &entry.user
+            && let Some(keys) = self.users.get_mut(user)
+        {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.users.remove(user);
             }
         }
         Some(entry)

@@ -5,10 +5,9 @@
 //! user. [`crate::testing`] holds the suite every store must pass.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
 
 use crate::{Change, Device, Meta, Record, Result, StoreKey};
 
@@ -27,7 +26,7 @@ pub use sqlite::SqliteStore;
 /// its timeout, and works again once the backend is back, without being
 /// rebuilt.
 ///
-/// The rules, proven by [`crate::testing::run`]:
+/// The rules, proven by the conformance suite in `multisession::testing`:
 /// - `load` never returns an expired record, even while the backend still
 ///   holds it.
 /// - `create` never overwrites: an existing key is `Conflict`.
@@ -108,20 +107,22 @@ impl SessionInfo {
     }
 }
 
-/// Runs [`Store::delete_expired`] every `period` on the current Tokio
-/// runtime, logging failures, until the returned handle is aborted or the
-/// runtime stops.
+/// Runs [`Store::delete_expired`] every `period` (at least a second) on the
+/// current Tokio runtime, logging failures, until the returned handle is
+/// aborted or the runtime stops. Expired sessions are never served anyway;
+/// this reclaims their space.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// use std::sync::Arc;
 /// use multisession::store::{spawn_cleanup, MemoryStore};
 ///
-/// let task = spawn_cleanup(Arc::new(MemoryStore::new()), std::time::Duration::from_secs(60));
+/// let task = spawn_cleanup(Arc::new(MemoryStore::new()), multisession::Duration::minutes(1));
 /// task.abort();
 /// # }
 /// ```
 pub fn spawn_cleanup(store: Arc<dyn Store>, period: Duration) -> tokio::task::JoinHandle<()> {
+    let period = std::time::Duration::try_from(period).unwrap_or_default().max(std::time::Duration::from_secs(1));
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

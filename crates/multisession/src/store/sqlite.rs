@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
 
@@ -162,7 +164,8 @@ impl SqliteStore {
     pub async fn user_queries_use_index(&self) -> Result<bool> {
         let mut indexed = true;
         for sql in [USER_SESSIONS_SQL, DELETE_USER_SQL] {
-            let mut query = sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}"))).bind(&self.prefix).bind("user");
+            let mut query =
+                sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}"))).bind(&self.prefix).bind("user");
             if sql == DELETE_USER_SQL {
                 query = query.bind(None::<String>);
             }
@@ -205,7 +208,9 @@ fn meta(row: &SqliteRow) -> Result<Meta> {
     let get_ms = |column: &str| -> Result<i64> { row.try_get(column).map_err(db_error) };
     let ip: Option<String> = row.try_get("ip").map_err(db_error)?;
     let ip = ip
-        .map(|ip| IpAddr::from_str(&ip).map_err(|e| Error::corrupt("a stored client address does not parse").with_source(e)))
+        .map(|ip| {
+            IpAddr::from_str(&ip).map_err(|e| Error::corrupt("a stored client address does not parse").with_source(e))
+        })
         .transpose()?;
     let absolute: Option<i64> = row.try_get("absolute_expires_at").map_err(db_error)?;
     Ok(Meta {
@@ -332,13 +337,13 @@ impl Store for SqliteStore {
 
     async fn delete_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> Result<u64> {
         let done = sqlx::query(DELETE_USER_SQL)
-        .bind(&self.prefix)
-        .bind(user)
-        .bind(keep.map(StoreKey::to_string))
-        .bind(millis(OffsetDateTime::now_utc()))
-        .execute(&self.pool)
-        .await
-        .map_err(db_error)?;
+            .bind(&self.prefix)
+            .bind(user)
+            .bind(keep.map(StoreKey::to_string))
+            .bind(millis(OffsetDateTime::now_utc()))
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
         Ok(done.rows_affected())
     }
 

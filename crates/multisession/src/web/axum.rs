@@ -115,8 +115,9 @@ where
                                     headers.append(SET_COOKIE, value);
                                 }
                                 Err(_) => {
-                                    return Ok(Error::config("cookie: options produce an invalid header")
-                                        .into_response());
+                                    return Ok(
+                                        Error::config("cookie: options produce an invalid header").into_response()
+                                    );
                                 }
                             }
                         }
@@ -150,7 +151,7 @@ impl IntoResponse for Error {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
-            tracing::error!(error = %self, source = ?std::error::Error::source(&self), "session error");
+            tracing::error!(error = %self, "session error");
         }
         let body = match self.kind() {
             ErrorKind::Unavailable => "The session store is unavailable. Please try again shortly.",

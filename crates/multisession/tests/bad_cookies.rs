@@ -1,0 +1,121 @@
+//! Cookies a client can send that the server never issued: none gives a 5xx,
+//! a panic, or a session; and an id the server never issued is not adopted.
+
+mod common;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use common::{Device, app, send_raw, session_cookie};
+use http::{HeaderValue, Request, header};
+use multisession::store::{MemoryStore, Store};
+use multisession::testing::CountingStore;
+use multisession::{Key, KeyRing, SessionConfig, Sessions};
+
+fn signed() -> SessionConfig {
+    SessionConfig::default().with_signed_id(KeyRing::new(vec![Key::generate()]).expect("a key"))
+}
+
+async fn logged_in(config: SessionConfig) -> (Arc<CountingStore<MemoryStore>>, axum::Router, String) {
+    let store = Arc::new(CountingStore::new(MemoryStore::new()));
+    let router = app(Sessions::from_shared(store.clone(), config).expect("valid config"));
+    let mut device = Device::new(router.clone(), "ua", "127.0.0.1:1");
+    device.get("/login/23").await;
+    let cookie = session_cookie(&device).expect("logged in");
+    (store, router, cookie)
+}
+
+fn bad_values(valid: &str) -> Vec<Vec<u8>> {
+    let mut tampered = valid.as_bytes().to_vec();
+    tampered[5] = if tampered[5] == b'A' { b'B' } else { b'A' };
+    vec![
+        tampered,
+        valid.as_bytes()[..valid.len() - 1].to_vec(),
+        valid.as_bytes()[..10].to_vec(),
+        format!("{valid}x").into_bytes(),
+        "A".repeat(10 * 1024).into_bytes(),
+        "é".repeat(43).into_bytes(),
+        b"\xff\xfe\x00garbage".to_vec(),
+        b"%ZZ%".to_vec(),
+        b"".to_vec(),
+        b"\"quoted\"".to_vec(),
+        format!("{valid}.{valid}").into_bytes(),
+    ]
+}
+
+async fn send_cookie(router: &axum::Router, raw: &[u8]) -> common::Reply {
+    let mut header = b"session=".to_vec();
+    header.extend_from_slice(raw);
+    let mut request = Request::get("/read").body(Body::empty()).expect("a request");
+    if let Ok(value) = HeaderValue::from_bytes(&header) {
+        request.headers_mut().insert(header::COOKIE, value);
+    }
+    send_raw(router, request).await
+}
+
+#[tokio::test]
+async fn tampered_truncated_oversized_and_non_ascii_cookies_are_no_session() {
+    for config in [SessionConfig::default(), signed()] {
+        let (_, router, valid) = logged_in(config).await;
+        assert_eq!(send_cookie(&router, valid.as_bytes()).await.body, "user=23 n=0", "the valid cookie works");
+        for raw in bad_values(&valid) {
+            let reply = send_cookie(&router, &raw).await;
+            assert_eq!(reply.status, 200, "cookie {:?} gave {}", String::from_utf8_lossy(&raw), reply.status);
+            assert_eq!(reply.body, "user=anonymous n=0", "cookie {:?} was accepted", String::from_utf8_lossy(&raw));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_cookie_signed_with_an_unknown_key_is_no_session_and_costs_no_store_read() {
+    let (_, other_router, foreign) = logged_in(signed()).await;
+    drop(other_router);
+    let (store, router, _) = logged_in(signed()).await;
+    let before = store.counts();
+    let reply = send_cookie(&router, foreign.as_bytes()).await;
+    assert_eq!(reply.body, "user=anonymous n=0");
+    assert_eq!(store.counts().loads, before.loads, "a forged signature reached the store");
+    assert!(reply.set_cookies().iter().any(|c| c.contains("Max-Age=0")), "the bad cookie is not cleared");
+}
+
+#[tokio::test]
+async fn an_id_the_server_never_issued_is_not_adopted() {
+    let store = Arc::new(MemoryStore::new());
+    let router = app(Sessions::from_shared(store.clone(), SessionConfig::default()).expect("valid config"));
+    let mut device = Device::new(router, "ua", "127.0.0.1:1");
+    // A well-formed id of the attacker's choosing.
+    let planted = multisession::Sessions::new(MemoryStore::new(), SessionConfig::default())
+        .expect("valid config")
+        .session([], Default::default());
+    planted.insert("x", 1).await.expect("insert");
+    let commit = planted.commit().await.expect("commit");
+    let planted_cookie =
+        cookie::Cookie::parse_encoded(commit.set_cookie.expect("a cookie")).expect("parses").value().to_owned();
+    device.cookies.insert("session".into(), planted_cookie.clone());
+    device.get("/write").await;
+    let issued = session_cookie(&device).expect("a session was created");
+    assert_ne!(issued, planted_cookie, "the server adopted the client's id");
+    device.get("/login/23").await;
+    assert_ne!(session_cookie(&device), Some(planted_cookie));
+    assert_eq!(device.get("/read").await.body, "user=23 n=1");
+}
+
+#[tokio::test]
+async fn duplicate_and_foreign_cookies_do_not_confuse_the_lookup() {
+    let (_, router, valid) = logged_in(SessionConfig::default()).await;
+    let header = format!("theme=dark; session=garbage; session={valid}; other=1");
+    let request = Request::get("/read").header(header::COOKIE, header).body(Body::empty()).expect("a request");
+    assert_eq!(send_raw(&router, request).await.body, "user=23 n=0");
+}
+
+#[tokio::test]
+async fn corrupt_stored_data_is_no_session_not_an_error() {
+    let store = Arc::new(MemoryStore::new());
+    let router = app(Sessions::from_shared(store.clone(), SessionConfig::default()).expect("valid config"));
+    let mut device = Device::new(router, "ua", "127.0.0.1:1");
+    device.get("/login/23").await;
+    let user_sessions = store.user_sessions("23").await.expect("listed");
+    store.write_raw(&user_sessions[0].key, b"\x00not json");
+    let reply = device.get("/read").await;
+    assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "user=anonymous n=0"));
+}

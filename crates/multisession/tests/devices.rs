@@ -1,0 +1,144 @@
+//! One user on several devices: listing, logging out others or all,
+//! revoking one, and admin clears.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Device, app, session_cookie};
+use multisession::store::{MemoryStore, Store};
+use multisession::{SessionConfig, Sessions};
+
+fn setup() -> (Sessions, Device, Device) {
+    let sessions = Sessions::new(MemoryStore::new(), SessionConfig::default()).expect("valid config");
+    let router = app(sessions.clone());
+    let laptop = Device::new(router.clone(), "laptop", "192.0.2.1:1000");
+    let phone = Device::new(router, "phone", "192.0.2.2:2000");
+    (sessions, laptop, phone)
+}
+
+async fn both_logged_in() -> (Sessions, Device, Device) {
+    let (sessions, mut laptop, mut phone) = setup();
+    laptop.get("/login/23").await;
+    phone.get("/login/23").await;
+    (sessions, laptop, phone)
+}
+
+#[tokio::test]
+async fn each_device_lists_both_and_marks_itself() {
+    let (_, mut laptop, mut phone) = both_logged_in().await;
+    for (device, me) in [(&mut laptop, "laptop"), (&mut phone, "phone")] {
+        let listing = device.get("/devices").await.body;
+        let lines: Vec<&str> = listing.lines().collect();
+        assert_eq!(lines.len(), 2, "{listing}");
+        let current: Vec<&&str> = lines.iter().filter(|l| l.contains("current=true")).collect();
+        assert_eq!(current.len(), 1);
+        assert!(current[0].ends_with(&format!("ua={me}")), "{listing}");
+        assert!(listing.contains("ip=192.0.2.1") && listing.contains("ip=192.0.2.2"));
+    }
+}
+
+#[tokio::test]
+async fn logout_all_devices_from_one_makes_the_other_anonymous() {
+    let (sessions, mut laptop, mut phone) = both_logged_in().await;
+    assert_eq!(laptop.get("/logout_all").await.body, "ended 2");
+    assert_eq!(phone.get("/read").await.body, "user=anonymous n=0");
+    assert_eq!(laptop.get("/read").await.body, "user=anonymous n=0");
+    assert!(session_cookie(&laptop).is_none(), "the caller's cookie was not expired");
+    assert!(sessions.user_sessions("23").await.expect("listed").is_empty());
+}
+
+#[tokio::test]
+async fn logout_other_devices_ends_the_other_and_keeps_the_caller() {
+    let (_, mut laptop, mut phone) = both_logged_in().await;
+    assert_eq!(laptop.get("/logout_others").await.body, "ended 1");
+    assert_eq!(phone.get("/read").await.body, "user=anonymous n=0");
+    assert_eq!(laptop.get("/read").await.body, "user=23 n=0");
+    assert_eq!(laptop.get("/devices").await.body.lines().count(), 1);
+}
+
+#[tokio::test]
+async fn revoking_a_device_by_handle_logs_only_that_device_out() {
+    let (_, mut laptop, mut phone) = both_logged_in().await;
+    let listing = laptop.get("/devices").await.body;
+    let handle = listing.lines().find(|l| l.contains("current=false")).and_then(|l| l.split(' ').next());
+    let reply = laptop.get(&format!("/revoke/{}", handle.expect("the phone is listed"))).await;
+    assert_eq!(reply.body, "revoked=true");
+    assert_eq!(phone.get("/read").await.body, "user=anonymous n=0");
+    assert_eq!(laptop.get("/read").await.body, "user=23 n=0");
+}
+
+#[tokio::test]
+async fn a_user_cannot_revoke_another_users_session() {
+    let (sessions, mut laptop, mut phone) = setup();
+    laptop.get("/login/23").await;
+    phone.get("/login/42").await;
+    let victim = sessions.user_sessions("42").await.expect("listed")[0].handle.to_string();
+    assert_eq!(laptop.get(&format!("/revoke/{victim}")).await.body, "revoked=false");
+    assert_eq!(phone.get("/read").await.body, "user=42 n=0");
+}
+
+#[tokio::test]
+async fn clear_user_sessions_in_a_request_spares_the_callers_own() {
+    let (sessions, mut laptop, mut phone) = both_logged_in().await;
+    assert_eq!(laptop.get("/clear_user/23").await.body, "ended 1");
+    assert_eq!(laptop.get("/read").await.body, "user=23 n=0");
+    assert_eq!(phone.get("/read").await.body, "user=anonymous n=0");
+    assert_eq!(sessions.clear_user_sessions("23").await.expect("cleared"), 1, "the admin handle clears all");
+    assert_eq!(laptop.get("/read").await.body, "user=anonymous n=0");
+}
+
+#[tokio::test]
+async fn admin_revoke_and_listing_work_without_a_request() {
+    let (sessions, _laptop, mut phone) = both_logged_in().await;
+    let listed = sessions.user_sessions("23").await.expect("listed");
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|s| !s.current));
+    let phone_handle = listed.iter().find(|s| s.device.user_agent.as_deref() == Some("phone")).expect("phone");
+    assert!(sessions.revoke(&phone_handle.handle).await.expect("revoked"));
+    assert!(!sessions.revoke(&phone_handle.handle).await.expect("revoked twice"));
+    assert_eq!(phone.get("/read").await.body, "user=anonymous n=0");
+}
+
+/// A request that loaded its session before another device logged everyone
+/// out must not bring the session back when it commits.
+#[tokio::test]
+async fn logout_all_devices_survives_a_concurrent_request() {
+    let store = Arc::new(MemoryStore::new());
+    let sessions = Sessions::from_shared(store.clone(), SessionConfig::default()).expect("valid config");
+    let router = app(sessions.clone());
+    let (mut laptop, mut phone) =
+        (Device::new(router.clone(), "laptop", "192.0.2.1:1"), Device::new(router, "phone", "192.0.2.2:1"));
+    laptop.get("/login/23").await;
+    phone.get("/login/23").await;
+
+    // The phone's request is in flight: it has read its session...
+    let phone_header = phone.cookie_header();
+    let in_flight = sessions.session([phone_header.as_str()], Default::default());
+    assert_eq!(in_flight.user().await.expect("loaded").as_deref(), Some("23"));
+    // ...when the laptop logs out everywhere...
+    assert_eq!(laptop.get("/logout_all").await.body, "ended 2");
+    // ...and then it writes and commits.
+    in_flight.insert("cart", vec![1, 2]).await.expect("insert");
+    let commit = in_flight.commit().await.expect("commit");
+    assert!(commit.set_cookie.is_some_and(|c| c.contains("Max-Age=0")), "the phone's cookie was not expired");
+    assert!(store.user_sessions("23").await.expect("listed").is_empty(), "a logged-out session came back");
+    assert_eq!(phone.get("/read").await.body, "user=anonymous n=0");
+}
+
+#[tokio::test]
+async fn a_touch_after_logout_all_does_not_resurrect_either() {
+    let store = Arc::new(MemoryStore::new());
+    let config = SessionConfig::default().with_touch_interval(time::Duration::ZERO);
+    let sessions = Sessions::from_shared(store.clone(), config).expect("valid config");
+    let router = app(sessions.clone());
+    let mut phone = Device::new(router, "phone", "192.0.2.2:1");
+    phone.get("/login/23").await;
+    let header = phone.cookie_header();
+    let in_flight = sessions.session([header.as_str()], Default::default());
+    in_flight.user().await.expect("loaded");
+    sessions.clear_user_sessions("23").await.expect("cleared");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    in_flight.commit().await.expect("commit");
+    assert!(store.user_sessions("23").await.expect("listed").is_empty());
+}

@@ -1,0 +1,153 @@
+//! Logging in and out on one device: id rotation, the permanent flag,
+//! lifetimes and the per-user session limit.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Device, app, session_cookie};
+use multisession::store::{MemoryStore, Store};
+use multisession::{Device as DeviceFacts, OnLimit, SessionConfig, SessionId, Sessions};
+use time::{Duration, OffsetDateTime};
+
+fn setup(config: SessionConfig) -> (Arc<MemoryStore>, axum::Router) {
+    let store = Arc::new(MemoryStore::new());
+    (store.clone(), app(Sessions::from_shared(store, config).expect("valid config")))
+}
+
+#[tokio::test]
+async fn login_changes_the_id_keeps_the_data_and_the_old_id_no_longer_loads() {
+    let (store, router) = setup(SessionConfig::default());
+    let mut device = Device::new(router.clone(), "ua", "127.0.0.1:1");
+    device.get("/write").await;
+    let before = session_cookie(&device).expect("a session");
+    device.get("/login/23").await;
+    let after = session_cookie(&device).expect("a session");
+    assert_ne!(before, after, "login kept the id");
+    assert_eq!(device.get("/read").await.body, "user=23 n=1", "login lost the data");
+
+    let mut old = Device::new(router, "ua", "127.0.0.1:1");
+    old.cookies.insert("session".into(), before.clone());
+    assert_eq!(old.get("/read").await.body, "user=anonymous n=0", "the pre-login id still works");
+    let sessions = store.user_sessions("23").await.expect("listed");
+    assert_eq!(sessions.len(), 1, "the pre-login session was not replaced");
+}
+
+#[tokio::test]
+async fn login_records_the_user_agent_and_client_address() {
+    let (store, router) = setup(SessionConfig::default());
+    let mut device = Device::new(router, "Mozilla/5.0 (X11; Linux)", "198.51.100.7:5555");
+    device.get("/login/23").await;
+    let info = &store.user_sessions("23").await.expect("listed")[0];
+    assert_eq!(info.device.user_agent.as_deref(), Some("Mozilla/5.0 (X11; Linux)"));
+    assert_eq!(info.device.ip, "198.51.100.7".parse().ok());
+}
+
+#[tokio::test]
+async fn logout_deletes_the_session_and_expires_the_cookie() {
+    let (store, router) = setup(SessionConfig::default());
+    let mut device = Device::new(router, "ua", "127.0.0.1:1");
+    device.get("/login/23").await;
+    let reply = device.get("/logout").await;
+    assert!(reply.set_cookies().iter().any(|c| c.starts_with("session=;") && c.contains("Max-Age=0")));
+    assert!(session_cookie(&device).is_none());
+    assert!(store.user_sessions("23").await.expect("listed").is_empty());
+}
+
+#[tokio::test]
+async fn the_permanent_flag_survives_later_requests_and_sets_max_age() {
+    let (_, router) = setup(SessionConfig::default());
+    let mut device = Device::new(router, "ua", "127.0.0.1:1");
+    device.get("/login/23").await;
+    let reply = device.get("/permanent").await;
+    let set = reply.set_cookies();
+    assert!(set.iter().any(|c| c.contains("Max-Age=267")), "a permanent cookie lasts 31 days: {set:?}");
+    device.get("/write").await;
+    device.get("/write").await;
+    let reply = device.get("/write").await;
+    assert!(reply.set_cookies().iter().any(|c| c.contains("Max-Age=")), "the permanent flag was lost");
+}
+
+#[tokio::test]
+async fn cycle_id_changes_the_id_and_keeps_user_and_data() {
+    let (_, router) = setup(SessionConfig::default());
+    let mut device = Device::new(router, "ua", "127.0.0.1:1");
+    device.get("/login/23").await;
+    device.get("/write").await;
+    let before = session_cookie(&device);
+    device.get("/cycle").await;
+    assert_ne!(session_cookie(&device), before);
+    assert_eq!(device.get("/read").await.body, "user=23 n=1");
+}
+
+#[tokio::test]
+async fn an_absolute_lifetime_caps_the_expiry_however_active_the_session() {
+    let config = SessionConfig::default().with_absolute_lifetime(Duration::minutes(10));
+    let sessions = Sessions::new(MemoryStore::new(), config).expect("valid config");
+    let session = sessions.session([], DeviceFacts::default());
+    session.login("23").await.expect("login");
+    session.commit().await.expect("commit");
+    let info = &sessions.user_sessions("23").await.expect("listed")[0];
+    let limit = OffsetDateTime::now_utc() + Duration::minutes(10);
+    assert!(info.expires_at <= limit, "the idle lifetime of a day outlived the absolute ten minutes");
+}
+
+#[tokio::test]
+async fn an_expired_session_is_no_session() {
+    let config =
+        SessionConfig::default().with_lifetime(Duration::milliseconds(200)).with_touch_interval(Duration::ZERO);
+    let (_, router) = setup(config);
+    let mut device = Device::new(router, "ua", "127.0.0.1:1");
+    device.get("/login/23").await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(device.get("/read").await.body, "user=anonymous n=0");
+}
+
+#[tokio::test]
+async fn a_session_limit_evicts_the_least_recently_active_session() {
+    let (store, router) = setup(SessionConfig::default().with_max_sessions_per_user(2, OnLimit::EvictLeastRecent));
+    let mut devices: Vec<Device> =
+        (0..3).map(|i| Device::new(router.clone(), &format!("device-{i}"), "127.0.0.1:1")).collect();
+    devices[0].get("/login/23").await;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    devices[1].get("/login/23").await;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    devices[2].get("/login/23").await;
+    let agents: Vec<String> =
+        store.user_sessions("23").await.expect("listed").into_iter().filter_map(|s| s.device.user_agent).collect();
+    assert_eq!(agents.len(), 2);
+    assert!(!agents.contains(&"device-0".to_owned()), "the oldest session survived: {agents:?}");
+    assert_eq!(devices[0].get("/read").await.body, "user=anonymous n=0");
+}
+
+#[tokio::test]
+async fn a_session_limit_can_refuse_the_login_instead() {
+    let (store, router) = setup(SessionConfig::default().with_max_sessions_per_user(1, OnLimit::RefuseLogin));
+    let mut first = Device::new(router.clone(), "first", "127.0.0.1:1");
+    let mut second = Device::new(router, "second", "127.0.0.1:2");
+    first.get("/login/23").await;
+    let reply = second.get("/login/23").await;
+    assert_eq!(reply.status, 409);
+    assert!(reply.body.contains("log out on another device"));
+    assert_eq!(store.user_sessions("23").await.expect("listed").len(), 1);
+    assert_eq!(first.get("/login/23").await.status, 200, "re-login on the same device is not an extra session");
+}
+
+#[tokio::test]
+async fn ids_are_fresh_every_time() {
+    let ids: std::collections::HashSet<String> =
+        (0..1000).map(|_| SessionId::generate().expect("rng").store_key().to_string()).collect();
+    assert_eq!(ids.len(), 1000);
+}
+
+#[tokio::test]
+async fn logging_in_as_another_user_does_not_inherit_the_previous_users_data() {
+    let (_, router) = setup(SessionConfig::default());
+    let mut device = Device::new(router, "shared computer", "127.0.0.1:1");
+    device.get("/write").await;
+    device.get("/login/alice").await;
+    assert_eq!(device.get("/read").await.body, "user=alice n=1", "an anonymous visitor's data follows the login");
+    device.get("/write").await;
+    device.get("/login/bob").await;
+    assert_eq!(device.get("/read").await.body, "user=bob n=0", "alice's data passed to bob");
+}

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
-use tracing::Instrument as _;
 
 use crate::config::IncomingId;
 use crate::store::{SessionInfo, Store};
@@ -99,7 +98,7 @@ impl State {
         }
         if let Some(incoming) = &self.incoming {
             let key = incoming.id.store_key();
-            let loaded = engine.store.load(&key).instrument(tracing::debug_span!("store.load")).await;
+            let loaded = engine.store.load(&key).await;
             match loaded {
                 Ok(Some(record)) if !record.meta.is_expired(now()) => {
                     self.data = record.data;
@@ -219,7 +218,7 @@ impl State {
         let mut commit = Commit { set_cookie: None, vary_cookie: true };
         let now = now();
         for key in std::mem::take(&mut self.doomed) {
-            engine.store.delete(&key).instrument(tracing::debug_span!("store.delete")).await?;
+            engine.store.delete(&key).await?;
         }
         let has_content = !self.data.is_empty() || self.user.is_some();
         if has_content && (self.cycle.is_some() || self.current.is_none()) {
@@ -270,12 +269,12 @@ impl State {
                 device: kept.map_or_else(|| device.clone(), |c| c.meta.device.clone()),
             },
         };
-        engine.store.create(&key, &record).instrument(tracing::debug_span!("store.create")).await?;
+        engine.store.create(&key, &record).await?;
         if let Some(old) = &self.current {
-            engine.store.delete(&old.key).instrument(tracing::debug_span!("store.delete")).await?;
+            engine.store.delete(&old.key).await?;
         }
         for evicted in std::mem::take(&mut self.evict) {
-            engine.store.delete(&evicted).instrument(tracing::debug_span!("store.delete")).await?;
+            engine.store.delete(&evicted).await?;
         }
         Ok(engine.config.id_cookie(&id, self.permanent, expires_at))
     }
@@ -290,22 +289,21 @@ impl State {
             change.set = self.data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         } else {
             for key in &self.dirty {
-                match self.data.get(key) {
-                    Some(value) => change.set.insert(key.clone(), value.clone()),
-                    None => change.remove.insert(key.clone()).then_some(Value::Null),
-                };
+                if let Some(value) = self.data.get(key) {
+                    change.set.insert(key.clone(), value.clone());
+                } else {
+                    change.remove.insert(key.clone());
+                }
             }
         }
         if self.permanent != current.meta.permanent {
             change.permanent = Some(self.permanent);
         }
         if change.alters() {
-            let span = tracing::debug_span!("store.apply");
-            engine.store.apply(&current.key, &change).instrument(span).await?;
+            engine.store.apply(&current.key, &change).await?;
             Ok(true)
         } else if expires_at - current.meta.expires_at > engine.config.touch_interval {
-            let span = tracing::debug_span!("store.touch");
-            engine.store.touch(&current.key, now, expires_at).instrument(span).await?;
+            engine.store.touch(&current.key, now, expires_at).await?;
             Ok(true)
         } else {
             Ok(false)

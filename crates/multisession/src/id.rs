@@ -107,6 +107,12 @@ pub struct StoreKey([u8; 32]);
 
 impl StoreKey {
     /// The raw 32 bytes, for stores that keep binary keys.
+    ///
+    /// ```
+    /// let key = multisession::SessionId::generate()?.store_key();
+    /// assert_eq!(key.as_bytes().len(), 32);
+    /// # Ok::<(), multisession::Error>(())
+    /// ```
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }

@@ -1,6 +1,5 @@
 #![doc = include_str!("docs/guide.md")]
 #![forbid(unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod config;
 mod engine;

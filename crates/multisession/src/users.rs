@@ -72,6 +72,7 @@ impl Sessions {
     /// ```
     pub fn from_shared(store: Arc<dyn Store>, config: SessionConfig) -> Result<Self> {
         config.validate()?;
+        let store = Arc::new(crate::store::Traced(store));
         Ok(Self { engine: Arc::new(Engine { store, config }) })
     }
 

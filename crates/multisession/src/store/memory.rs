@@ -64,6 +64,10 @@ impl MemoryStore {
 
     /// How many session entries the user operations have examined so far: the
     /// memory store's own measure of work, for the conformance suite.
+    ///
+    /// ```
+    /// assert_eq!(multisession::store::MemoryStore::new().entries_examined(), 0);
+    /// ```
     #[cfg(feature = "testing")]
     pub fn entries_examined(&self) -> u64 {
         self.examined.load(Ordering::Relaxed)
@@ -71,6 +75,16 @@ impl MemoryStore {
 
     /// Replaces the stored bytes of `key` by hand, as a test of corrupt data
     /// does. The entry keeps its user index and expiry.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// use multisession::store::{MemoryStore, Store};
+    /// let store = MemoryStore::new();
+    /// let key = multisession::SessionId::generate()?.store_key();
+    /// store.write_raw(&key, b"garbage");           // no such session: nothing happens
+    /// assert!(store.load(&key).await?.is_none());
+    /// # Ok(()) }
+    /// ```
     #[cfg(feature = "testing")]
     pub fn write_raw(&self, key: &StoreKey, bytes: &[u8]) {
         if let Ok(mut inner) = self.inner.lock()

@@ -13,6 +13,8 @@ use crate::{Change, Device, Meta, Record, Result, StoreKey};
 
 mod memory;
 pub use memory::MemoryStore;
+mod traced;
+pub(crate) use traced::Traced;
 
 #[cfg(feature = "sqlite")]
 mod sqlite;

@@ -160,6 +160,18 @@ impl SqliteStore {
     /// Whether SQLite's planner answers every per-user statement of this
     /// store through the user index rather than a table scan (`EXPLAIN QUERY
     /// PLAN`), for the conformance suite.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the database cannot be asked.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let dir = tempfile::tempdir().map_err(|e| multisession::Error::config("tempdir").with_source(e))?;
+    /// let store = multisession::store::SqliteStore::open(dir.path().join("s.db")).await?;
+    /// assert!(store.user_queries_use_index().await?);
+    /// # Ok(()) }
+    /// ```
     #[cfg(feature = "testing")]
     pub async fn user_queries_use_index(&self) -> Result<bool> {
         let mut indexed = true;

@@ -1,0 +1,47 @@
+//! A span around every store call, whoever makes it.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use tracing::Instrument as _;
+
+use super::{SessionInfo, Store};
+use crate::{Change, Record, Result, StoreKey};
+
+/// Wraps the store a [`Sessions`](crate::Sessions) uses, so that each call
+/// runs in a `store` span named for the operation. Keys, ids and data are
+/// never recorded.
+pub(crate) struct Traced(pub(crate) Arc<dyn Store>);
+
+fn span(op: &'static str) -> tracing::Span {
+    tracing::debug_span!("store", op)
+}
+
+#[async_trait]
+impl Store for Traced {
+    async fn load(&self, key: &StoreKey) -> Result<Option<Record>> {
+        self.0.load(key).instrument(span("load")).await
+    }
+    async fn create(&self, key: &StoreKey, record: &Record) -> Result<()> {
+        self.0.create(key, record).instrument(span("create")).await
+    }
+    async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {
+        self.0.apply(key, change).instrument(span("apply")).await
+    }
+    async fn touch(&self, key: &StoreKey, last_active_at: OffsetDateTime, expires_at: OffsetDateTime) -> Result<()> {
+        self.0.touch(key, last_active_at, expires_at).instrument(span("touch")).await
+    }
+    async fn delete(&self, key: &StoreKey) -> Result<bool> {
+        self.0.delete(key).instrument(span("delete")).await
+    }
+    async fn user_sessions(&self, user: &str) -> Result<Vec<SessionInfo>> {
+        self.0.user_sessions(user).instrument(span("user_sessions")).await
+    }
+    async fn delete_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> Result<u64> {
+        self.0.delete_user_sessions(user, keep).instrument(span("delete_user_sessions")).await
+    }
+    async fn delete_expired(&self) -> Result<u64> {
+        self.0.delete_expired().instrument(span("delete_expired")).await
+    }
+}

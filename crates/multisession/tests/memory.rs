@@ -24,3 +24,29 @@ impl Harness for Memory {
 }
 
 multisession::store_conformance_tests!(async { Memory(Arc::new(MemoryStore::new())) });
+
+#[tokio::test]
+async fn the_cleanup_task_sweeps_expired_sessions() {
+    use multisession::{Device, Meta, Record};
+    let store = Arc::new(MemoryStore::new());
+    let now = time::OffsetDateTime::now_utc();
+    let record = Record {
+        data: Default::default(),
+        meta: Meta {
+            user_id: None,
+            created_at: now,
+            last_active_at: now,
+            expires_at: now + time::Duration::milliseconds(50),
+            absolute_expires_at: None,
+            permanent: false,
+            device: Device::default(),
+        },
+    };
+    let key = multisession::SessionId::generate().expect("rng").store_key();
+    store.create(&key, &record).await.expect("created");
+    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+    let task = multisession::store::spawn_cleanup(store.clone(), multisession::Duration::seconds(1));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    task.abort();
+    assert!(!store.delete(&key).await.expect("delete"), "the cleanup task left the expired entry");
+}

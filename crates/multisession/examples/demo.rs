@@ -86,7 +86,7 @@ async fn main() -> std::result::Result<(), Box<dyn StdError>> {
     // The demo serves plain http on localhost, where browsers would drop a
     // `Secure` cookie; keep the default (`Secure`) behind https.
     let config = SessionConfig::default().with_secure(false);
-    let sessions = Sessions::from_shared(store.clone(), config).map_err(|e| fatal(e.to_string()))?;
+    let sessions = Sessions::new(store.clone(), config).map_err(|e| fatal(e.to_string()))?;
     // Expired sessions are never served; this only reclaims their rows.
     let _cleanup = spawn_cleanup(store, multisession::Duration::minutes(1));
 

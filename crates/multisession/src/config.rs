@@ -9,7 +9,8 @@ use sha2::Sha256;
 use time::{Duration, OffsetDateTime};
 
 use crate::id::ENCODED_ID_LEN;
-use crate::{Error, Result, SessionId};
+use crate::store::Backend;
+use crate::{Error, Fields, Result, SessionId};
 
 /// How one session cookie is set and how long its session lives.
 ///
@@ -324,6 +325,12 @@ impl SessionConfig {
             value.push('.');
             value.push_str(&signature);
         }
+        self.value_cookie(value, permanent, expires_at)
+    }
+
+    /// The `Set-Cookie` value carrying `value` for a session expiring at
+    /// `expires_at`: a browser-session cookie unless permanent or `max_age`.
+    pub(crate) fn value_cookie(&self, value: String, permanent: bool, expires_at: OffsetDateTime) -> String {
         let max_age = self.max_age.or_else(|| permanent.then(|| expires_at - OffsetDateTime::now_utc()));
         self.cookie(value, max_age.map(|d| d.max(Duration::ZERO)))
     }
@@ -351,23 +358,16 @@ impl SessionConfig {
         cookie.build().encoded().to_string()
     }
 
-    /// Finds this config's cookie in `Cookie` header values and returns the
-    /// id it carries, if it decodes and verifies, with whether an older key
-    /// signed it. The second value says whether the cookie was present at all.
-    pub(crate) fn read_id<'a>(&self, headers: impl IntoIterator<Item = &'a str>) -> (Option<IncomingId>, bool) {
-        let mut present = false;
-        for header in headers {
-            for cookie in Cookie::split_parse_encoded(header).flatten() {
-                if cookie.name() != self.cookie_name {
-                    continue;
-                }
-                present = true;
-                if let Some(incoming) = self.verify(cookie.value()) {
-                    return (Some(incoming), true);
-                }
-            }
-        }
-        (None, present)
+    /// This config's cookie values among a request's cookies (several when
+    /// paths or domains overlap).
+    pub(crate) fn values<'a>(&self, cookies: &'a [Cookie<'a>]) -> Vec<&'a str> {
+        cookies.iter().filter(|c| c.name() == self.cookie_name).map(|c| c.value()).collect()
+    }
+
+    /// The first of `values` that decodes and verifies as an id, with whether
+    /// an older key signed it.
+    pub(crate) fn read_id(&self, values: &[&str]) -> Option<IncomingId> {
+        values.iter().find_map(|value| self.verify(value))
     }
 
     fn verify(&self, value: &str) -> Option<IncomingId> {
@@ -380,6 +380,59 @@ impl SessionConfig {
                 SessionId::decode(id_text).map(|id| IncomingId { id, stale_key: index > 0 })
             }
         }
+    }
+}
+
+/// One session part: where its records live, how its cookie is set, and
+/// which keys it keeps. A lone part keeps every key; several parts split a
+/// session across cookies and backends.
+///
+/// ```
+/// use multisession::{Fields, Key, KeyRing, SessionConfig, SessionSpec, Sessions};
+/// use multisession::store::{CookieStore, MemoryStore};
+///
+/// let keys = KeyRing::new(vec![Key::generate()])?;
+/// let sessions = Sessions::from_specs([
+///     SessionSpec::new(CookieStore::new(keys.clone()), SessionConfig::default().with_cookie_name("csrf"))
+///         .with_fields(Fields::include(["csrf_token"])),
+///     SessionSpec::new(MemoryStore::new(), SessionConfig::default().with_cookie_name("session"))
+///         .with_fields(Fields::include(["user_id", "user_data"])),
+///     SessionSpec::new(CookieStore::new(keys), SessionConfig::default().with_cookie_name("data"))
+///         .with_fields(Fields::Auto),
+/// ])?;
+/// # let _ = sessions;
+/// # Ok::<(), multisession::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct SessionSpec {
+    pub(crate) backend: Backend,
+    pub(crate) config: SessionConfig,
+    pub(crate) fields: Fields,
+}
+
+impl SessionSpec {
+    /// A part kept in `backend`, with cookie and lifetimes from `config`,
+    /// keeping every key.
+    ///
+    /// ```
+    /// use multisession::{SessionConfig, SessionSpec, store::MemoryStore};
+    /// let spec = SessionSpec::new(MemoryStore::new(), SessionConfig::default());
+    /// # let _ = spec;
+    /// ```
+    pub fn new(backend: impl Into<Backend>, config: SessionConfig) -> Self {
+        Self { backend: backend.into(), config, fields: Fields::All }
+    }
+
+    /// Which keys this part keeps (default [`Fields::All`]).
+    ///
+    /// ```
+    /// use multisession::{Fields, SessionConfig, SessionSpec, store::MemoryStore};
+    /// let spec = SessionSpec::new(MemoryStore::new(), SessionConfig::default()).with_fields(Fields::Auto);
+    /// # let _ = spec;
+    /// ```
+    pub fn with_fields(mut self, fields: Fields) -> Self {
+        self.fields = fields;
+        self
     }
 }
 
@@ -435,6 +488,16 @@ impl KeyRing {
         self.0.len()
     }
 
+    /// The current key: it signs and encrypts.
+    pub(crate) fn first(&self) -> &Key {
+        &self.0[0]
+    }
+
+    /// Every key, the current one first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Key> {
+        self.0.iter()
+    }
+
     fn mac(&self, index: usize, cookie_name: &str, value: &str) -> Option<Hmac<Sha256>> {
         let mut mac = Hmac::<Sha256>::new_from_slice(self.0.get(index)?.signing()).ok()?;
         // The cookie's name is signed with the value, so a signature for one
@@ -483,13 +546,10 @@ mod tests {
         let config = signed(vec![Key::generate()]);
         let id = SessionId::generate().expect("rng");
         let value = value_of(&config.id_cookie(&id, false, OffsetDateTime::now_utc()));
-        let header = format!("session={value}");
-        assert!(config.read_id([header.as_str()]).0.is_some_and(|i| i.id == id && !i.stale_key));
+        assert!(config.read_id(&[value.as_str()]).is_some_and(|i| i.id == id && !i.stale_key));
         let mut tampered = value.into_bytes();
         tampered[3] ^= 1;
-        let header = format!("session={}", String::from_utf8_lossy(&tampered));
-        let (incoming, present) = config.read_id([header.as_str()]);
-        assert!(incoming.is_none() && present);
+        assert!(config.read_id(&[String::from_utf8_lossy(&tampered).as_ref()]).is_none());
     }
 
     #[test]
@@ -497,11 +557,10 @@ mod tests {
         let (old, new) = (Key::generate(), Key::generate());
         let id = SessionId::generate().expect("rng");
         let value = value_of(&signed(vec![old.clone()]).id_cookie(&id, false, OffsetDateTime::now_utc()));
-        let header = format!("session={value}");
         let rotated = signed(vec![new, old]);
-        assert!(rotated.read_id([header.as_str()]).0.is_some_and(|i| i.stale_key));
+        assert!(rotated.read_id(&[value.as_str()]).is_some_and(|i| i.stale_key));
         let unknown = signed(vec![Key::generate()]);
-        assert!(unknown.read_id([header.as_str()]).0.is_none());
+        assert!(unknown.read_id(&[value.as_str()]).is_none());
     }
 
     #[test]
@@ -511,8 +570,7 @@ mod tests {
         let a = signed(vec![key.clone()]).with_cookie_name("a");
         let value = value_of(&a.id_cookie(&id, false, OffsetDateTime::now_utc()));
         let b = signed(vec![key]).with_cookie_name("b");
-        let header = format!("b={value}");
-        assert!(b.read_id([header.as_str()]).0.is_none());
+        assert!(b.read_id(&[value.as_str()]).is_none());
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub enum ErrorKind {
     /// The session API was used in a way it does not allow; the message says
     /// what to do instead.
     Usage,
+    /// A cookie session would exceed what browsers keep (4096 bytes); the
+    /// message names the cookie and the size. Nothing truncated is sent.
+    TooLarge,
 }
 
 /// The error of every fallible operation in this crate: a kind, a message
@@ -127,6 +130,11 @@ impl Error {
         Self::new(ErrorKind::Config, message)
     }
 
+    /// The message without kind or cause.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
     pub(crate) fn usage(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Usage, message)
     }
@@ -161,6 +169,7 @@ impl fmt::Display for Error {
             ErrorKind::Config => "invalid session configuration",
             ErrorKind::TooManySessions => "too many sessions",
             ErrorKind::Usage => "session API misuse",
+            ErrorKind::TooLarge => "session cookie too large",
         };
         write!(f, "{kind}: {}", self.message)?;
         // The cause is part of the message: most applications print `{e}`

@@ -117,6 +117,17 @@ impl StoreKey {
         &self.0
     }
 
+    /// A key for something that is not a session (a user's revocation
+    /// counter): SHA-256 over a domain label and `input`, which no session
+    /// id's hash can equal in practice.
+    pub(crate) fn derive(domain: &str, input: &str) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(domain.as_bytes());
+        hasher.update([0]);
+        hasher.update(input.as_bytes());
+        Self(hasher.finalize().into())
+    }
+
     /// The public handle prefix: the first 8 bytes in hex.
     pub(crate) fn short(&self) -> String {
         hex(&self.0[..8])

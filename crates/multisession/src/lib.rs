@@ -4,6 +4,7 @@
 mod config;
 mod engine;
 mod error;
+mod fields;
 mod id;
 mod record;
 mod session;
@@ -13,9 +14,10 @@ pub mod testing;
 mod users;
 pub mod web;
 
-pub use config::{KeyRing, OnLimit, SessionConfig};
+pub use config::{KeyRing, OnLimit, SessionConfig, SessionSpec};
 pub use engine::Commit;
 pub use error::{Error, ErrorKind, Result};
+pub use fields::Fields;
 pub use id::{SessionId, StoreKey};
 pub use record::{Change, Device, Meta, RECORD_FORMAT_VERSION, Record};
 pub use session::{Session, USER_ID_KEY};

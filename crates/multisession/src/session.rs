@@ -8,6 +8,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::engine::{Commit, Cycle, Engine, State};
+use crate::store::Backend;
 use crate::users::{DeviceSession, SessionHandle};
 use crate::{Device, Error, Result};
 
@@ -30,7 +31,7 @@ pub const USER_ID_KEY: &str = "user_id";
 /// session.insert("theme", "dark").await?;
 /// assert_eq!(session.get::<String>("theme").await?.as_deref(), Some("dark"));
 /// let commit = session.commit().await?;
-/// assert!(commit.set_cookie.is_some());                     // a new session holds data
+/// assert_eq!(commit.set_cookies.len(), 1);                  // a new session holds data
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -55,15 +56,23 @@ impl Session {
         Self { shared: Arc::new(Shared { engine, device, state: Mutex::new(state) }) }
     }
 
-    /// Locks the state and loads the session if this is its first use.
-    async fn loaded(&self) -> Result<tokio::sync::MutexGuard<'_, State>> {
-        let mut state = self.shared.state.lock().await;
-        state.load(&self.shared.engine).await?;
-        Ok(state)
+    async fn state(&self) -> tokio::sync::MutexGuard<'_, State> {
+        self.shared.state.lock().await
     }
 
     fn engine(&self) -> &Engine {
         &self.shared.engine
+    }
+
+    /// The parts that keep `key`, or a usage error naming it.
+    fn owners(&self, key: &str) -> Result<Vec<usize>> {
+        let owners = self.engine().routing.owners(key);
+        if owners.is_empty() {
+            return Err(Error::usage(format!(
+                "no session part keeps the key `{key}`: add it to a part's fields, or add an auto part"
+            )));
+        }
+        Ok(owners)
     }
 
     /// The value under `key`, deserialized as `T`; `None` if absent.
@@ -84,10 +93,19 @@ impl Session {
     /// # Ok(()) }
     /// ```
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        let state = self.loaded().await?;
-        let value =
-            if key == USER_ID_KEY { state.user.clone().map(Value::String) } else { state.data.get(key).cloned() };
-        drop(state);
+        let value = if key == USER_ID_KEY {
+            self.user().await?.map(Value::String)
+        } else {
+            let mut state = self.state().await;
+            let mut found = None;
+            for i in self.engine().routing.owners(key) {
+                if let Some(value) = state.load(self.engine(), i).await?.data.get(key) {
+                    found = Some(value.clone());
+                    break;
+                }
+            }
+            found
+        };
         value
             .map(|v| {
                 serde_json::from_value(v).map_err(|e| {
@@ -120,7 +138,10 @@ impl Session {
         }
         let value = serde_json::to_value(value)
             .map_err(|e| Error::usage(format!("the value for {key:?} does not serialize to JSON")).with_source(e))?;
-        self.loaded().await?.set(key, value);
+        let mut state = self.state().await;
+        for i in self.owners(key)? {
+            state.load(self.engine(), i).await?.set(key, value.clone());
+        }
         Ok(())
     }
 
@@ -143,7 +164,12 @@ impl Session {
         if key == USER_ID_KEY {
             return Err(Error::usage("user_id is removed by Session::logout, not remove"));
         }
-        Ok(self.loaded().await?.remove(key))
+        let mut state = self.state().await;
+        let mut removed = None;
+        for i in self.engine().routing.owners(key) {
+            removed = removed.or(state.load(self.engine(), i).await?.remove(key));
+        }
+        Ok(removed)
     }
 
     /// Removes every key; the login, if any, stays.
@@ -162,7 +188,9 @@ impl Session {
     /// # Ok(()) }
     /// ```
     pub async fn clear(&self) -> Result<()> {
-        self.loaded().await?.clear();
+        let mut state = self.state().await;
+        state.load_all(self.engine()).await?;
+        state.parts.iter_mut().for_each(|part| part.clear());
         Ok(())
     }
 
@@ -182,7 +210,8 @@ impl Session {
     /// # Ok(()) }
     /// ```
     pub async fn user(&self) -> Result<Option<String>> {
-        Ok(self.loaded().await?.user.clone())
+        let Some(u) = self.engine().user_part else { return Ok(None) };
+        Ok(self.state().await.load(self.engine(), u).await?.user.clone())
     }
 
     /// Logs `user` in on this device: at the end of the request the session
@@ -209,8 +238,19 @@ impl Session {
         if user.is_empty() {
             return Err(Error::usage("login needs a non-empty user id"));
         }
-        let mut state = self.loaded().await?;
-        state.login(self.engine(), user).await
+        let engine = self.engine();
+        let u = engine.user_part()?;
+        let mut state = self.state().await;
+        state.load_all(engine).await?;
+        // Data follows a visitor into their login (a cart, a theme), but never
+        // from one user to another on a shared browser.
+        if state.parts[u].user.as_deref().is_some_and(|previous| previous != user) {
+            for part in &mut state.parts {
+                part.clear();
+                part.permanent = false;
+            }
+        }
+        state.parts[u].login(&engine.parts[u], user).await
     }
 
     /// Logs this device out: deletes its session and expires its cookie.
@@ -229,7 +269,7 @@ impl Session {
     /// # Ok(()) }
     /// ```
     pub async fn logout(&self) -> Result<()> {
-        self.loaded().await?.end(false);
+        self.state().await.parts.iter_mut().for_each(|part| part.end(false));
         Ok(())
     }
 
@@ -248,10 +288,23 @@ impl Session {
     /// # Ok(()) }
     /// ```
     pub async fn logout_other_devices(&self) -> Result<u64> {
-        let state = self.loaded().await?;
-        let Some(user) = state.user.clone() else { return Ok(0) };
-        let keep = state.surviving_key();
-        self.engine().store.delete_user_sessions(&user, keep.as_ref()).await
+        let Some(user) = self.user().await? else { return Ok(0) };
+        self.end_user_sessions_but_mine(&user).await
+    }
+
+    /// Ends `user`'s sessions but this request's own, which a cookie part
+    /// re-issues under the user's new generation.
+    async fn end_user_sessions_but_mine(&self, user: &str) -> Result<u64> {
+        let engine = self.engine();
+        let u = engine.user_part()?;
+        let mut state = self.state().await;
+        let keep = state.parts[u].surviving_key();
+        let (ended, generation) = engine.end_user_sessions(user, keep.as_ref()).await?;
+        let mine = &mut state.parts[u];
+        if let Some(generation) = generation.filter(|_| mine.user.as_deref() == Some(user)) {
+            mine.regenerate(generation);
+        }
+        Ok(ended)
     }
 
     /// Logs the user out on every device, this one included; how many
@@ -269,12 +322,16 @@ impl Session {
     /// # Ok(()) }
     /// ```
     pub async fn logout_all_devices(&self) -> Result<u64> {
-        let mut state = self.loaded().await?;
-        let Some(user) = state.user.clone() else { return Ok(0) };
-        let deleted = self.engine().store.delete_user_sessions(&user, None).await?;
-        let stored_as_user = state.current.as_ref().is_some_and(|c| c.meta.user_id.as_deref() == Some(&user));
-        state.end(stored_as_user);
-        Ok(deleted)
+        let Some(user) = self.user().await? else { return Ok(0) };
+        let engine = self.engine();
+        let u = engine.user_part()?;
+        let (ended, _) = engine.end_user_sessions(&user, None).await?;
+        let mut state = self.state().await;
+        let stored_as_user = state.parts[u].current.as_ref().is_some_and(|c| c.meta.user_id.as_deref() == Some(&user));
+        for (i, part) in state.parts.iter_mut().enumerate() {
+            part.end(i == u && stored_as_user);
+        }
+        Ok(ended)
     }
 
     /// Logs out every session of `user` except this request's own, as
@@ -294,8 +351,8 @@ impl Session {
     /// # Ok(()) }
     /// ```
     pub async fn clear_user_sessions(&self, user: &str) -> Result<u64> {
-        let keep = self.loaded().await?.surviving_key();
-        self.engine().store.delete_user_sessions(user, keep.as_ref()).await
+        self.user().await?;
+        self.end_user_sessions_but_mine(user).await
     }
 
     /// The logged-in user's sessions on every device, the current one marked;
@@ -313,11 +370,10 @@ impl Session {
     /// # Ok(()) }
     /// ```
     pub async fn devices(&self) -> Result<Vec<DeviceSession>> {
-        let state = self.loaded().await?;
-        let Some(user) = state.user.clone() else { return Ok(Vec::new()) };
-        let current = state.current.as_ref().map(|c| c.key);
-        drop(state);
-        Ok(crate::users::listing(self.engine().store.user_sessions(&user).await?, current))
+        let store = self.engine().user_store()?;
+        let Some(user) = self.user().await? else { return Ok(Vec::new()) };
+        let current = self.state().await.parts[self.engine().user_part()?].surviving_key();
+        Ok(crate::users::listing(store.user_sessions(&user).await?, current))
     }
 
     /// Logs out one of the logged-in user's own devices, named by the handle
@@ -337,16 +393,16 @@ impl Session {
     /// # Ok(()) }
     /// ```
     pub async fn revoke(&self, handle: &SessionHandle) -> Result<bool> {
-        let mut state = self.loaded().await?;
-        if state.user.as_deref() != Some(handle.user()) {
+        let store = self.engine().user_store()?;
+        if self.user().await?.as_deref() != Some(handle.user()) {
             return Ok(false);
         }
-        if state.current.as_ref().is_some_and(|c| handle.matches(&c.key)) {
-            state.end(false);
+        let mine = self.state().await.parts[self.engine().user_part()?].surviving_key();
+        if mine.is_some_and(|key| handle.matches(&key)) {
+            self.logout().await?;
             return Ok(true);
         }
-        drop(state);
-        crate::users::revoke(&*self.engine().store, handle).await
+        crate::users::revoke(&**store, handle).await
     }
 
     /// Whether the session is permanent.
@@ -363,7 +419,8 @@ impl Session {
     /// # Ok(()) }
     /// ```
     pub async fn is_permanent(&self) -> Result<bool> {
-        Ok(self.loaded().await?.permanent)
+        let part = self.engine().user_part.unwrap_or(0);
+        Ok(self.state().await.load(self.engine(), part).await?.permanent)
     }
 
     /// Makes the session permanent ("remember me": the permanent lifetime and
@@ -383,7 +440,9 @@ impl Session {
     /// # Ok(()) }
     /// ```
     pub async fn set_permanent(&self, permanent: bool) -> Result<()> {
-        self.loaded().await?.permanent = permanent;
+        let mut state = self.state().await;
+        state.load_all(self.engine()).await?;
+        state.parts.iter_mut().for_each(|part| part.permanent = permanent);
         Ok(())
     }
 
@@ -403,7 +462,13 @@ impl Session {
     /// # Ok(()) }
     /// ```
     pub async fn cycle_id(&self) -> Result<()> {
-        self.loaded().await?.cycle(Cycle::Rotate);
+        let engine = self.engine();
+        let mut state = self.state().await;
+        for (i, part) in engine.parts.iter().enumerate() {
+            if matches!(part.backend, Backend::Server(_)) {
+                state.load(engine, i).await?.cycle(Cycle::Rotate);
+            }
+        }
         Ok(())
     }
 

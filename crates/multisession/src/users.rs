@@ -9,9 +9,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use time::OffsetDateTime;
 
-use crate::engine::{Engine, State};
-use crate::store::{SessionInfo, Store};
-use crate::{Device, Error, Result, Session, SessionConfig, StoreKey};
+use crate::engine::Engine;
+use crate::store::{Backend, SessionInfo, Store};
+use crate::{Device, Error, Result, Session, SessionConfig, SessionSpec, StoreKey};
 
 /// The application's sessions: a store and a configuration, checked once.
 ///
@@ -33,12 +33,15 @@ pub struct Sessions {
 
 impl fmt::Debug for Sessions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sessions").field("config", &self.engine.config).finish_non_exhaustive()
+        let cookies: Vec<&str> = self.engine.parts.iter().map(|p| p.config.cookie_name()).collect();
+        f.debug_struct("Sessions").field("cookies", &cookies).finish_non_exhaustive()
     }
 }
 
 impl Sessions {
-    /// Sessions kept in `store`, with cookies and lifetimes from `config`.
+    /// Sessions kept in one backend (a server-side store or a
+    /// [`CookieStore`](crate::store::CookieStore)), with cookie and
+    /// lifetimes from `config`: one session part that keeps every key.
     ///
     /// # Errors
     ///
@@ -51,29 +54,32 @@ impl Sessions {
     /// let err = Sessions::new(MemoryStore::new(), SessionConfig::default().with_path("app")).unwrap_err();
     /// assert!(err.to_string().contains("path"));
     /// ```
-    pub fn new(store: impl Store, config: SessionConfig) -> Result<Self> {
-        Self::from_shared(Arc::new(store), config)
+    pub fn new(backend: impl Into<Backend>, config: SessionConfig) -> Result<Self> {
+        Self::from_specs([SessionSpec::new(backend, config)])
     }
 
-    /// Like [`Sessions::new`], for a store already behind an `Arc` (shared
-    /// with a cleanup task, say).
+    /// One session split across several cookies and backends, one
+    /// [`SessionSpec`] per part; [`Fields`](crate::Fields) rules say which
+    /// part keeps which key, and the part that keeps `user_id` keeps the
+    /// login.
     ///
     /// # Errors
     ///
-    /// As [`Sessions::new`].
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config), naming the cookie and
+    /// the key, for two parts with one cookie name, an excluded key no part
+    /// keeps, `user_id` kept by two parts or named by a part that cannot
+    /// index users, or an `Auto` part left with no keys.
     ///
     /// ```
-    /// use std::sync::Arc;
-    /// use multisession::{Sessions, store::{MemoryStore, Store}};
-    /// let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    /// let sessions = Sessions::from_shared(store.clone(), Default::default())?;
-    /// # let _ = sessions;
-    /// # Ok::<(), multisession::Error>(())
+    /// use multisession::{Fields, SessionConfig, SessionSpec, Sessions, store::MemoryStore};
+    /// let err = Sessions::from_specs([
+    ///     SessionSpec::new(MemoryStore::new(), SessionConfig::default()),
+    ///     SessionSpec::new(MemoryStore::new(), SessionConfig::default()).with_fields(Fields::Auto),
+    /// ]).unwrap_err();
+    /// assert!(err.to_string().contains("`session`"));
     /// ```
-    pub fn from_shared(store: Arc<dyn Store>, config: SessionConfig) -> Result<Self> {
-        config.validate()?;
-        let store = Arc::new(crate::store::Traced(store));
-        Ok(Self { engine: Arc::new(Engine { store, config }) })
+    pub fn from_specs(specs: impl IntoIterator<Item = SessionSpec>) -> Result<Self> {
+        Ok(Self { engine: Arc::new(Engine::new(specs.into_iter().collect())?) })
     }
 
     /// The session of one request, from its `Cookie` header values and the
@@ -86,31 +92,7 @@ impl Sessions {
     /// # Ok::<(), multisession::Error>(())
     /// ```
     pub fn session<'a>(&self, cookie_headers: impl IntoIterator<Item = &'a str>, device: Device) -> Session {
-        let (incoming, present) = self.engine.config.read_id(cookie_headers);
-        Session::new(self.engine.clone(), State::new(incoming, present), device)
-    }
-
-    /// The configuration in force.
-    ///
-    /// ```
-    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
-    /// assert_eq!(sessions.config().cookie_name(), "session");
-    /// # Ok::<(), multisession::Error>(())
-    /// ```
-    pub fn config(&self) -> &SessionConfig {
-        &self.engine.config
-    }
-
-    /// The store, for a cleanup task or tooling.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
-    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
-    /// assert_eq!(sessions.store().delete_expired().await?, 0);
-    /// # Ok(()) }
-    /// ```
-    pub fn store(&self) -> Arc<dyn Store> {
-        self.engine.store.clone()
+        Session::new(self.engine.clone(), self.engine.start(cookie_headers), device)
     }
 
     /// Every live session of `user`, most recently active first.
@@ -129,11 +111,13 @@ impl Sessions {
     /// # Ok(()) }
     /// ```
     pub async fn user_sessions(&self, user: &str) -> Result<Vec<DeviceSession>> {
-        Ok(listing(self.engine.store.user_sessions(user).await?, None))
+        Ok(listing(self.engine.user_store()?.user_sessions(user).await?, None))
     }
 
-    /// Logs `user` out on every device; how many sessions ended. Inside a
-    /// request, [`Session::clear_user_sessions`] spares the caller's own.
+    /// Logs `user` out on every device; how many sessions ended (a cookie
+    /// part with a revocation store ends them all but cannot count them: 0).
+    /// Inside a request, [`Session::clear_user_sessions`] spares the caller's
+    /// own.
     ///
     /// # Errors
     ///
@@ -146,7 +130,7 @@ impl Sessions {
     /// # Ok(()) }
     /// ```
     pub async fn clear_user_sessions(&self, user: &str) -> Result<u64> {
-        self.engine.store.delete_user_sessions(user, None).await
+        Ok(self.engine.end_user_sessions(user, None).await?.0)
     }
 
     /// Logs out the one session `handle` names; whether it existed.
@@ -163,7 +147,7 @@ impl Sessions {
     /// # Ok(()) }
     /// ```
     pub async fn revoke(&self, handle: &SessionHandle) -> Result<bool> {
-        revoke(&*self.engine.store, handle).await
+        revoke(&**self.engine.user_store()?, handle).await
     }
 }
 

@@ -18,7 +18,7 @@ fn signed() -> SessionConfig {
 
 async fn logged_in(config: SessionConfig) -> (Arc<CountingStore<MemoryStore>>, axum::Router, String) {
     let store = Arc::new(CountingStore::new(MemoryStore::new()));
-    let router = app(Sessions::from_shared(store.clone(), config).expect("valid config"));
+    let router = app(Sessions::new(store.clone(), config).expect("valid config"));
     let mut device = Device::new(router.clone(), "ua", "127.0.0.1:1");
     device.get("/login/23").await;
     let cookie = session_cookie(&device).expect("logged in");
@@ -81,7 +81,7 @@ async fn a_cookie_signed_with_an_unknown_key_is_no_session_and_costs_no_store_re
 #[tokio::test]
 async fn an_id_the_server_never_issued_is_not_adopted() {
     let store = Arc::new(MemoryStore::new());
-    let router = app(Sessions::from_shared(store.clone(), SessionConfig::default()).expect("valid config"));
+    let router = app(Sessions::new(store.clone(), SessionConfig::default()).expect("valid config"));
     let mut device = Device::new(router, "ua", "127.0.0.1:1");
     // A well-formed id of the attacker's choosing.
     let planted = multisession::Sessions::new(MemoryStore::new(), SessionConfig::default())
@@ -89,8 +89,10 @@ async fn an_id_the_server_never_issued_is_not_adopted() {
         .session([], Default::default());
     planted.insert("x", 1).await.expect("insert");
     let commit = planted.commit().await.expect("commit");
-    let planted_cookie =
-        cookie::Cookie::parse_encoded(commit.set_cookie.expect("a cookie")).expect("parses").value().to_owned();
+    let planted_cookie = cookie::Cookie::parse_encoded(commit.set_cookies.first().cloned().expect("a cookie"))
+        .expect("parses")
+        .value()
+        .to_owned();
     device.cookies.insert("session".into(), planted_cookie.clone());
     device.get("/write").await;
     let issued = session_cookie(&device).expect("a session was created");
@@ -111,7 +113,7 @@ async fn duplicate_and_foreign_cookies_do_not_confuse_the_lookup() {
 #[tokio::test]
 async fn corrupt_stored_data_is_no_session_not_an_error() {
     let store = Arc::new(MemoryStore::new());
-    let router = app(Sessions::from_shared(store.clone(), SessionConfig::default()).expect("valid config"));
+    let router = app(Sessions::new(store.clone(), SessionConfig::default()).expect("valid config"));
     let mut device = Device::new(router, "ua", "127.0.0.1:1");
     device.get("/login/23").await;
     let user_sessions = store.user_sessions("23").await.expect("listed");

@@ -12,7 +12,7 @@ use time::{Duration, OffsetDateTime};
 
 fn setup(config: SessionConfig) -> (Arc<MemoryStore>, axum::Router) {
     let store = Arc::new(MemoryStore::new());
-    (store.clone(), app(Sessions::from_shared(store, config).expect("valid config")))
+    (store.clone(), app(Sessions::new(store, config).expect("valid config")))
 }
 
 #[tokio::test]

@@ -92,7 +92,7 @@ async fn an_unreachable_store_gives_503_and_recovers_without_restart() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let store = Arc::new(Switchable::default());
-    let router = app(Sessions::from_shared(store.clone(), SessionConfig::default()).expect("valid config"));
+    let router = app(Sessions::new(store.clone(), SessionConfig::default()).expect("valid config"));
     let mut device = Device::new(router, "ua", "127.0.0.1:1");
     device.get("/login/23").await;
     device.get("/write").await;

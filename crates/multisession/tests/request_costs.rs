@@ -12,7 +12,7 @@ use multisession::{SessionConfig, Sessions};
 
 fn setup(config: SessionConfig) -> (Arc<CountingStore<MemoryStore>>, Device) {
     let store = Arc::new(CountingStore::new(MemoryStore::new()));
-    let sessions = Sessions::from_shared(store.clone(), config).expect("valid config");
+    let sessions = Sessions::new(store.clone(), config).expect("valid config");
     (store, Device::new(app(sessions), "test-agent", "127.0.0.1:4000"))
 }
 

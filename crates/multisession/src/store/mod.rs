@@ -11,6 +11,8 @@ use time::{Duration, OffsetDateTime};
 
 use crate::{Change, Device, Meta, Record, Result, StoreKey};
 
+mod cookie;
+pub use cookie::{CookieStore, MAX_COOKIE_BYTES};
 mod memory;
 pub use memory::MemoryStore;
 mod traced;
@@ -62,6 +64,85 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes expired records; how many. A no-op where expiry is native.
     async fn delete_expired(&self) -> Result<u64>;
+}
+
+/// A store shared behind an `Arc` is a store too, so `Arc<dyn Store>` goes
+/// wherever a store does.
+#[async_trait]
+impl<S: Store + ?Sized> Store for Arc<S> {
+    async fn load(&self, key: &StoreKey) -> Result<Option<Record>> {
+        (**self).load(key).await
+    }
+    async fn create(&self, key: &StoreKey, record: &Record) -> Result<()> {
+        (**self).create(key, record).await
+    }
+    async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {
+        (**self).apply(key, change).await
+    }
+    async fn touch(&self, key: &StoreKey, last_active_at: OffsetDateTime, expires_at: OffsetDateTime) -> Result<()> {
+        (**self).touch(key, last_active_at, expires_at).await
+    }
+    async fn delete(&self, key: &StoreKey) -> Result<bool> {
+        (**self).delete(key).await
+    }
+    async fn user_sessions(&self, user: &str) -> Result<Vec<SessionInfo>> {
+        (**self).user_sessions(user).await
+    }
+    async fn delete_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> Result<u64> {
+        (**self).delete_user_sessions(user, keep).await
+    }
+    async fn delete_expired(&self) -> Result<u64> {
+        (**self).delete_expired().await
+    }
+}
+
+/// Where one session part keeps its records: a server-side [`Store`] (its
+/// cookie carries only the id) or a [`CookieStore`] (its cookie carries the
+/// record). Every store converts into it.
+///
+/// ```
+/// use multisession::{Key, KeyRing, store::{Backend, CookieStore, MemoryStore}};
+/// let server: Backend = MemoryStore::new().into();
+/// let client: Backend = CookieStore::new(KeyRing::new(vec![Key::generate()])?).into();
+/// assert!(server.keeps_user_index() && !client.keeps_user_index());
+/// # Ok::<(), multisession::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// A server-side store.
+    Server(Arc<dyn Store>),
+    /// The browser, through an encrypted cookie.
+    Cookie(CookieStore),
+}
+
+impl Backend {
+    /// Whether the backend can list a user's sessions (only server stores).
+    ///
+    /// ```
+    /// let backend: multisession::store::Backend = multisession::store::MemoryStore::new().into();
+    /// assert!(backend.keeps_user_index());
+    /// ```
+    pub fn keeps_user_index(&self) -> bool {
+        matches!(self, Self::Server(_))
+    }
+}
+
+impl<S: Store> From<S> for Backend {
+    fn from(store: S) -> Self {
+        Self::Server(Arc::new(store))
+    }
+}
+
+impl From<CookieStore> for Backend {
+    fn from(store: CookieStore) -> Self {
+        Self::Cookie(store)
+    }
+}
+
+impl std::fmt::Debug for dyn Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("dyn Store")
+    }
 }
 
 /// One session of a user, as a store lists it: no id and nothing that could be

@@ -99,7 +99,7 @@ where
         // The clone that was polled ready serves this request.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let span = tracing::info_span!("session", cookie = %self.sessions.config().cookie_name());
+        let span = tracing::info_span!("session");
         Box::pin(
             async move {
                 let mut response = inner.call(request).await?;
@@ -109,7 +109,7 @@ where
                         if commit.vary_cookie {
                             headers.append(VARY, HeaderValue::from_static("cookie"));
                         }
-                        if let Some(cookie) = commit.set_cookie {
+                        for cookie in commit.set_cookies {
                             match HeaderValue::try_from(cookie) {
                                 Ok(value) => {
                                     headers.append(SET_COOKIE, value);

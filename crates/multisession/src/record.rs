@@ -20,8 +20,10 @@ const MAX_USER_AGENT: usize = 256;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Device {
     /// The request's `User-Agent`, at most 256 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
     /// The client's address, as the server saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<IpAddr>,
 }
 
@@ -46,12 +48,17 @@ impl Device {
         });
         Self { user_agent, ip }
     }
+
+    fn is_unknown(&self) -> bool {
+        self.user_agent.is_none() && self.ip.is_none()
+    }
 }
 
 /// Everything about a session that is not its data.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
     /// The logged-in user, if any; stores index sessions by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
     /// When the session was created (for a login: when the user logged in).
     #[serde(with = "millis")]
@@ -64,11 +71,12 @@ pub struct Meta {
     #[serde(with = "millis")]
     pub expires_at: OffsetDateTime,
     /// The hard limit no activity can move, if an absolute lifetime is set.
-    #[serde(with = "millis::option", default)]
+    #[serde(with = "millis::option", default, skip_serializing_if = "Option::is_none")]
     pub absolute_expires_at: Option<OffsetDateTime>,
     /// Whether the session uses the permanent lifetime and a persistent cookie.
     pub permanent: bool,
     /// The device that created the session.
+    #[serde(default, skip_serializing_if = "Device::is_unknown")]
     pub device: Device,
 }
 

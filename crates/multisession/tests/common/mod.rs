@@ -151,6 +151,13 @@ pub fn app(sessions: multisession::Sessions) -> Router {
         session.cycle_id().await?;
         Ok("cycled")
     }
+    async fn set(session: Session, Path((key, value)): Path<(String, String)>) -> Result<&'static str> {
+        session.insert(&key, value).await?;
+        Ok("set")
+    }
+    async fn get_key(session: Session, Path(key): Path<String>) -> Result<String> {
+        Ok(session.get::<serde_json::Value>(&key).await?.map(|v| v.to_string()).unwrap_or_else(|| "none".into()))
+    }
     async fn none() -> &'static str {
         "no session used"
     }
@@ -168,6 +175,8 @@ pub fn app(sessions: multisession::Sessions) -> Router {
         .route("/clear_user/{user}", get(clear_user))
         .route("/permanent", get(permanent))
         .route("/cycle", get(cycle))
+        .route("/set/{key}/{value}", get(set))
+        .route("/get/{key}", get(get_key))
         .layer(multisession::SessionLayer::new(sessions))
 }
 

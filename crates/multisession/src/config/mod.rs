@@ -1,5 +1,8 @@
 //! Cookie options, lifetimes and limits, with secure defaults, checked once at
-//! start-up.
+//! start-up; and the same set-up from a TOML file.
+
+#[cfg(feature = "toml")]
+mod file;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

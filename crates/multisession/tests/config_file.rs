@@ -1,0 +1,160 @@
+//! The same set-up from a TOML file: what loads, and what is refused with a
+//! message naming the line, the field or the secret.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use common::Device;
+use multisession::{ErrorKind, Key, Sessions};
+
+struct Folder(tempfile::TempDir);
+
+impl Folder {
+    fn new() -> Self {
+        let folder = Self(tempfile::tempdir().expect("a temporary directory"));
+        let key = base64::engine::general_purpose::STANDARD.encode(Key::generate().master());
+        let old = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Key::generate().master());
+        folder.write("keys.txt", &format!("{key}\n{old}\n"));
+        folder
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path().join(name);
+        std::fs::write(&path, text).expect("a file is written");
+        path
+    }
+
+    async fn load(&self, toml: &str) -> multisession::Result<Sessions> {
+        Sessions::from_config_file(self.write("multisession.toml", toml)).await
+    }
+}
+
+const THREE_PARTS: &str = r#"
+[[session]]
+cookie_name = "csrf"
+backend = "cookie://"
+fields = ["csrf_token"]
+key_file = "keys.txt"
+
+[[session]]
+cookie_name = "session"
+backend = "sqlite://sessions.db"
+fields = { include = ["user_id", "user_data"] }
+lifetime = "2h"
+permanent_lifetime = "14d"
+touch_interval = "1m"
+same_site = "strict"
+secure = false
+key_prefix = "shop"
+
+[[session]]
+cookie_name = "data"
+backend = "cookie://"
+fields = "auto"
+key_file = "keys.txt"
+revocation = "sqlite://sessions.db"
+"#;
+
+#[tokio::test]
+async fn flask_session_plus_three_parts_load_and_route() {
+    let folder = Folder::new();
+    let sessions = folder.load(THREE_PARTS).await.expect("the configuration loads");
+    assert!(folder.path().join("sessions.db").exists(), "sqlite:// is relative to the file's folder");
+    let mut browser = Device::new(common::app(sessions.clone()), "ua", "127.0.0.1:1");
+
+    let reply = browser.get("/set/csrf_token/t").await;
+    assert_eq!(reply.set_cookies().len(), 1);
+    assert!(reply.set_cookies()[0].starts_with("csrf="));
+    let reply = browser.get("/login/23").await;
+    let set = reply.set_cookies();
+    assert!(set.len() == 1 && set[0].starts_with("session=") && set[0].contains("SameSite=Strict"), "{set:?}");
+    assert!(!set[0].contains("Secure"));
+    assert!(browser.get("/set/theme/dark").await.set_cookies()[0].starts_with("data="));
+    assert_eq!(browser.get("/read").await.body, "user=23 n=0");
+
+    let listed = sessions.user_sessions("23").await.expect("listed");
+    let lifetime = listed[0].expires_at - listed[0].last_active_at;
+    assert_eq!(lifetime, time::Duration::hours(2), "lifetime = \"2h\" was not applied");
+}
+
+#[tokio::test]
+async fn unknown_keys_and_bad_values_are_refused_with_their_line() {
+    let folder = Folder::new();
+    for (toml, words) in [
+        ("[[session]]\ncookie_name = \"s\"\nbackend = \"memory://\"\ncolour = \"blue\"\n", &["colour", "line 4"][..]),
+        (
+            "[[session]]\ncookie_name = \"s\"\nbackend = \"memory://\"\nlifetime = \"1 fortnight\"\n",
+            &["fortnight", "line 4"],
+        ),
+        ("[[session]]\ncookie_name = \"s\"\nbackend = \"redis-ish://x\"\n", &["redis-ish://x", "line 3"]),
+        (
+            "[[session]]\ncookie_name = \"s\"\nbackend = \"memory://\"\nsame_site = \"sometimes\"\n",
+            &["sometimes", "line 4"],
+        ),
+        ("[[session]]\ncookie_name = \"s\"\nbackend = \"memory://\"\nkey = \"c2VjcmV0\"\n", &["key", "line 4"]),
+    ] {
+        let err = folder.load(toml).await.expect_err("an invalid file was accepted");
+        assert_eq!(err.kind(), ErrorKind::Config);
+        for word in words {
+            assert!(err.to_string().contains(word), "{err} does not mention {word}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn secrets_come_from_the_environment_or_a_key_file_and_are_checked() {
+    let folder = Folder::new();
+    folder.write("short.txt", &base64::engine::general_purpose::STANDARD.encode([7u8; 32]));
+    folder.write("empty.txt", "\n");
+    let part = |source: &str| format!("[[session]]\ncookie_name = \"c\"\nbackend = \"cookie://\"\n{source}\n");
+    for (source, words) in [
+        ("", &["`c`", "key_env"][..]),
+        ("key_env = \"MULTISESSION_SURELY_UNSET_VARIABLE\"", &["`c`", "MULTISESSION_SURELY_UNSET_VARIABLE", "not set"]),
+        ("key_env = \"PATH\"", &["`c`", "PATH", "not base64"]),
+        ("key_file = \"missing.txt\"", &["`c`", "missing.txt"]),
+        ("key_file = \"short.txt\"", &["`c`", "32 bytes", "64"]),
+        ("key_file = \"empty.txt\"", &["`c`", "no key"]),
+        ("key_file = \"keys.txt\"\nkey_env = \"PATH\"", &["`c`", "not both"]),
+    ] {
+        let err = folder.load(&part(source)).await.expect_err("a part without a usable key was accepted");
+        for word in words {
+            assert!(err.to_string().contains(word), "{err} does not mention {word}");
+        }
+    }
+    folder.load(&part("key_file = \"keys.txt\"")).await.expect("a key file with two keys loads");
+}
+
+#[tokio::test]
+async fn option_combinations_that_cannot_work_are_refused() {
+    let folder = Folder::new();
+    let head = "[[session]]\ncookie_name = \"s\"\n";
+    for (rest, words) in [
+        ("backend = \"memory://\"\nkey_prefix = \"x\"\n", &["`s`", "key_prefix"][..]),
+        ("backend = \"memory://\"\nrevocation = \"memory://\"\n", &["`s`", "revocation"]),
+        ("backend = \"memory://\"\nsigned_id = true\n", &["`s`", "signed_id"]),
+        ("backend = \"memory://\"\non_limit = \"refuse\"\n", &["`s`", "on_limit"]),
+        ("backend = \"cookie://\"\nkey_file = \"keys.txt\"\nrevocation = \"cookie://\"\n", &["`s`", "revocation"]),
+        ("backend = \"memory://\"\nlifetime = \"1m\"\n", &["`s`", "touch_interval"]),
+    ] {
+        let err = folder.load(&format!("{head}{rest}")).await.expect_err("accepted");
+        for word in words {
+            assert!(err.to_string().contains(word), "{err} does not mention {word}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_shipped_example_configuration_loads() {
+    let folder = Folder::new();
+    let example = include_str!("../examples/multisession.toml");
+    let keys = std::fs::read_to_string(folder.path().join("keys.txt")).expect("keys");
+    let example = example.replace("key_env = \"MULTISESSION_KEYS\"", "key_file = \"keys.txt\"");
+    assert_ne!(keys, "");
+    folder.load(&example).await.expect("examples/multisession.toml loads");
+}

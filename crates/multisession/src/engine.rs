@@ -465,7 +465,7 @@ impl PartState {
         !self.data.is_empty() || self.user.is_some()
     }
 
-    /// A server part's commit: nothing, one `apply`, one `touch`, or a
+    /// A server part's commit: nothing, one `apply` (or a touch), or a
     /// `create` (plus deletes for a login that replaced a session). The
     /// cookie to set, if it changed.
     async fn commit_server(
@@ -561,6 +561,7 @@ impl PartState {
     ) -> Result<bool> {
         let expires_at = config.expiry(now, self.permanent, stored.absolute_expires_at);
         let mut change = Change::new(now, expires_at);
+        change.user_id = stored.user_id.clone();
         if self.cleared {
             change.clear = true;
             change.set = self.data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -576,11 +577,8 @@ impl PartState {
         if self.permanent != stored.permanent {
             change.permanent = Some(self.permanent);
         }
-        if change.alters() {
+        if change.alters() || expires_at - stored.expires_at > config.touch_interval {
             store.apply(key, &change).await?;
-            Ok(true)
-        } else if expires_at - stored.expires_at > config.touch_interval {
-            store.touch(key, now, expires_at).await?;
             Ok(true)
         } else {
             Ok(false)

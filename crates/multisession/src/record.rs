@@ -188,10 +188,12 @@ impl Record {
 
 /// What one request did to an existing session, applied by a store field by
 /// field so that concurrent requests touching different keys both survive.
+/// A change that [alters](Change::alters) nothing is a *touch*: it only moves
+/// the activity time and expiry, and stores must not rewrite data for it.
 ///
 /// The user of a session never changes through a `Change`: logging in mints a
-/// new session (a new id), so the per-user index only changes on `create`
-/// and `delete`.
+/// new session (a new id). `user_id` says whose session it is, so that a store
+/// with a per-user index can keep the index's expiry in step.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Change {
     /// Remove every key before applying `remove` and `set`.
@@ -206,6 +208,8 @@ pub struct Change {
     pub last_active_at: OffsetDateTime,
     /// The new expiry.
     pub expires_at: OffsetDateTime,
+    /// Whose session this is, as loaded (context; never a change of user).
+    pub user_id: Option<String>,
 }
 
 impl Change {
@@ -224,6 +228,7 @@ impl Change {
             permanent: None,
             last_active_at,
             expires_at,
+            user_id: None,
         }
     }
 
@@ -251,8 +256,14 @@ impl Change {
         }
     }
 
-    /// Whether the change alters data or flags (not only times).
-    pub(crate) fn alters(&self) -> bool {
+    /// Whether the change alters data or flags; a change that does not is a
+    /// touch.
+    ///
+    /// ```
+    /// let now = time::OffsetDateTime::now_utc();
+    /// assert!(!multisession::Change::new(now, now).alters());
+    /// ```
+    pub fn alters(&self) -> bool {
         self.clear || !self.remove.is_empty() || !self.set.is_empty() || self.permanent.is_some()
     }
 }

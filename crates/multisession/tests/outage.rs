@@ -10,7 +10,6 @@ use async_trait::async_trait;
 use common::{Device, app};
 use multisession::store::{MemoryStore, SessionInfo, Store};
 use multisession::{Change, Error, Record, Result, SessionConfig, Sessions, StoreKey};
-use time::OffsetDateTime;
 
 /// A real memory store behind a switch that makes every call fail as an
 /// unreachable backend does.
@@ -43,10 +42,6 @@ impl Store for Switchable {
     async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {
         self.check()?;
         self.inner.apply(key, change).await
-    }
-    async fn touch(&self, key: &StoreKey, at: OffsetDateTime, expires_at: OffsetDateTime) -> Result<()> {
-        self.check()?;
-        self.inner.touch(key, at, expires_at).await
     }
     async fn delete(&self, key: &StoreKey) -> Result<bool> {
         self.check()?;

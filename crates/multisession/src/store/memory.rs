@@ -152,10 +152,6 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn touch(&self, key: &StoreKey, last_active_at: OffsetDateTime, expires_at: OffsetDateTime) -> Result<()> {
-        self.apply(key, &Change::new(last_active_at, expires_at)).await
-    }
-
     async fn delete(&self, key: &StoreKey) -> Result<bool> {
         Ok(self.lock()?.remove(key).is_some())
     }

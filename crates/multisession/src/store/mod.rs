@@ -34,8 +34,8 @@ pub use sqlite::SqliteStore;
 /// - `load` never returns an expired record, even while the backend still
 ///   holds it.
 /// - `create` never overwrites: an existing key is `Conflict`.
-/// - `apply` and `touch` never create: a deleted or expired session is
-///   `Gone`, and nothing reappears.
+/// - `apply` never creates: a deleted or expired session is `Gone`, and
+///   nothing reappears.
 /// - The per-user operations cost a number of backend operations that grows
 ///   with that user's sessions, never with the whole store.
 #[async_trait]
@@ -46,12 +46,10 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new record; `Conflict` if `key` already exists.
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<()>;
 
-    /// Applies `change` field by field; `Gone` if the session is not live.
+    /// Applies `change` field by field; `Gone` if the session is not live. A
+    /// change that alters nothing (a touch) only moves the activity time and
+    /// expiry, without rewriting data.
     async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()>;
-
-    /// Moves the activity time and expiry without rewriting data; `Gone` if
-    /// the session is not live.
-    async fn touch(&self, key: &StoreKey, last_active_at: OffsetDateTime, expires_at: OffsetDateTime) -> Result<()>;
 
     /// Deletes the session; whether there was one. Deleting twice is fine.
     async fn delete(&self, key: &StoreKey) -> Result<bool>;
@@ -78,9 +76,6 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {
         (**self).apply(key, change).await
-    }
-    async fn touch(&self, key: &StoreKey, last_active_at: OffsetDateTime, expires_at: OffsetDateTime) -> Result<()> {
-        (**self).touch(key, last_active_at, expires_at).await
     }
     async fn delete(&self, key: &StoreKey) -> Result<bool> {
         (**self).delete(key).await

@@ -189,6 +189,23 @@ impl SqliteStore {
         Ok(indexed)
     }
 
+    /// A touch: one UPDATE of the times, without reading or rewriting data.
+    async fn touch(&self, key: &StoreKey, change: &Change) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE sessions SET last_active_at = ?, expires_at = ?
+             WHERE namespace = ? AND key = ? AND expires_at > ?",
+        )
+        .bind(millis(change.last_active_at))
+        .bind(millis(change.expires_at))
+        .bind(&self.prefix)
+        .bind(key.to_string())
+        .bind(millis(OffsetDateTime::now_utc()))
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        if done.rows_affected() == 0 { Err(Error::gone()) } else { Ok(()) }
+    }
+
     fn info(row: &SqliteRow) -> Result<SessionInfo> {
         let meta = meta(row)?;
         let key: String = row.try_get("key").map_err(db_error)?;
@@ -282,6 +299,9 @@ impl Store for SqliteStore {
     }
 
     async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {
+        if !change.alters() {
+            return self.touch(key, change).await;
+        }
         let key = key.to_string();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)?;
         let row = sqlx::query("SELECT data FROM sessions WHERE namespace = ? AND key = ? AND expires_at > ?")
@@ -308,22 +328,6 @@ impl Store for SqliteStore {
         .await
         .map_err(db_error)?;
         tx.commit().await.map_err(db_error)
-    }
-
-    async fn touch(&self, key: &StoreKey, last_active_at: OffsetDateTime, expires_at: OffsetDateTime) -> Result<()> {
-        let done = sqlx::query(
-            "UPDATE sessions SET last_active_at = ?, expires_at = ?
-             WHERE namespace = ? AND key = ? AND expires_at > ?",
-        )
-        .bind(millis(last_active_at))
-        .bind(millis(expires_at))
-        .bind(&self.prefix)
-        .bind(key.to_string())
-        .bind(millis(OffsetDateTime::now_utc()))
-        .execute(&self.pool)
-        .await
-        .map_err(db_error)?;
-        if done.rows_affected() == 0 { Err(Error::gone()) } else { Ok(()) }
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<bool> {

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use time::OffsetDateTime;
 use tracing::Instrument as _;
 
 use super::{SessionInfo, Store};
@@ -27,10 +26,8 @@ impl Store for Traced {
         self.0.create(key, record).instrument(span("create")).await
     }
     async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {
-        self.0.apply(key, change).instrument(span("apply")).await
-    }
-    async fn touch(&self, key: &StoreKey, last_active_at: OffsetDateTime, expires_at: OffsetDateTime) -> Result<()> {
-        self.0.touch(key, last_active_at, expires_at).instrument(span("touch")).await
+        let op = if change.alters() { "apply" } else { "touch" };
+        self.0.apply(key, change).instrument(span(op)).await
     }
     async fn delete(&self, key: &StoreKey) -> Result<bool> {
         self.0.delete(key).instrument(span("delete")).await

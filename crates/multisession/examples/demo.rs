@@ -12,8 +12,10 @@
 //! and open <http://127.0.0.1:3000>. Log in as the same user in a second
 //! browser (or a private window) and both show up under "Your devices".
 //! `MULTISESSION_DEMO_ADDR` changes the address (default `127.0.0.1:3000`),
-//! `MULTISESSION_DEMO_DB` the SQLite file (default `multisession-demo.db` in
-//! the current directory), `RUST_LOG` the log filter (default `info`).
+//! `MULTISESSION_STORE` the store, as a URL (default
+//! `sqlite://multisession-demo.db`, in the current directory; also
+//! `memory://`, `redis://127.0.0.1:6379`, `redis+cluster://HOST:PORT,…`),
+//! `RUST_LOG` the log filter (default `info`).
 //!
 //! There are no passwords: the demo trusts whatever user id is typed in, and
 //! it serves plain http, so its cookie is not `Secure`. The forms carry no
@@ -22,15 +24,13 @@
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
 
 use axum::Form;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use multisession::store::{SqliteStore, Store, spawn_cleanup};
+use multisession::store::spawn_cleanup;
 use multisession::{DeviceSession, Result, Session, SessionConfig, SessionHandle, SessionLayer, Sessions};
 use serde::Deserialize;
 use time::{OffsetDateTime, UtcOffset};
@@ -75,14 +75,10 @@ async fn main() -> std::result::Result<(), Box<dyn StdError>> {
         Err(std::env::VarError::NotPresent) => "127.0.0.1:3000".to_owned(),
         Err(e) => return Err(fatal(format!("MULTISESSION_DEMO_ADDR: {e}"))),
     };
-    let db =
-        std::env::var_os("MULTISESSION_DEMO_DB").map_or_else(|| PathBuf::from("multisession-demo.db"), PathBuf::from);
-
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&db)
-            .await
-            .map_err(|e| fatal(format!("cannot open the session database {}: {e}", db.display())))?,
-    );
+    let url = std::env::var("MULTISESSION_STORE").unwrap_or_else(|_| "sqlite://multisession-demo.db".to_owned());
+    let store = multisession::store::open(&url, None)
+        .await
+        .map_err(|e| fatal(format!("cannot open the session store {url}: {e}")))?;
     // The demo serves plain http on localhost, where browsers would drop a
     // `Secure` cookie; keep the default (`Secure`) behind https.
     let config = SessionConfig::default().with_secure(false);
@@ -92,7 +88,7 @@ async fn main() -> std::result::Result<(), Box<dyn StdError>> {
 
     let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| fatal(format!("cannot bind {addr}: {e}")))?;
     let local = listener.local_addr().map_err(|e| fatal(format!("cannot bind {addr}: {e}")))?;
-    println!("multisession demo listening on http://{local} (sessions in {})", db.display());
+    println!("multisession demo listening on http://{local} (sessions in {url})");
     println!("note: the session cookie is sent without `Secure` because the demo serves plain http");
 
     let service = app(sessions).into_make_service_with_connect_info::<SocketAddr>();

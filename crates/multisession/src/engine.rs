@@ -42,7 +42,7 @@ impl Engine {
         }
         let name = |i: usize| specs[i].config.cookie_name.clone();
         for (i, spec) in specs.iter().enumerate() {
-            spec.config.validate().map_err(|e| Error::config(format!("session `{}`: {}", name(i), e.message())))?;
+            spec.config.validate().map_err(|e| e.context(format_args!("session `{}`", name(i))))?;
             if let Some(j) = (0..i).find(|&j| specs[j].config.cookie_name == spec.config.cookie_name) {
                 return Err(Error::config(format!(
                     "cookie_name: sessions {} and {} both use the cookie `{}`; give each part its own",

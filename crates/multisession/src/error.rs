@@ -130,9 +130,10 @@ impl Error {
         Self::new(ErrorKind::Config, message)
     }
 
-    /// The message without kind or cause.
-    pub(crate) fn message(&self) -> &str {
-        &self.message
+    /// The same error, its message prefixed with where it happened.
+    pub(crate) fn context(mut self, prefix: impl std::fmt::Display) -> Self {
+        self.message = format!("{prefix}: {}", self.message);
+        self
     }
 
     pub(crate) fn usage(message: impl Into<String>) -> Self {

@@ -271,7 +271,7 @@ impl Change {
 /// Timestamps as Unix milliseconds in an `i64`, the precision every store
 /// keeps. (`time`'s own millisecond format goes through `i128`, which
 /// `serde(flatten)` cannot buffer.)
-mod millis {
+pub(crate) mod millis {
     use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
     use time::OffsetDateTime;
 
@@ -283,11 +283,11 @@ mod millis {
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
     }
 
-    pub(super) fn serialize<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_i64(to_millis(*t))
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
         let ms = i64::deserialize(d)?;
         from_millis(ms).ok_or_else(|| D::Error::custom("timestamp out of range"))
     }
@@ -310,5 +310,5 @@ mod millis {
     }
 }
 
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "redis"))]
 pub(crate) use millis::{from_millis, to_millis};

@@ -1,6 +1,7 @@
 //! The same set-up from a TOML file: `[[session]]` tables, one per part,
 //! mirroring flask-session-plus's `SESSION_CONFIG`.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use time::Duration;
 
-use crate::store::{Backend, CookieStore, MemoryStore, Store};
+use crate::store::{Backend, CookieStore, Store};
 use crate::{Error, Fields, KeyRing, OnLimit, Result, SessionConfig, SessionSpec, Sessions};
 
 #[derive(Deserialize)]
@@ -88,27 +89,25 @@ enum OnLimitName {
     Refuse,
 }
 
-/// A backend URL: `memory://`, `cookie://`, `sqlite://PATH` (relative to the
-/// configuration file's folder).
-#[derive(Clone, PartialEq, Eq)]
+/// A backend URL: `cookie://`, or a server store's URL (see
+/// [`crate::store::open`]), checked for its scheme where it is written.
+#[derive(Clone, PartialEq, Eq, Hash)]
 enum Url {
-    Memory,
     Cookie,
-    #[cfg(feature = "sqlite")]
-    Sqlite(PathBuf),
+    Server(String),
 }
 
 impl<'de> Deserialize<'de> for Url {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        match text.split_once("://") {
-            Some(("memory", "")) => Ok(Self::Memory),
-            Some(("cookie", "")) => Ok(Self::Cookie),
-            #[cfg(feature = "sqlite")]
-            Some(("sqlite", path)) if !path.is_empty() => Ok(Self::Sqlite(PathBuf::from(path))),
+        let scheme = text.split_once("://").map(|(scheme, _)| scheme);
+        let known = ["memory", "sqlite", "redis", "rediss", "redis+cluster"];
+        match scheme {
+            Some("cookie") if text == "cookie://" => Ok(Self::Cookie),
+            Some(scheme) if known.contains(&scheme) => Ok(Self::Server(text)),
             _ => Err(de::Error::custom(format!(
-                "unknown backend {text:?}: use memory://, cookie://{}",
-                if cfg!(feature = "sqlite") { " or sqlite://PATH" } else { "" }
+                "unknown backend {text:?}: use cookie://, memory://, sqlite://PATH, redis://HOST:PORT or \
+                 redis+cluster://HOST:PORT,HOST:PORT"
             ))),
         }
     }
@@ -218,12 +217,7 @@ impl Sessions {
         })?;
         let file: File = toml::from_str(&text).map_err(|e| Error::config(format!("{}: {e}", path.display())))?;
         let folder = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let mut stores = Stores {
-            folder,
-            memory: None,
-            #[cfg(feature = "sqlite")]
-            sqlite: std::collections::HashMap::new(),
-        };
+        let mut stores = Stores { folder, opened: HashMap::new() };
         let mut specs = Vec::with_capacity(file.session.len());
         for part in file.session {
             specs.push(part.into_spec(&mut stores).await?);
@@ -232,12 +226,11 @@ impl Sessions {
     }
 }
 
-/// The stores opened so far, so that parts naming one URL share one store.
+/// The stores opened so far, so that parts naming one URL (and prefix)
+/// share one store.
 struct Stores {
     folder: PathBuf,
-    memory: Option<Arc<MemoryStore>>,
-    #[cfg(feature = "sqlite")]
-    sqlite: std::collections::HashMap<PathBuf, crate::store::SqliteStore>,
+    opened: HashMap<(String, Option<String>), Arc<dyn Store>>,
 }
 
 impl Stores {
@@ -249,35 +242,25 @@ impl Stores {
         cookie: &str,
         field: &str,
     ) -> Result<Arc<dyn Store>> {
-        match url {
-            Url::Memory => {
-                if key_prefix.is_some() {
-                    return Err(Error::config(format!(
-                        "session `{cookie}`: key_prefix: memory:// holds one process's sessions and takes no prefix"
-                    )));
-                }
-                Ok(self.memory.get_or_insert_with(|| Arc::new(MemoryStore::new())).clone())
-            }
-            #[cfg(feature = "sqlite")]
-            Url::Sqlite(path) => {
-                let path = self.folder.join(path);
-                let store = match self.sqlite.get(&path) {
-                    Some(store) => store.clone(),
-                    None => {
-                        let store = crate::store::SqliteStore::open(&path).await?;
-                        self.sqlite.insert(path, store.clone());
-                        store
-                    }
-                };
-                Ok(Arc::new(match key_prefix {
-                    Some(prefix) => store.with_key_prefix(prefix),
-                    None => store,
-                }))
-            }
-            Url::Cookie => Err(Error::config(format!(
+        let Url::Server(url) = url else {
+            return Err(Error::config(format!(
                 "session `{cookie}`: {field}: cookie:// keeps nothing on the server; name a server-side store"
-            ))),
+            )));
+        };
+        // A relative SQLite path is relative to the configuration file.
+        let url = match url.strip_prefix("sqlite://") {
+            Some(path) => format!("sqlite://{}", self.folder.join(path).display()),
+            None => url.clone(),
+        };
+        let id = (url, key_prefix.map(str::to_owned));
+        if let Some(store) = self.opened.get(&id) {
+            return Ok(store.clone());
         }
+        let store = crate::store::open(&id.0, key_prefix)
+            .await
+            .map_err(|e| e.context(format_args!("session `{cookie}`: {field}")))?;
+        self.opened.insert(id, store.clone());
+        Ok(store)
     }
 }
 

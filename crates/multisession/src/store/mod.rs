@@ -18,6 +18,10 @@ pub use memory::MemoryStore;
 mod traced;
 pub(crate) use traced::Traced;
 
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "redis")]
+pub use self::redis::RedisStore;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "sqlite")]
@@ -62,6 +66,70 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes expired records; how many. A no-op where expiry is native.
     async fn delete_expired(&self) -> Result<u64>;
+}
+
+/// Opens the server-side store a URL names: `memory://`, `sqlite://PATH`,
+/// `redis://HOST:PORT[/DB]`, `rediss://…` (TLS), or
+/// `redis+cluster://HOST:PORT,HOST:PORT,…`, each available with its cargo
+/// feature. `key_prefix` separates applications sharing one backend
+/// (`memory://` takes none).
+///
+/// # Errors
+///
+/// `Config` for an unknown scheme (the message lists the ones compiled in) or
+/// a misplaced prefix; `Unavailable` if the backend does not answer.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+/// let store = multisession::store::open("memory://", None).await?;
+/// assert!(multisession::store::open("carrier-pigeon://", None).await.is_err());
+/// # let _ = store;
+/// # Ok(()) }
+/// ```
+pub async fn open(url: &str, key_prefix: Option<&str>) -> Result<Arc<dyn Store>> {
+    let unknown = || {
+        let mut schemes = vec!["memory://"];
+        if cfg!(feature = "sqlite") {
+            schemes.push("sqlite://PATH");
+        }
+        if cfg!(feature = "redis") {
+            schemes.extend(["redis://", "rediss://", "redis+cluster://"]);
+        }
+        crate::Error::config(format!(
+            "backend: {url:?} is not a store URL this build knows: use {}",
+            schemes.join(", ")
+        ))
+    };
+    let (scheme, rest) = url.split_once("://").ok_or_else(unknown)?;
+    match scheme {
+        "memory" if rest.is_empty() => match key_prefix {
+            Some(_) => {
+                Err(crate::Error::config("key_prefix: memory:// holds one process's sessions and takes no prefix"))
+            }
+            None => Ok(Arc::new(MemoryStore::new())),
+        },
+        #[cfg(feature = "sqlite")]
+        "sqlite" if !rest.is_empty() => {
+            let store = SqliteStore::open(rest).await?;
+            Ok(Arc::new(match key_prefix {
+                Some(prefix) => store.with_key_prefix(prefix),
+                None => store,
+            }))
+        }
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" | "redis+cluster" => {
+            let store = if scheme == "redis+cluster" {
+                RedisStore::connect_cluster(rest.split(',').map(|node| format!("redis://{node}"))).await?
+            } else {
+                RedisStore::connect(url).await?
+            };
+            Ok(Arc::new(match key_prefix {
+                Some(prefix) => store.with_key_prefix(prefix),
+                None => store,
+            }))
+        }
+        _ => Err(unknown()),
+    }
 }
 
 /// A store shared behind an `Arc` is a store too, so `Arc<dyn Store>` goes

@@ -1,0 +1,547 @@
+//! Sessions in Redis, standalone or Redis Cluster.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, RedisError, Script, Value as Reply};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use super::{SessionInfo, Store};
+use crate::record::{from_millis, to_millis};
+use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result, StoreKey};
+
+/// How long a connection attempt or a reply may take before the store
+/// answers `Unavailable`.
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The version of the hash layout, kept in each session's `_v` field.
+const LAYOUT_VERSION: &str = "1";
+
+/// Sessions in Redis: one hash per session, expiring natively, and one sorted
+/// set per user indexing that user's sessions by expiry.
+///
+/// Layout, under a key prefix (default `session`):
+/// - `{prefix}:s:{store key}` — a hash: `_v` (layout version), `_user`,
+///   `_meta` (creation time, absolute expiry, device, as JSON), `_la` and
+///   `_exp` (last activity and expiry, Unix ms), `_perm`, and one field
+///   `.{name}` per session key holding its JSON value. `PEXPIREAT` is the
+///   session's expiry.
+/// - `{prefix}:u:{user}` — a sorted set of the user's store keys, each
+///   scored by its session's expiry, itself expiring with its last session.
+///
+/// Every write is one Lua script, so a change to a session that was deleted
+/// meanwhile finds no hash and reports `Gone`: nothing is recreated. Index
+/// scores never fall below a session's real expiry (the index moves first,
+/// or in the same script), so members whose score has passed are pruned by
+/// score; members whose hash is gone are pruned when met. Listing or
+/// clearing a user reads that user's sorted set and hashes: a fixed number
+/// of round trips whatever the size of the store, never a `SCAN`.
+///
+/// On Redis Cluster a session's hash and its user's index live in different
+/// hash slots, so they cannot change in one atomic step: the index is
+/// written first (a login is indexed before its session exists; a touch
+/// raises the score before the session's expiry), commands for several slots
+/// go out concurrently, and an index entry left behind by a failure between
+/// the two steps is pruned when met. No session is ever missing from its
+/// user's index.
+///
+/// A Redis that is down answers `Unavailable` within two seconds; the
+/// connection is re-established on the next call once Redis is back.
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+/// use multisession::store::RedisStore;
+/// let standalone = RedisStore::connect("redis://127.0.0.1:6379").await?;
+/// let cluster = RedisStore::connect_cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]).await?;
+/// # let _ = (standalone, cluster);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: Conn,
+    prefix: String,
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match self.conn {
+            Conn::Single(_) => "standalone",
+            Conn::Cluster(_) => "cluster",
+        };
+        f.debug_struct("RedisStore").field("mode", &mode).field("prefix", &self.prefix).finish()
+    }
+}
+
+/// The parts of [`Meta`] that never change after creation.
+#[derive(Serialize, Deserialize)]
+struct Fixed {
+    #[serde(with = "crate::record::millis")]
+    created_at: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    absolute_expires_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user_agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ip: Option<IpAddr>,
+}
+
+/// Adds or raises an index entry and keeps the index alive as long as its
+/// longest session. KEYS[n]: the index; ARGV: score, member, `XX` to only
+/// update an entry that exists.
+macro_rules! index_upsert {
+    ($key:literal, $score:literal, $member:literal, $mode:literal) => {
+        concat!(
+            "if ",
+            $mode,
+            " == 'XX' then redis.call('ZADD', ",
+            $key,
+            ", 'XX', 'GT', ",
+            $score,
+            ", ",
+            $member,
+            ") else redis.call('ZADD', ",
+            $key,
+            ", 'GT', ",
+            $score,
+            ", ",
+            $member,
+            ") end\n",
+            "local top = redis.call('ZRANGE', ",
+            $key,
+            ", -1, -1, 'WITHSCORES')\n",
+            "if top[2] then redis.call('PEXPIREAT', ",
+            $key,
+            ", top[2]) end\n"
+        )
+    };
+}
+
+/// KEYS: index. ARGV: score, member, mode.
+const INDEX: &str = concat!(index_upsert!("KEYS[1]", "ARGV[1]", "ARGV[2]", "ARGV[3]"), "return 1");
+
+/// KEYS: session[, index]. ARGV: expiry, member, then field/value pairs.
+const CREATE: &str = concat!(
+    "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n",
+    "if KEYS[2] then\n",
+    index_upsert!("KEYS[2]", "ARGV[1]", "ARGV[2]", "''"),
+    "end\n",
+    "redis.call('HSET', KEYS[1], unpack(ARGV, 3))\n",
+    "redis.call('PEXPIREAT', KEYS[1], ARGV[1])\n",
+    "return 1"
+);
+
+/// KEYS: session[, index]. ARGV: expiry, member, clear (0/1), number of
+/// fields to remove, those fields, then field/value pairs to set.
+const APPLY: &str = concat!(
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n",
+    "if KEYS[2] then\n",
+    index_upsert!("KEYS[2]", "ARGV[1]", "ARGV[2]", "'XX'"),
+    "end\n",
+    "if ARGV[3] == '1' then\n",
+    "  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do\n",
+    "    if string.sub(f, 1, 1) == '.' then redis.call('HDEL', KEYS[1], f) end\n",
+    "  end\n",
+    "end\n",
+    "local n = tonumber(ARGV[4])\n",
+    "if n > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, 5, 4 + n)) end\n",
+    "if #ARGV > 4 + n then redis.call('HSET', KEYS[1], unpack(ARGV, 5 + n)) end\n",
+    "redis.call('PEXPIREAT', KEYS[1], ARGV[1])\n",
+    "return 1"
+);
+
+static INDEX_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(INDEX));
+static CREATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CREATE));
+static APPLY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPLY));
+static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE));
+
+/// KEYS: session. Deletes it; returns whether it existed and its user.
+const DELETE: &str = "local u = redis.call('HGET', KEYS[1], '_user')\n\
+                      local n = redis.call('DEL', KEYS[1])\n\
+                      return {n, u or ''}";
+
+impl RedisStore {
+    /// Connects to a standalone Redis (`redis://[:password@]host:port[/db]`,
+    /// or `rediss://` with the `redis-tls` feature).
+    ///
+    /// # Errors
+    ///
+    /// `Config` for a URL that does not parse; `Unavailable` if Redis does
+    /// not answer.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// let store = multisession::store::RedisStore::connect("redis://127.0.0.1:6379/2").await?;
+    /// # let _ = store;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: &str) -> Result<Self> {
+        let client = redis::Client::open(url).map_err(|e| Error::config(format!("redis url: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            .set_number_of_retries(1);
+        let manager = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
+        Ok(Self { conn: Conn::Single(manager), prefix: "session".to_owned() })
+    }
+
+    /// Connects to a Redis Cluster through any of its nodes' URLs.
+    ///
+    /// # Errors
+    ///
+    /// `Config` for a URL that does not parse; `Unavailable` if no node
+    /// answers.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// let store = multisession::store::RedisStore::connect_cluster(["redis://127.0.0.1:7000"]).await?;
+    /// # let _ = store;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_cluster<I, S>(urls: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let urls: Vec<String> = urls.into_iter().map(|u| u.as_ref().to_owned()).collect();
+        if urls.is_empty() {
+            return Err(Error::config("redis cluster: give at least one node URL"));
+        }
+        let client = ClusterClientBuilder::new(urls)
+            .connection_timeout(TIMEOUT)
+            .response_timeout(TIMEOUT)
+            .retries(1)
+            .build()
+            .map_err(|e| Error::config(format!("redis cluster url: {e}")))?;
+        let conn = client.get_async_connection().await.map_err(unavailable)?;
+        Ok(Self { conn: Conn::Cluster(conn), prefix: "session".to_owned() })
+    }
+
+    /// The prefix of every key this store writes (default `session`), so
+    /// several applications can share one Redis.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// let store = multisession::store::RedisStore::connect("redis://127.0.0.1:6379").await?.with_key_prefix("shop");
+    /// # let _ = store;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    fn session_key(&self, key: &StoreKey) -> String {
+        format!("{}:s:{key}", self.prefix)
+    }
+
+    fn index_key(&self, user: &str) -> String {
+        format!("{}:u:{user}", self.prefix)
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
+        match &self.conn {
+            Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+        }
+        .map_err(unavailable)
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, script: &Script, keys: &[&str], args: &[Vec<u8>]) -> Result<T> {
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(*key);
+        }
+        for arg in args {
+            invocation.arg(arg.as_slice());
+        }
+        match &self.conn {
+            Conn::Single(c) => invocation.invoke_async(&mut c.clone()).await,
+            Conn::Cluster(c) => invocation.invoke_async(&mut c.clone()).await,
+        }
+        .map_err(unavailable)
+    }
+
+    /// Runs commands that may touch several hash slots: one pipeline on a
+    /// standalone Redis, concurrently (one round trip of latency) on a
+    /// cluster. Replies in order.
+    async fn each(&self, cmds: Vec<Cmd>) -> Result<Vec<Reply>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        match &self.conn {
+            Conn::Single(c) => {
+                let mut pipe = redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
+                pipe.query_async(&mut c.clone()).await.map_err(unavailable)
+            }
+            Conn::Cluster(c) => {
+                let mut tasks = tokio::task::JoinSet::new();
+                for (i, cmd) in cmds.into_iter().enumerate() {
+                    let mut conn = c.clone();
+                    tasks.spawn(async move { (i, cmd.query_async::<Reply>(&mut conn).await) });
+                }
+                let mut replies = vec![Reply::Nil; tasks.len()];
+                while let Some(done) = tasks.join_next().await {
+                    let (i, reply) = done.map_err(|e| Error::unavailable("a Redis request task failed", e))?;
+                    replies[i] = reply.map_err(unavailable)?;
+                }
+                Ok(replies)
+            }
+        }
+    }
+
+    /// Raises (or, with `XX`, only updates) a user's index entry; used alone
+    /// on a cluster, where it cannot share a script with the session.
+    async fn index(&self, user: &str, expires_at: OffsetDateTime, member: &str, mode: &str) -> Result<()> {
+        let args = [to_millis(expires_at).to_string().into_bytes(), member.into(), mode.into()];
+        self.run::<i64>(&INDEX_SCRIPT, &[&self.index_key(user)], &args).await.map(drop)
+    }
+
+    /// A user's index members, after pruning those whose score has passed.
+    async fn members(&self, user: &str) -> Result<Vec<String>> {
+        let index = self.index_key(user);
+        let mut pipe = redis::pipe();
+        let now = to_millis(OffsetDateTime::now_utc());
+        pipe.cmd("ZREMRANGEBYSCORE").arg(&index).arg("-inf").arg(now).ignore();
+        pipe.cmd("ZRANGE").arg(&index).arg(0).arg(-1);
+        let (members,): (Vec<String>,) = match &self.conn {
+            Conn::Single(c) => pipe.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => pipe.query_async(&mut c.clone()).await,
+        }
+        .map_err(unavailable)?;
+        Ok(members)
+    }
+}
+
+fn unavailable(e: RedisError) -> Error {
+    Error::unavailable("the Redis session store failed", e)
+}
+
+/// A session hash as field → value.
+type Fields = HashMap<String, Vec<u8>>;
+
+fn text(fields: &Fields, name: &str) -> Result<Option<String>> {
+    fields
+        .get(name)
+        .map(|bytes| String::from_utf8(bytes.clone()).map_err(|_| Error::corrupt(format!("field {name} is not UTF-8"))))
+        .transpose()
+}
+
+fn millis_field(fields: &Fields, name: &str) -> Result<OffsetDateTime> {
+    text(fields, name)?
+        .and_then(|t| t.parse::<i64>().ok())
+        .and_then(from_millis)
+        .ok_or_else(|| Error::corrupt(format!("stored session field {name} is not a timestamp")))
+}
+
+/// The metadata of a session hash; `Corrupt` for anything malformed.
+fn meta(fields: &Fields) -> Result<Meta> {
+    if text(fields, "_v")?.as_deref() != Some(LAYOUT_VERSION) {
+        return Err(Error::corrupt("stored session has no known layout version"));
+    }
+    let fixed: Fixed = serde_json::from_str(&text(fields, "_meta")?.unwrap_or_default())?;
+    Ok(Meta {
+        user_id: text(fields, "_user")?,
+        created_at: fixed.created_at,
+        last_active_at: millis_field(fields, "_la")?,
+        expires_at: millis_field(fields, "_exp")?,
+        absolute_expires_at: fixed
+            .absolute_expires_at
+            .map(|ms| from_millis(ms).ok_or_else(|| Error::corrupt("absolute expiry out of range")))
+            .transpose()?,
+        permanent: text(fields, "_perm")?.as_deref() == Some("1"),
+        device: Device { user_agent: fixed.user_agent, ip: fixed.ip },
+    })
+}
+
+fn fields_of(reply: Reply) -> Result<Fields> {
+    redis::from_redis_value::<HashMap<String, Vec<u8>>>(reply)
+        .map_err(|e| Error::corrupt("a session hash").with_source(e))
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn load(&self, key: &StoreKey) -> Result<Option<Record>> {
+        let reply: Reply = self.query(redis::cmd("HGETALL").arg(self.session_key(key))).await?;
+        let fields = fields_of(reply)?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let meta = meta(&fields)?;
+        if meta.is_expired(OffsetDateTime::now_utc()) {
+            return Ok(None);
+        }
+        let mut data = Map::new();
+        for (name, value) in &fields {
+            if let Some(key) = name.strip_prefix('.') {
+                data.insert(key.to_owned(), serde_json::from_slice::<Value>(value)?);
+            }
+        }
+        Ok(Some(Record { data, meta }))
+    }
+
+    async fn create(&self, key: &StoreKey, record: &Record) -> Result<()> {
+        let meta = &record.meta;
+        let fixed = Fixed {
+            created_at: meta.created_at,
+            absolute_expires_at: meta.absolute_expires_at.map(to_millis),
+            user_agent: meta.device.user_agent.clone(),
+            ip: meta.device.ip,
+        };
+        let member = key.to_string();
+        let expires = to_millis(meta.expires_at).to_string();
+        let mut args: Vec<Vec<u8>> = vec![expires.clone().into_bytes(), member.clone().into_bytes()];
+        let mut field = |name: &str, value: Vec<u8>| {
+            args.push(name.as_bytes().to_vec());
+            args.push(value);
+        };
+        field("_v", LAYOUT_VERSION.into());
+        field("_meta", serde_json::to_vec(&fixed)?);
+        field("_la", to_millis(meta.last_active_at).to_string().into_bytes());
+        field("_exp", expires.into_bytes());
+        field("_perm", if meta.permanent { b"1".to_vec() } else { b"0".to_vec() });
+        if let Some(user) = &meta.user_id {
+            field("_user", user.clone().into_bytes());
+        }
+        for (name, value) in &record.data {
+            field(&format!(".{name}"), serde_json::to_vec(value)?);
+        }
+        let session = self.session_key(key);
+        let index = meta.user_id.as_deref().map(|u| self.index_key(u));
+        let created: i64 = match (&index, self.is_cluster()) {
+            // Index first: a session is never live without its index entry.
+            (Some(_), true) => {
+                self.index(meta.user_id.as_deref().unwrap_or_default(), meta.expires_at, &member, "").await?;
+                self.run(&CREATE_SCRIPT, &[&session], &args).await?
+            }
+            (Some(index), false) => self.run(&CREATE_SCRIPT, &[&session, index], &args).await?,
+            (None, _) => self.run(&CREATE_SCRIPT, &[&session], &args).await?,
+        };
+        if created == 0 {
+            return Err(Error::new(ErrorKind::Conflict, "a session with this key exists"));
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {
+        let member = key.to_string();
+        let expires = to_millis(change.expires_at).to_string();
+        let mut args: Vec<Vec<u8>> = vec![
+            expires.clone().into_bytes(),
+            member.clone().into_bytes(),
+            if change.clear { b"1".to_vec() } else { b"0".to_vec() },
+            change.remove.len().to_string().into_bytes(),
+        ];
+        args.extend(change.remove.iter().map(|name| format!(".{name}").into_bytes()));
+        for (name, value) in &change.set {
+            args.push(format!(".{name}").into_bytes());
+            args.push(serde_json::to_vec(value)?);
+        }
+        args.extend([b"_la".to_vec(), to_millis(change.last_active_at).to_string().into_bytes()]);
+        args.extend([b"_exp".to_vec(), expires.into_bytes()]);
+        if let Some(permanent) = change.permanent {
+            args.extend([b"_perm".to_vec(), if permanent { b"1".to_vec() } else { b"0".to_vec() }]);
+        }
+        let session = self.session_key(key);
+        let index = change.user_id.as_deref().map(|u| self.index_key(u));
+        let applied: i64 = match (&index, self.is_cluster()) {
+            // The score rises before the session's expiry does, so it never
+            // falls below it; `XX` never re-adds a removed entry.
+            (Some(_), true) => {
+                self.index(change.user_id.as_deref().unwrap_or_default(), change.expires_at, &member, "XX").await?;
+                self.run(&APPLY_SCRIPT, &[&session], &args).await?
+            }
+            (Some(index), false) => self.run(&APPLY_SCRIPT, &[&session, index], &args).await?,
+            (None, _) => self.run(&APPLY_SCRIPT, &[&session], &args).await?,
+        };
+        if applied == 0 { Err(Error::gone()) } else { Ok(()) }
+    }
+
+    async fn delete(&self, key: &StoreKey) -> Result<bool> {
+        let (deleted, user): (i64, String) = self.run(&DELETE_SCRIPT, &[&self.session_key(key)], &[]).await?;
+        if !user.is_empty() {
+            self.query::<i64>(redis::cmd("ZREM").arg(self.index_key(&user)).arg(key.to_string())).await?;
+        }
+        Ok(deleted > 0)
+    }
+
+    async fn user_sessions(&self, user: &str) -> Result<Vec<SessionInfo>> {
+        let members = self.members(user).await?;
+        let cmds = members
+            .iter()
+            .map(|m| {
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(format!("{}:s:{m}", self.prefix)).arg(&["_v", "_meta", "_user", "_la", "_exp", "_perm"]);
+                cmd
+            })
+            .collect();
+        let replies = self.each(cmds).await?;
+        let now = OffsetDateTime::now_utc();
+        let mut sessions = Vec::with_capacity(members.len());
+        let mut dangling = Vec::new();
+        for (member, reply) in members.iter().zip(replies) {
+            let values: Vec<Option<Vec<u8>>> =
+                redis::from_redis_value(reply).map_err(|e| Error::corrupt("a session hash").with_source(e))?;
+            let fields: Fields = ["_v", "_meta", "_user", "_la", "_exp", "_perm"]
+                .iter()
+                .zip(values)
+                .filter_map(|(name, value)| value.map(|v| ((*name).to_owned(), v)))
+                .collect();
+            if fields.is_empty() {
+                dangling.push(member.clone());
+                continue;
+            }
+            let meta = meta(&fields)?;
+            if meta.user_id.as_deref() == Some(user) && !meta.is_expired(now) {
+                sessions.extend(SessionInfo::from_meta(member.parse()?, &meta));
+            }
+        }
+        if !dangling.is_empty() {
+            self.query::<i64>(redis::cmd("ZREM").arg(self.index_key(user)).arg(&dangling)).await?;
+        }
+        Ok(sessions)
+    }
+
+    async fn delete_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> Result<u64> {
+        let keep = keep.map(StoreKey::to_string);
+        let doomed: Vec<String> = self.members(user).await?.into_iter().filter(|m| Some(m) != keep.as_ref()).collect();
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let keys: Vec<String> = doomed.iter().map(|m| format!("{}:s:{m}", self.prefix)).collect();
+        let deleted: u64 = if self.is_cluster() {
+            let cmds = keys.iter().map(|k| redis::cmd("DEL").arg(k).clone()).collect();
+            let replies = self.each(cmds).await?;
+            replies.into_iter().map(|r| redis::from_redis_value::<u64>(r).unwrap_or(0)).sum()
+        } else {
+            self.query(redis::cmd("DEL").arg(&keys)).await?
+        };
+        self.query::<i64>(redis::cmd("ZREM").arg(self.index_key(user)).arg(&doomed)).await?;
+        Ok(deleted)
+    }
+
+    async fn delete_expired(&self) -> Result<u64> {
+        // Sessions and indexes expire natively.
+        Ok(0)
+    }
+}

@@ -1,0 +1,170 @@
+//! The store conformance suite on standalone Redis, and what only Redis
+//! shows: the command cost of requests, and surviving a Redis restart.
+
+mod common;
+#[path = "support/redis.rs"]
+mod support;
+
+use std::process::{Child, Command, Stdio};
+
+use common::{Device, app};
+use multisession::store::{RedisStore, Store};
+use multisession::testing::Harness;
+use multisession::{SessionConfig, Sessions};
+
+multisession::store_conformance_tests!(support::standalone());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_request_is_one_redis_command() {
+    let redis = support::standalone().await;
+    let mut device =
+        Device::new(app(Sessions::new(redis.store(), SessionConfig::default()).expect("valid")), "ua", "127.0.0.1:1");
+    device.get("/login/23").await;
+    device.get("/write").await;
+    let before = redis.commands().await;
+    assert_eq!(device.get("/read").await.body, "user=23 n=1");
+    assert_eq!(redis.commands().await - before, 1, "a read-only request ran more than one Redis command");
+    let before = redis.commands().await;
+    device.get("/none").await;
+    assert_eq!(redis.commands().await - before, 0);
+}
+
+/// Commands to log a user with 50 sessions out everywhere, among `others`
+/// sessions of other users.
+async fn logout_all_cost(redis: &support::Redis, user: &str, others: usize) -> u64 {
+    let mut filler = Vec::with_capacity(others);
+    for chunk in (0..others).collect::<Vec<_>>().chunks(10_000) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            let key = format!("{}:s:filler-{user}-{i}", redis.prefix);
+            pipe.cmd("HSET").arg(&key).arg("_v").arg("1").arg("_user").arg(format!("other-{i}")).ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(3_600_000).ignore();
+            filler.push(key);
+        }
+        redis.raw_pipe(&pipe).await;
+    }
+    let sessions = Sessions::new(redis.store(), SessionConfig::default()).expect("valid config");
+    let mut last = None;
+    for _ in 0..50 {
+        let session = sessions.session([], Default::default());
+        session.login(user).await.expect("login");
+        let set = session.commit().await.expect("commit").set_cookies.remove(0);
+        last = Some(set.split(';').next().expect("name=value").to_owned());
+    }
+    let header = last.expect("a cookie");
+    let before = redis.commands().await;
+    let session = sessions.session([header.as_str()], Default::default());
+    assert_eq!(session.logout_all_devices().await.expect("logout all"), 50);
+    session.commit().await.expect("commit");
+    let cost = redis.commands().await - before;
+    for chunk in filler.chunks(10_000) {
+        redis.raw::<i64>(redis::cmd("DEL").arg(chunk)).await;
+    }
+    cost
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_all_devices_costs_the_same_among_10_or_100_000_other_sessions() {
+    let redis = support::standalone().await;
+    let small = logout_all_cost(&redis, "few-neighbours", 10).await;
+    let large = logout_all_cost(&redis, "many-neighbours", 100_000).await;
+    assert!(small > 0);
+    assert_eq!(small, large, "logout_all_devices ran {small} commands among 10 others and {large} among 100 000");
+}
+
+/// A Redis server of this test's own, to stop and start.
+struct OwnRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    fn new() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let mut own = Self { port, dir: tempfile::tempdir().expect("a temporary directory"), child: None };
+        own.start();
+        own
+    }
+
+    fn start(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/services.sh installs it)");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("redis-server on port {} did not start", self.port);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_get_503_while_redis_is_down_and_succeed_once_it_is_back() {
+    let mut server = OwnRedis::new();
+    let store = RedisStore::connect(&format!("redis://127.0.0.1:{}", server.port)).await.expect("connects");
+    let sessions = Sessions::new(store, SessionConfig::default()).expect("valid config");
+    let mut device = Device::new(app(sessions), "ua", "127.0.0.1:1");
+    device.get("/login/23").await;
+    assert_eq!(device.get("/write").await.body, "n=1");
+
+    server.stop();
+    for path in ["/read", "/write", "/login/24", "/devices"] {
+        let started = std::time::Instant::now();
+        let reply = device.get(path).await;
+        assert_eq!(reply.status, 503, "{path} while Redis is down");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{path} hung for {:?}", started.elapsed());
+    }
+    assert_eq!(device.get("/none").await.status, 200);
+
+    server.start();
+    let mut recovered = false;
+    for _ in 0..20 {
+        if device.get("/write").await.status == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(recovered, "the store did not recover after Redis came back");
+    // The restarted Redis kept nothing: the device starts a new session.
+    assert_eq!(device.get("/read").await.body, "user=anonymous n=1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dangling_index_entries_are_pruned_when_met() {
+    let redis = support::standalone().await;
+    let sessions = Sessions::new(redis.store(), SessionConfig::default()).expect("valid config");
+    for _ in 0..3 {
+        let session = sessions.session([], Default::default());
+        session.login("dora").await.expect("login");
+        session.commit().await.expect("commit");
+    }
+    let keys: Vec<_> = redis.store.user_sessions("dora").await.expect("listed").into_iter().map(|s| s.key).collect();
+    redis.raw::<i64>(redis::cmd("DEL").arg(redis.session_key(&keys[0]))).await;
+    assert_eq!(redis.store.user_sessions("dora").await.expect("listed").len(), 2);
+    let index = format!("{}:u:dora", redis.prefix);
+    assert_eq!(redis.raw::<i64>(redis::cmd("ZCARD").arg(&index)).await, 2);
+    let ttl: i64 = redis.raw(redis::cmd("PTTL").arg(&index)).await;
+    assert!(ttl > 0, "the index does not expire with its sessions");
+}

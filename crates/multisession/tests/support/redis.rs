@@ -1,0 +1,146 @@
+//! Connecting the tests to the Redis servers `scripts/services.sh` starts,
+//! and counting the commands they run.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+
+use multisession::StoreKey;
+use multisession::store::{RedisStore, Store};
+use multisession::testing::Harness;
+use tokio::sync::{Mutex, MutexGuard};
+
+/// Command counts are server-wide: tests of one binary take turns.
+static TURN: Mutex<()> = Mutex::const_new(());
+
+pub fn standalone_url() -> String {
+    std::env::var("MULTISESSION_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6390".to_owned())
+}
+
+pub fn cluster_urls() -> Vec<String> {
+    std::env::var("MULTISESSION_REDIS_CLUSTER_URLS")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6391,redis://127.0.0.1:6392,redis://127.0.0.1:6393".to_owned())
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+fn missing(what: &str, e: impl std::fmt::Display) -> ! {
+    panic!(
+        "no {what} ({e}): start it with `scripts/services.sh start`, or point MULTISESSION_REDIS_URL / MULTISESSION_REDIS_CLUSTER_URLS at one"
+    )
+}
+
+/// A Redis for one test: the store under a prefix of its own, and a plain
+/// connection to every node for writing by hand and reading statistics.
+pub struct Redis {
+    pub store: Arc<RedisStore>,
+    pub prefix: String,
+    nodes: Vec<redis::aio::MultiplexedConnection>,
+    raw: Raw,
+    _turn: MutexGuard<'static, ()>,
+}
+
+enum Raw {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+fn prefix() -> String {
+    let key = multisession::SessionId::generate().expect("rng").store_key().to_string();
+    format!("t{}", &key[..10])
+}
+
+async fn node(url: &str) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(url).unwrap_or_else(|e| missing(url, e));
+    client.get_multiplexed_async_connection().await.unwrap_or_else(|e| missing(url, e))
+}
+
+pub async fn standalone() -> Redis {
+    let turn = TURN.lock().await;
+    let url = standalone_url();
+    let prefix = prefix();
+    let store = RedisStore::connect(&url).await.unwrap_or_else(|e| missing("Redis", e)).with_key_prefix(&prefix);
+    let conn = node(&url).await;
+    Redis { store: Arc::new(store), prefix, nodes: vec![conn.clone()], raw: Raw::Single(conn), _turn: turn }
+}
+
+pub async fn cluster() -> Redis {
+    let turn = TURN.lock().await;
+    let urls = cluster_urls();
+    let prefix = prefix();
+    let store = RedisStore::connect_cluster(&urls)
+        .await
+        .unwrap_or_else(|e| missing("Redis Cluster", e))
+        .with_key_prefix(&prefix);
+    let mut nodes = Vec::new();
+    for url in &urls {
+        nodes.push(node(url).await);
+    }
+    let client = redis::cluster::ClusterClient::new(urls.clone()).unwrap_or_else(|e| missing("Redis Cluster", e));
+    let raw = client.get_async_connection().await.unwrap_or_else(|e| missing("Redis Cluster", e));
+    Redis { store: Arc::new(store), prefix, nodes, raw: Raw::Cluster(raw), _turn: turn }
+}
+
+impl Redis {
+    /// Runs one command by hand, routed to the node that holds its key.
+    pub async fn raw<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        match &self.raw {
+            Raw::Single(c) => cmd.query_async(&mut c.clone()).await,
+            Raw::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+        }
+        .expect("a hand-written Redis command")
+    }
+
+    /// Runs a pipeline by hand (standalone only).
+    pub async fn raw_pipe(&self, pipe: &redis::Pipeline) {
+        match &self.raw {
+            Raw::Single(c) => pipe.query_async::<()>(&mut c.clone()).await.expect("a hand-written pipeline"),
+            Raw::Cluster(_) => panic!("pipelines by hand are for standalone Redis"),
+        }
+    }
+
+    /// Data commands run so far on every node, from `INFO commandstats`
+    /// (leaving out the statistics, connection and cluster bookkeeping
+    /// commands themselves).
+    pub async fn commands(&self) -> u64 {
+        let mut total = 0;
+        for node in &self.nodes {
+            let info: String =
+                redis::cmd("INFO").arg("commandstats").query_async(&mut node.clone()).await.expect("INFO commandstats");
+            for line in info.lines() {
+                let Some((name, stats)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else {
+                    continue;
+                };
+                if ["info", "cluster", "client", "ping", "hello", "command", "readonly", "select"]
+                    .iter()
+                    .any(|skip| name == *skip || name.starts_with(&format!("{skip}|")))
+                {
+                    continue;
+                }
+                let calls =
+                    stats.split(',').find_map(|kv| kv.strip_prefix("calls=")).and_then(|n| n.parse::<u64>().ok());
+                total += calls.unwrap_or(0);
+            }
+        }
+        total
+    }
+
+    pub fn session_key(&self, key: &StoreKey) -> String {
+        format!("{}:s:{key}", self.prefix)
+    }
+}
+
+#[async_trait::async_trait]
+impl Harness for Redis {
+    fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    async fn corrupt(&self, key: &StoreKey) {
+        self.raw::<i64>(redis::cmd("HSET").arg(self.session_key(key)).arg("_meta").arg("{not json")).await;
+    }
+
+    async fn work(&self) -> Option<u64> {
+        Some(self.commands().await)
+    }
+}

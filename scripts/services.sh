@@ -89,6 +89,7 @@ case "${1:-}" in
   start)
     install redis-server redis-server
     install redis-tools redis-cli
+    install openssl openssl          # certificates for the rediss:// test
     mkdir -p "$DIR"
     start_redis "$REDIS_PORT"
     start_cluster

@@ -190,6 +190,35 @@ impl RedisStore {
     /// ```
     pub async fn connect(url: &str) -> Result<Self> {
         let client = redis::Client::open(url).map_err(|e| Error::config(format!("redis url: {e}")))?;
+        Self::managed(client).await
+    }
+
+    /// Connects to a standalone Redis over TLS (`rediss://`), trusting the
+    /// certificate authority in `root_ca_pem` instead of the system's, as a
+    /// private deployment needs. (Plain [`RedisStore::connect`] with a
+    /// `rediss://` URL trusts the system's roots.)
+    ///
+    /// # Errors
+    ///
+    /// `Config` for a URL or certificate that does not parse; `Unavailable`
+    /// if Redis does not answer or the TLS handshake fails.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// let ca = std::fs::read("/etc/redis/ca.pem").map_err(|e| multisession::Error::config("ca").with_source(e))?;
+    /// let store = multisession::store::RedisStore::connect_tls("rediss://redis.internal:6380", &ca).await?;
+    /// # let _ = store;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "redis-tls")]
+    pub async fn connect_tls(url: &str, root_ca_pem: &[u8]) -> Result<Self> {
+        let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(root_ca_pem.to_vec()) };
+        let client = redis::Client::build_with_tls(url, certificates)
+            .map_err(|e| Error::config(format!("redis TLS url or certificate: {e}")))?;
+        Self::managed(client).await
+    }
+
+    async fn managed(client: redis::Client) -> Result<Self> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))

@@ -12,6 +12,12 @@ set -euo pipefail
 DIR="${MULTISESSION_SERVICES_DIR:-/tmp/multisession-services}"
 REDIS_PORT="${MULTISESSION_REDIS_PORT:-6390}"
 CLUSTER_PORTS=(6391 6392 6393)   # each also needs its port + 10000 free
+# PostgreSQL and MariaDB: the machine's own servers when they answer (the
+# tests then work in a database of their own, dropped and made anew here),
+# otherwise throwaway servers of ours on these ports.
+PG_SYSTEM_PORT=5432; PG_OWN_PORT="${MULTISESSION_PG_PORT:-5490}"
+MY_SYSTEM_PORT=3306; MY_OWN_PORT="${MULTISESSION_MYSQL_PORT:-3390}"
+TEST_DB=multisession_test
 
 log() { printf 'services: %s\n' "$*" >&2; }
 fail() { log "$*"; exit 1; }
@@ -78,7 +84,65 @@ start_cluster() {
   fail "the Redis Cluster did not reach cluster_state:ok; see $DIR/redis-*/redis.log"
 }
 
+pg_up() { pg_isready -q -h 127.0.0.1 -p "$1" 2>/dev/null; }
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+pg_port() { # the port of the PostgreSQL the tests use
+  if [ -z "${MULTISESSION_OWN_SQL:-}" ] && pg_up "$PG_SYSTEM_PORT"; then echo "$PG_SYSTEM_PORT"; else echo "$PG_OWN_PORT"; fi
+}
+
+start_postgres() {
+  local port; port=$(pg_port)
+  if ! pg_up "$port"; then
+    [ -n "$(pg_bin)" ] || install postgresql pg_lsclusters
+    local bin dir="$DIR/postgres"; bin=$(pg_bin)
+    log "starting a throwaway PostgreSQL on $port"
+    mkdir -p "$dir"; chown postgres: "$dir"; chmod 700 "$dir"
+    [ -f "$dir/data/PG_VERSION" ] || runuser -u postgres -- "$bin/initdb" -D "$dir/data" -A trust -U postgres --no-sync >/dev/null
+    runuser -u postgres -- "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
+      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null \
+      || fail "PostgreSQL did not start; see $dir/log"
+  fi
+  psql -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "DROP DATABASE IF EXISTS $TEST_DB WITH (FORCE)" \
+    -c "CREATE DATABASE $TEST_DB" >/dev/null || fail "cannot create the database $TEST_DB on PostgreSQL $port"
+}
+
+my_up() { mariadb-admin --connect-timeout=2 -h 127.0.0.1 -P "$1" -u root ping >/dev/null 2>&1; }
+my_port() {
+  if [ -z "${MULTISESSION_OWN_SQL:-}" ] && my_up "$MY_SYSTEM_PORT"; then echo "$MY_SYSTEM_PORT"; else echo "$MY_OWN_PORT"; fi
+}
+
+start_mariadb() {
+  local port; port=$(my_port)
+  if ! my_up "$port"; then
+    install mariadb-server mariadbd
+    local dir="$DIR/mariadb"
+    log "starting a throwaway MariaDB on $port"
+    mkdir -p "$dir"
+    [ -d "$dir/data/mysql" ] || mariadb-install-db --no-defaults --user=root --auth-root-authentication-method=normal \
+      --skip-test-db --datadir="$dir/data" >"$dir/install.log" 2>&1 || fail "mariadb-install-db failed; see $dir/install.log"
+    mariadbd --no-defaults --user=root --datadir="$dir/data" --socket="$dir/sock" --pid-file="$dir/pid" \
+      --port="$port" --bind-address=127.0.0.1 --log-error="$dir/error.log" >/dev/null 2>&1 &
+    for _ in $(seq 100); do my_up "$port" && break; sleep 0.1; done
+    my_up "$port" || fail "MariaDB did not start; see $dir/error.log"
+  fi
+  mariadb -h 127.0.0.1 -P "$port" -u root -e "DROP DATABASE IF EXISTS $TEST_DB; CREATE DATABASE $TEST_DB" \
+    || fail "cannot create the database $TEST_DB on MariaDB $port"
+}
+
+stop_sql() {
+  local bin; bin=$(pg_bin)
+  if [ -n "$bin" ] && [ -f "$DIR/postgres/data/postmaster.pid" ]; then
+    runuser -u postgres -- "$bin/pg_ctl" -D "$DIR/postgres/data" -m fast stop >/dev/null 2>&1 || true
+  fi
+  if [ -f "$DIR/mariadb/pid" ]; then
+    kill "$(cat "$DIR/mariadb/pid")" 2>/dev/null || true
+    for _ in $(seq 100); do my_up "$MY_OWN_PORT" || break; sleep 0.1; done
+  fi
+}
+
 env_lines() {
+  echo "export MULTISESSION_POSTGRES_URL=postgres://postgres@127.0.0.1:$(pg_port)/$TEST_DB"
+  echo "export MULTISESSION_MYSQL_URL=mysql://root@127.0.0.1:$(my_port)/$TEST_DB"
   echo "export MULTISESSION_REDIS_URL=redis://127.0.0.1:$REDIS_PORT"
   local urls=() port
   for port in "${CLUSTER_PORTS[@]}"; do urls+=("redis://127.0.0.1:$port"); done
@@ -91,11 +155,16 @@ case "${1:-}" in
     install redis-tools redis-cli
     install openssl openssl          # certificates for the rediss:// test
     mkdir -p "$DIR"
+    install postgresql-client psql
+    install mariadb-client mariadb
     start_redis "$REDIS_PORT"
     start_cluster
-    log "redis on $REDIS_PORT, redis cluster on ${CLUSTER_PORTS[*]}: up"
+    start_postgres
+    start_mariadb
+    log "redis $REDIS_PORT, redis cluster ${CLUSTER_PORTS[*]}, postgres $(pg_port), mariadb $(my_port): up"
     ;;
   stop)
+    stop_sql
     command -v redis-cli >/dev/null || exit 0
     for port in "$REDIS_PORT" "${CLUSTER_PORTS[@]}"; do stop_redis "$port"; done
     ;;
@@ -104,6 +173,8 @@ case "${1:-}" in
       if redis_up "$port"; then echo "redis $port: up"; else echo "redis $port: down"; fi
     done
     if cluster_ok; then echo "redis cluster: ok"; else echo "redis cluster: not formed"; fi
+    if pg_up "$(pg_port)"; then echo "postgres $(pg_port): up"; else echo "postgres $(pg_port): down"; fi
+    if my_up "$(my_port)"; then echo "mariadb $(my_port): up"; else echo "mariadb $(my_port): down"; fi
     ;;
   env) env_lines ;;
   *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;

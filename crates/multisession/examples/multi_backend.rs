@@ -12,7 +12,7 @@
 mod shared;
 
 use base64::Engine as _;
-use multisession::store::{CookieStore, SqliteStore};
+use multisession::store::{CookieStore, SqlStore};
 use multisession::{Fields, Key, KeyRing, SessionConfig, SessionSpec, Sessions};
 
 #[tokio::main]
@@ -33,12 +33,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             KeyRing::new(vec![Key::generate()])?
         }
     };
-    let db = std::env::temp_dir().join("multisession-multi-backend.db");
+    let folder = tempfile::tempdir()?;
+    let db = folder.path().join("sessions.db");
     // Plain http on localhost: browsers drop `Secure` cookies there.
     let config = |name: &str| SessionConfig::default().with_cookie_name(name).with_secure(false);
     let sessions = Sessions::from_specs([
         SessionSpec::new(CookieStore::new(keys.clone()), config("csrf")).with_fields(Fields::include(["csrf_token"])),
-        SessionSpec::new(SqliteStore::open(&db).await?, config("session"))
+        SessionSpec::new(SqlStore::open(&db).await?, config("session"))
             .with_fields(Fields::include(["user_id", "user_data"])),
         SessionSpec::new(CookieStore::new(keys), config("data")).with_fields(Fields::Auto),
     ])?;

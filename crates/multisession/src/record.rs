@@ -310,5 +310,5 @@ pub(crate) mod millis {
     }
 }
 
-#[cfg(any(feature = "sqlite", feature = "redis"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql", feature = "redis"))]
 pub(crate) use millis::{from_millis, to_millis};

@@ -601,18 +601,18 @@ pub mod checks {
         }
         fill(&*store, 10).await;
         let small = cost(h, &*store, "small").await;
-        let small_indexed = h.user_queries_use_index().await;
         fill(&*store, 10_000).await;
         let large = cost(h, &*store, "large").await;
-        let large_indexed = h.user_queries_use_index().await;
-        match (small, large, small_indexed, large_indexed) {
-            (Some(small), Some(large), _, _) => {
+        // A cost-based planner rightly scans a table of ten rows; what must
+        // hold is that it uses the user index once the store is large.
+        let indexed = h.user_queries_use_index().await;
+        match (small, large, indexed) {
+            (Some(small), Some(large), _) => {
                 assert!(small > 0, "the harness reports no work: its counter is not wired to the backend");
                 assert_eq!(small, large, "user operations cost {small} with 10 others and {large} with 10 010");
             }
-            (None, None, Some(small), Some(large)) => {
-                assert!(small, "with 10 other sessions, a user query does not use an index");
-                assert!(large, "with 10 010 other sessions, a user query does not use an index");
+            (None, None, Some(indexed)) => {
+                assert!(indexed, "with 10 010 other sessions, a user query does not use the user index");
             }
             _ => panic!("the harness must report either a work counter or whether user queries use an index"),
         }

@@ -8,12 +8,12 @@ mod common;
 mod demo;
 
 use common::Device;
-use multisession::store::SqliteStore;
+use multisession::store::SqlStore;
 use multisession::{SessionConfig, Sessions};
 
 async fn demo_app() -> (axum::Router, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let store = SqliteStore::open(dir.path().join("demo.db")).await.expect("SQLite opens");
+    let store = SqlStore::open(dir.path().join("demo.db")).await.expect("SQLite opens");
     let sessions = Sessions::new(store, SessionConfig::default().with_secure(false)).expect("valid config");
     (demo::app(sessions), dir)
 }

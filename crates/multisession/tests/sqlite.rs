@@ -1,48 +1,19 @@
 //! The store conformance suite on SQLite, plus what only SQLite shows.
 
-use std::sync::Arc;
+#[path = "support/sql.rs"]
+mod support;
 
-use multisession::StoreKey;
-use multisession::store::{SqliteStore, Store};
-use multisession::testing::Harness;
+use multisession::store::{SqlStore, Store};
 
-struct Sqlite {
-    store: Arc<SqliteStore>,
-    _dir: tempfile::TempDir,
-}
-
-async fn sqlite() -> Sqlite {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let store = SqliteStore::open(dir.path().join("sessions.db")).await.expect("SQLite opens");
-    Sqlite { store: Arc::new(store), _dir: dir }
-}
-
-#[async_trait::async_trait]
-impl Harness for Sqlite {
-    fn store(&self) -> Arc<dyn Store> {
-        self.store.clone()
-    }
-
-    async fn corrupt(&self, key: &StoreKey) {
-        sqlx::query("UPDATE sessions SET data = '{not json' WHERE key = ?")
-            .bind(key.to_string())
-            .execute(self.store.pool())
-            .await
-            .expect("the corrupting update runs");
-    }
-
-    async fn user_queries_use_index(&self) -> Option<bool> {
-        Some(self.store.user_queries_use_index().await.expect("EXPLAIN QUERY PLAN runs"))
-    }
-}
-
-multisession::store_conformance_tests!(sqlite());
+multisession::store_conformance_tests!(support::sqlite());
 
 #[tokio::test]
 async fn key_prefixes_keep_applications_apart() {
     use multisession::{Device, Meta, Record};
-    let h = sqlite().await;
-    let shop = SqliteStore::from_pool(h.store.pool().clone()).await.expect("opens").with_key_prefix("shop");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("shared.db");
+    let plain = SqlStore::open(&path).await.expect("opens");
+    let shop = SqlStore::open(&path).await.expect("opens").with_key_prefix("shop");
     let now = time::OffsetDateTime::now_utc();
     let record = Record {
         data: Default::default(),
@@ -58,9 +29,9 @@ async fn key_prefixes_keep_applications_apart() {
     };
     let key = multisession::SessionId::generate().expect("rng").store_key();
     shop.create(&key, &record).await.expect("created");
-    assert!(h.store.load(&key).await.expect("loads").is_none(), "another prefix sees the session");
-    assert!(h.store.user_sessions("23").await.expect("lists").is_empty());
-    assert_eq!(h.store.delete_user_sessions("23", None).await.expect("clears"), 0);
+    assert!(plain.load(&key).await.expect("loads").is_none(), "another prefix sees the session");
+    assert!(plain.user_sessions("23").await.expect("lists").is_empty());
+    assert_eq!(plain.delete_user_sessions("23", None).await.expect("clears"), 0);
     assert_eq!(shop.user_sessions("23").await.expect("lists").len(), 1);
 }
 
@@ -68,7 +39,7 @@ async fn key_prefixes_keep_applications_apart() {
 async fn schema_is_created_once_and_reopening_keeps_sessions() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("sessions.db");
-    let first = SqliteStore::open(&path).await.expect("opens");
+    let first = SqlStore::open(&path).await.expect("opens");
     let key = multisession::SessionId::generate().expect("rng").store_key();
     let now = time::OffsetDateTime::now_utc();
     let record = multisession::Record {
@@ -85,6 +56,27 @@ async fn schema_is_created_once_and_reopening_keeps_sessions() {
     };
     first.create(&key, &record).await.expect("created");
     first.pool().close().await;
-    let second = SqliteStore::open(&path).await.expect("reopens");
+    let second = SqlStore::open(&path).await.expect("reopens");
     assert!(second.load(&key).await.expect("loads").is_some());
+}
+
+#[tokio::test]
+async fn a_path_with_spaces_and_question_marks_opens() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("my sessions?.db");
+    SqlStore::open(&path).await.expect("opens");
+    assert!(path.exists());
+}
+
+#[tokio::test]
+async fn a_foreign_table_of_the_same_name_is_refused_at_start_up() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("app.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.expect("connects");
+    sqlx::query("CREATE TABLE sessions (id INTEGER PRIMARY KEY, blob TEXT)").execute(&pool).await.expect("created");
+    let err = SqlStore::open(&path).await.expect_err("a foreign table was accepted");
+    assert_eq!(err.kind(), multisession::ErrorKind::Config);
+    assert!(err.to_string().contains("sessions") && err.to_string().contains("another table name"), "{err}");
 }

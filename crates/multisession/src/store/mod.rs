@@ -22,10 +22,10 @@ pub(crate) use traced::Traced;
 mod redis;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
-#[cfg(feature = "sqlite")]
-mod sqlite;
-#[cfg(feature = "sqlite")]
-pub use sqlite::SqliteStore;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+mod sql;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+pub use sql::{Dialect, SqlOptions, SqlStore};
 
 /// A session backend. Object safe: the engine holds an `Arc<dyn Store>`.
 ///
@@ -68,7 +68,8 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_expired(&self) -> Result<u64>;
 }
 
-/// Opens the server-side store a URL names: `memory://`, `sqlite://PATH`,
+/// Opens the server-side store a URL names: `memory://`, `sqlite://PATH`
+/// (created if missing), `postgres://…`, `mysql://…` (or `mariadb://`),
 /// `redis://HOST:PORT[/DB]`, `rediss://…` (TLS), or
 /// `redis+cluster://HOST:PORT,HOST:PORT,…`, each available with its cargo
 /// feature. `key_prefix` separates applications sharing one backend
@@ -92,6 +93,12 @@ pub async fn open(url: &str, key_prefix: Option<&str>) -> Result<Arc<dyn Store>>
         if cfg!(feature = "sqlite") {
             schemes.push("sqlite://PATH");
         }
+        if cfg!(feature = "postgres") {
+            schemes.push("postgres://");
+        }
+        if cfg!(feature = "mysql") {
+            schemes.push("mysql://");
+        }
         if cfg!(feature = "redis") {
             schemes.extend(["redis://", "rediss://", "redis+cluster://"]);
         }
@@ -110,7 +117,23 @@ pub async fn open(url: &str, key_prefix: Option<&str>) -> Result<Arc<dyn Store>>
         },
         #[cfg(feature = "sqlite")]
         "sqlite" if !rest.is_empty() => {
-            let store = SqliteStore::open(rest).await?;
+            let store = SqlStore::open(rest).await?;
+            Ok(Arc::new(match key_prefix {
+                Some(prefix) => store.with_key_prefix(prefix),
+                None => store,
+            }))
+        }
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => {
+            let store = SqlStore::connect(url).await?;
+            Ok(Arc::new(match key_prefix {
+                Some(prefix) => store.with_key_prefix(prefix),
+                None => store,
+            }))
+        }
+        #[cfg(feature = "mysql")]
+        "mysql" | "mariadb" => {
+            let store = SqlStore::connect(url).await?;
             Ok(Arc::new(match key_prefix {
                 Some(prefix) => store.with_key_prefix(prefix),
                 None => store,

@@ -1,0 +1,742 @@
+//! Sessions in SQL: SQLite (the embedded default), PostgreSQL and
+//! MySQL/MariaDB, from one implementation with per-dialect statements.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use sqlx::AnyPool;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AssertSqlSafe, Row};
+use time::OffsetDateTime;
+
+use super::{SessionInfo, Store};
+use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result, StoreKey};
+
+/// Rows removed per statement by [`Store::delete_expired`], so cleanup never
+/// holds locks for long.
+const EXPIRED_BATCH: i64 = 500;
+
+/// How long a request waits for a connection before the store answers
+/// `Unavailable`.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The SQL databases the store speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Dialect {
+    /// SQLite 3 (bundled).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL or MariaDB.
+    MySql,
+}
+
+/// Where a [`SqlStore`] keeps its rows: table `sessions` by default,
+/// optionally in a named schema (PostgreSQL) or database (MySQL). Names are
+/// checked as plain identifiers (letters, digits, `_`; at most 63).
+///
+/// ```
+/// let options = multisession::store::SqlOptions::default().table("web_sessions").schema("auth");
+/// # let _ = options;
+/// ```
+#[derive(Clone, Debug)]
+pub struct SqlOptions {
+    table: String,
+    schema: Option<String>,
+}
+
+impl Default for SqlOptions {
+    fn default() -> Self {
+        Self { table: "sessions".to_owned(), schema: None }
+    }
+}
+
+impl SqlOptions {
+    /// The table's name (default `sessions`).
+    ///
+    /// ```
+    /// let options = multisession::store::SqlOptions::default().table("web_sessions");
+    /// # let _ = options;
+    /// ```
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// The schema (PostgreSQL) or database (MySQL) holding the table,
+    /// created if missing on PostgreSQL. Not for SQLite.
+    ///
+    /// ```
+    /// let options = multisession::store::SqlOptions::default().schema("auth");
+    /// # let _ = options;
+    /// ```
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = Some(schema.into());
+        self
+    }
+}
+
+fn identifier(field: &str, name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let starts = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !starts || name.len() > 63 || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(Error::config(format!(
+            "{field}: {name:?} is not a plain SQL identifier (letters, digits and _, not starting with a digit, at most \
+             63 characters)"
+        )));
+    }
+    Ok(())
+}
+
+/// Sessions in a SQL database: one row per session with the user id and the
+/// expiry as indexed columns and the data as a JSON object (`jsonb` on
+/// PostgreSQL, `JSON` on MySQL, text on SQLite). Times are Unix
+/// milliseconds. The table and its indexes are created when the store
+/// connects.
+///
+/// A change is applied field by field in one statement on PostgreSQL
+/// (`data = (data || $set) - $remove`) and MySQL (`JSON_SET` over
+/// `JSON_REMOVE`), and as a read-modify-write inside one `BEGIN IMMEDIATE`
+/// transaction on SQLite, whose JSON paths cannot name every key and which
+/// serialises writers anyway. Every change is conditional on the row being
+/// live, so a write after a logout finds no row and reports `Gone`.
+///
+/// `key_prefix` (default `session`) separates applications sharing a table;
+/// user ids are compared exactly (binary collation on MySQL, where they are at
+/// most 255 characters).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+/// use multisession::store::{SqlStore, Store};
+///
+/// let dir = tempfile::tempdir().map_err(|e| multisession::Error::config("tempdir").with_source(e))?;
+/// let store = SqlStore::open(dir.path().join("sessions.db")).await?;
+/// assert_eq!(store.delete_expired().await?, 0);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct SqlStore {
+    pool: AnyPool,
+    dialect: Dialect,
+    /// The table, qualified with its schema.
+    table: String,
+    /// The bare table name, for index names.
+    name: String,
+    prefix: String,
+}
+
+const COLUMNS: &str =
+    "session_key, user_id, created_at, last_active_at, expires_at, absolute_expires_at, permanent, user_agent, ip";
+
+impl SqlStore {
+    /// Opens (creating if needed) the SQLite database file at `path`, in WAL
+    /// mode.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the file cannot be opened or the schema not created.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let dir = tempfile::tempdir().map_err(|e| multisession::Error::config("tempdir").with_source(e))?;
+    /// let store = multisession::store::SqlStore::open(dir.path().join("sessions.db")).await?;
+    /// # let _ = store;
+    /// # Ok(()) }
+    /// ```
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_string_lossy();
+        let escaped: String = path
+            .chars()
+            .map(|c| match c {
+                '%' => "%25".to_owned(),
+                '?' => "%3F".to_owned(),
+                '#' => "%23".to_owned(),
+                c => c.to_string(),
+            })
+            .collect();
+        Self::connect(&format!("sqlite://{escaped}?mode=rwc")).await
+    }
+
+    /// Connects to the database a URL names — `sqlite://PATH`,
+    /// `postgres://…` (or `postgresql://`), `mysql://…` (or `mariadb://`) —
+    /// and creates the `sessions` table if needed.
+    ///
+    /// # Errors
+    ///
+    /// `Config` for an unknown scheme; `Unavailable` if the database does not
+    /// answer or the schema cannot be created.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let dir = tempfile::tempdir().map_err(|e| multisession::Error::config("tempdir").with_source(e))?;
+    /// let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+    /// let store = multisession::store::SqlStore::connect(&url).await?;
+    /// # let _ = store;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, SqlOptions::default()).await
+    }
+
+    /// Like [`SqlStore::connect`], with the table (and schema) of `options`.
+    ///
+    /// # Errors
+    ///
+    /// As [`SqlStore::connect`], and `Config` naming `table` or `schema` for
+    /// a name that is not a plain identifier.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// use multisession::store::{SqlOptions, SqlStore};
+    /// let err = SqlStore::connect_with("sqlite::memory:", SqlOptions::default().table("x; DROP")).await.unwrap_err();
+    /// assert!(err.to_string().contains("table"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_with(url: &str, options: SqlOptions) -> Result<Self> {
+        identifier("table", &options.table)?;
+        if let Some(schema) = &options.schema {
+            identifier("schema", schema)?;
+        }
+        let (dialect, url) = match url.split_once(':').map(|(scheme, _)| scheme) {
+            Some("sqlite") => (Dialect::Sqlite, url.to_owned()),
+            Some("postgres" | "postgresql") => (Dialect::Postgres, url.to_owned()),
+            Some("mysql") => (Dialect::MySql, url.to_owned()),
+            Some("mariadb") => (Dialect::MySql, url.replacen("mariadb", "mysql", 1)),
+            _ => {
+                return Err(Error::config(format!("backend: {url:?} is not a sqlite://, postgres:// or mysql:// URL")));
+            }
+        };
+        if dialect == Dialect::Sqlite && options.schema.is_some() {
+            return Err(Error::config("schema: SQLite keeps one schema per file; leave schema unset"));
+        }
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(if dialect == Dialect::Sqlite { 8 } else { 16 })
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(&url)
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Configuration(_) => Error::config(format!("backend: {e}")),
+                e => Error::unavailable("cannot connect to the SQL session store", e),
+            })?;
+        let table = match &options.schema {
+            Some(schema) => format!("{schema}.{}", options.table),
+            None => options.table.clone(),
+        };
+        let store = Self { pool, dialect, table, name: options.table, prefix: "session".to_owned() };
+        store.migrate(options.schema.as_deref()).await?;
+        Ok(store)
+    }
+
+    /// Keeps this store's sessions apart from other applications' in the same
+    /// table (default `session`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let dir = tempfile::tempdir().map_err(|e| multisession::Error::config("tempdir").with_source(e))?;
+    /// let store = multisession::store::SqlStore::open(dir.path().join("s.db")).await?.with_key_prefix("shop");
+    /// # let _ = store;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Which database this is.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let dir = tempfile::tempdir().map_err(|e| multisession::Error::config("tempdir").with_source(e))?;
+    /// let store = multisession::store::SqlStore::open(dir.path().join("s.db")).await?;
+    /// assert_eq!(store.dialect(), multisession::store::Dialect::Sqlite);
+    /// # Ok(()) }
+    /// ```
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// The connection pool, for tooling and tests.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let dir = tempfile::tempdir().map_err(|e| multisession::Error::config("tempdir").with_source(e))?;
+    /// let store = multisession::store::SqlStore::open(dir.path().join("s.db")).await?;
+    /// assert!(!store.pool().is_closed());
+    /// # Ok(()) }
+    /// ```
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The qualified table name, for tooling and tests.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let dir = tempfile::tempdir().map_err(|e| multisession::Error::config("tempdir").with_source(e))?;
+    /// let store = multisession::store::SqlStore::open(dir.path().join("s.db")).await?;
+    /// assert_eq!(store.table(), "sessions");
+    /// # Ok(()) }
+    /// ```
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// `sql`, written with `?` placeholders and `{t}` for the table, in this
+    /// dialect (`$1`, `$2`, … on PostgreSQL).
+    fn sql(&self, sql: &str) -> AssertSqlSafe<String> {
+        let sql = sql.replace("{t}", &self.table).replace("{n}", &self.name);
+        if self.dialect != Dialect::Postgres {
+            return AssertSqlSafe(sql);
+        }
+        let mut out = String::with_capacity(sql.len() + 8);
+        let mut n = 0;
+        for c in sql.chars() {
+            if c == '?' {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            } else {
+                out.push(c);
+            }
+        }
+        AssertSqlSafe(out)
+    }
+
+    /// The data column as JSON text.
+    fn data_text(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "data",
+            Dialect::Postgres => "data::text",
+            Dialect::MySql => "CAST(data AS CHAR)",
+        }
+    }
+
+    /// Creates the table and its indexes if missing.
+    async fn migrate(&self, schema: Option<&str>) -> Result<()> {
+        let mut statements: Vec<String> = Vec::new();
+        match self.dialect {
+            Dialect::Sqlite => {
+                statements.push("PRAGMA journal_mode = WAL".to_owned());
+                // A rowid table: WITHOUT ROWID makes the planner walk the
+                // primary key instead of the user index.
+                statements.push(
+                    "CREATE TABLE IF NOT EXISTS {t} (namespace TEXT NOT NULL, session_key TEXT NOT NULL, user_id TEXT,
+                     data TEXT NOT NULL, created_at INTEGER NOT NULL, last_active_at INTEGER NOT NULL,
+                     expires_at INTEGER NOT NULL, absolute_expires_at INTEGER, permanent INTEGER NOT NULL,
+                     user_agent TEXT, ip TEXT, PRIMARY KEY (namespace, session_key))"
+                        .to_owned(),
+                );
+                statements.push("CREATE INDEX IF NOT EXISTS {n}_user ON {t} (namespace, user_id)".to_owned());
+                statements.push("CREATE INDEX IF NOT EXISTS {n}_expires ON {t} (expires_at)".to_owned());
+            }
+            Dialect::Postgres => {
+                if let Some(schema) = schema {
+                    statements.push(format!("CREATE SCHEMA IF NOT EXISTS {schema}"));
+                }
+                statements.push(
+                    "CREATE TABLE IF NOT EXISTS {t} (namespace TEXT NOT NULL, session_key TEXT NOT NULL, user_id TEXT,
+                     data JSONB NOT NULL, created_at BIGINT NOT NULL, last_active_at BIGINT NOT NULL,
+                     expires_at BIGINT NOT NULL, absolute_expires_at BIGINT, permanent BIGINT NOT NULL,
+                     user_agent TEXT, ip TEXT, PRIMARY KEY (namespace, session_key))"
+                        .to_owned(),
+                );
+                statements.push("CREATE INDEX IF NOT EXISTS {n}_user ON {t} (namespace, user_id)".to_owned());
+                statements.push("CREATE INDEX IF NOT EXISTS {n}_expires ON {t} (expires_at)".to_owned());
+            }
+            Dialect::MySql => statements.push(format!(
+                "CREATE TABLE IF NOT EXISTS {{t}} (namespace VARCHAR(191) NOT NULL, session_key CHAR(64) NOT NULL,
+                 user_id VARCHAR(255) NULL, data JSON NOT NULL, created_at BIGINT NOT NULL,
+                 last_active_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, absolute_expires_at BIGINT NULL,
+                 permanent BIGINT NOT NULL, user_agent VARCHAR(512) NULL, ip VARCHAR(45) NULL,
+                 PRIMARY KEY (namespace, session_key), INDEX {{n}}_user (namespace, user_id),
+                 INDEX {{n}}_expires (expires_at)) DEFAULT CHARSET = utf8mb4 COLLATE = {}",
+                self.exact_collation().await?
+            )),
+        }
+        // Indexes come after the probe below, which they would fail before.
+        let (tables, indexes): (Vec<String>, Vec<String>) =
+            statements.into_iter().partition(|statement| !statement.starts_with("CREATE INDEX"));
+        for statement in &tables {
+            sqlx::query(self.sql(statement)).execute(&self.pool).await.map_err(db_error)?;
+        }
+        // A table of the same name made by something else (or an older
+        // layout) fails here, at start-up, not as 503s on every request.
+        let probe = format!("SELECT {COLUMNS}, data FROM {{t}} WHERE 1 = 0");
+        sqlx::query(self.sql(&probe)).fetch_all(&self.pool).await.map_err(|e| {
+            Error::config(format!(
+                "table: {} exists but does not have the session columns ({COLUMNS}, data); use another table \
+                 name or drop it",
+                self.table
+            ))
+            .with_source(e)
+        })?;
+        for statement in &indexes {
+            sqlx::query(self.sql(statement)).execute(&self.pool).await.map_err(db_error)?;
+        }
+        Ok(())
+    }
+
+    /// A binary NO PAD collation, so user ids compare byte for byte: with a
+    /// PAD SPACE collation such as `utf8mb4_bin`, `"alice "` would match
+    /// `"alice"`. MariaDB calls it `utf8mb4_nopad_bin`, MySQL 8
+    /// `utf8mb4_0900_bin`.
+    async fn exact_collation(&self) -> Result<String> {
+        let found: Option<String> = sqlx::query_scalar(self.sql(
+            "SELECT COLLATION_NAME FROM information_schema.COLLATIONS
+             WHERE COLLATION_NAME IN ('utf8mb4_nopad_bin', 'utf8mb4_0900_bin') ORDER BY COLLATION_NAME DESC LIMIT 1",
+        ))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        found.ok_or_else(|| {
+            Error::config("backend: this MySQL has no binary NO PAD collation (MariaDB 10.2+ or MySQL 8 needed)")
+        })
+    }
+
+    /// Whether the database's planner answers every per-user statement of
+    /// this store through the user index rather than a full scan (`EXPLAIN`),
+    /// for the conformance suite. On PostgreSQL the table is analyzed first,
+    /// as autovacuum would.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the database cannot be asked.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let dir = tempfile::tempdir().map_err(|e| multisession::Error::config("tempdir").with_source(e))?;
+    /// let store = multisession::store::SqlStore::open(dir.path().join("s.db")).await?;
+    /// // On an empty table a planner may rightly prefer another path; the
+    /// // conformance suite asks once the table holds 10 000 sessions.
+    /// let indexed: bool = store.user_queries_use_index().await?;
+    /// # let _ = indexed;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "testing")]
+    pub async fn user_queries_use_index(&self) -> Result<bool> {
+        let index = format!("{}_user", self.name);
+        if self.dialect == Dialect::Postgres {
+            sqlx::query(self.sql("ANALYZE {t}")).execute(&self.pool).await.map_err(db_error)?;
+        }
+        let mut indexed = true;
+        for (sql, keep) in [(USER_SESSIONS_SQL, false), (DELETE_USER_SQL, true)] {
+            let explain = match self.dialect {
+                Dialect::Sqlite => format!("EXPLAIN QUERY PLAN {sql}"),
+                Dialect::Postgres | Dialect::MySql => format!("EXPLAIN {sql}"),
+            };
+            let mut query = sqlx::query(self.sql(&explain)).bind(&self.prefix).bind("user").bind(0_i64);
+            if keep {
+                query = query.bind("");
+            }
+            let rows = query.fetch_all(&self.pool).await.map_err(db_error)?;
+            let plan: Vec<String> = rows
+                .iter()
+                .filter_map(|row| match self.dialect {
+                    Dialect::Sqlite => row.try_get::<String, _>("detail").ok(),
+                    Dialect::Postgres => row.try_get::<String, _>(0).ok(),
+                    Dialect::MySql => row.try_get::<Option<String>, _>("key").ok().flatten(),
+                })
+                .collect();
+            indexed &= match self.dialect {
+                Dialect::Sqlite => {
+                    plan.iter().any(|s| s.contains(&format!("USING INDEX {index}")))
+                        && !plan.iter().any(|s| s.starts_with("SCAN"))
+                }
+                Dialect::Postgres => {
+                    plan.iter().any(|s| s.contains(&index)) && !plan.iter().any(|s| s.contains("Seq Scan"))
+                }
+                Dialect::MySql => plan.contains(&index),
+            };
+        }
+        Ok(indexed)
+    }
+
+    /// A touch: one UPDATE of the times, without reading or rewriting data.
+    async fn touch(&self, key: &StoreKey, change: &Change) -> Result<()> {
+        let done = sqlx::query(self.sql(
+            "UPDATE {t} SET last_active_at = ?, expires_at = ?
+             WHERE namespace = ? AND session_key = ? AND expires_at > ?",
+        ))
+        .bind(millis(change.last_active_at))
+        .bind(millis(change.expires_at))
+        .bind(&self.prefix)
+        .bind(key.to_string())
+        .bind(millis(OffsetDateTime::now_utc()))
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        if done.rows_affected() == 0 { Err(Error::gone()) } else { Ok(()) }
+    }
+
+    /// SQLite: the change merged in Rust inside one immediate transaction.
+    async fn apply_locked(&self, key: &str, change: &Change) -> Result<u64> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)?;
+        let row =
+            sqlx::query(self.sql("SELECT data FROM {t} WHERE namespace = ? AND session_key = ? AND expires_at > ?"))
+                .bind(&self.prefix)
+                .bind(key)
+                .bind(millis(OffsetDateTime::now_utc()))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        let Some(row) = row else { return Ok(0) };
+        let mut map = data(&row.try_get::<String, _>("data").map_err(db_error)?)?;
+        change.apply_to_data(&mut map);
+        let done = sqlx::query(self.sql(
+            "UPDATE {t} SET data = ?, permanent = COALESCE(?, permanent), last_active_at = ?, expires_at = ?
+             WHERE namespace = ? AND session_key = ?",
+        ))
+        .bind(serde_json::to_string(&map)?)
+        .bind(change.permanent.map(i64::from))
+        .bind(millis(change.last_active_at))
+        .bind(millis(change.expires_at))
+        .bind(&self.prefix)
+        .bind(key)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(done.rows_affected())
+    }
+
+    /// PostgreSQL: `(data || $set) - $remove` in one UPDATE.
+    async fn apply_postgres(&self, key: &str, change: &Change) -> Result<u64> {
+        let removed: Vec<&String> = change.remove.iter().collect();
+        let done = sqlx::query(self.sql(
+            "UPDATE {t} SET data = (CASE WHEN ? = 1 THEN '{}'::jsonb ELSE data END || ?::jsonb)
+                 - ARRAY(SELECT jsonb_array_elements_text(?::jsonb)),
+               permanent = COALESCE(?, permanent), last_active_at = ?, expires_at = ?
+             WHERE namespace = ? AND session_key = ? AND expires_at > ?",
+        ))
+        .bind(i64::from(change.clear))
+        .bind(serde_json::to_string(&change.set)?)
+        .bind(serde_json::to_string(&removed)?)
+        .bind(change.permanent.map(i64::from))
+        .bind(millis(change.last_active_at))
+        .bind(millis(change.expires_at))
+        .bind(&self.prefix)
+        .bind(key)
+        .bind(millis(OffsetDateTime::now_utc()))
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(done.rows_affected())
+    }
+
+    /// MySQL/MariaDB: `JSON_SET(JSON_REMOVE(data, …), …)` in one UPDATE.
+    async fn apply_mysql(&self, key: &str, change: &Change) -> Result<u64> {
+        let mut expression = "CASE WHEN ? = 1 THEN JSON_OBJECT() ELSE data END".to_owned();
+        if !change.remove.is_empty() {
+            expression = format!("JSON_REMOVE({expression}{})", ", ?".repeat(change.remove.len()));
+        }
+        if !change.set.is_empty() {
+            expression = format!("JSON_SET({expression}{})", ", ?, JSON_EXTRACT(?, '$[0]')".repeat(change.set.len()));
+        }
+        let sql = format!(
+            "UPDATE {{t}} SET data = {expression}, permanent = COALESCE(?, permanent), last_active_at = ?,
+             expires_at = ? WHERE namespace = ? AND session_key = ? AND expires_at > ?"
+        );
+        let sql = self.sql(&sql);
+        let mut query = sqlx::query(sql).bind(i64::from(change.clear));
+        for name in &change.remove {
+            query = query.bind(json_path(name));
+        }
+        for (name, value) in &change.set {
+            query = query.bind(json_path(name)).bind(serde_json::to_string(&[value])?);
+        }
+        let done = query
+            .bind(change.permanent.map(i64::from))
+            .bind(millis(change.last_active_at))
+            .bind(millis(change.expires_at))
+            .bind(&self.prefix)
+            .bind(key)
+            .bind(millis(OffsetDateTime::now_utc()))
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// A MySQL JSON path naming one top-level key, whatever its characters.
+fn json_path(key: &str) -> String {
+    format!("$.\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+const USER_SESSIONS_SQL: &str = "SELECT session_key, user_id, created_at, last_active_at, expires_at,
+    absolute_expires_at, permanent, user_agent, ip FROM {t} WHERE namespace = ? AND user_id = ? AND expires_at > ?";
+const DELETE_USER_SQL: &str =
+    "DELETE FROM {t} WHERE namespace = ? AND user_id = ? AND expires_at > ? AND session_key <> ?";
+
+fn millis(t: OffsetDateTime) -> i64 {
+    crate::record::to_millis(t)
+}
+
+fn from_millis(ms: i64) -> Result<OffsetDateTime> {
+    crate::record::from_millis(ms).ok_or_else(|| Error::corrupt("a stored timestamp is out of range"))
+}
+
+fn db_error(e: sqlx::Error) -> Error {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            Error::new(ErrorKind::Conflict, "a session with this key exists").with_source(e)
+        }
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_) => {
+            Error::corrupt("a stored session row does not decode").with_source(e)
+        }
+        _ => Error::unavailable("the SQL session store failed", e),
+    }
+}
+
+fn meta(row: &AnyRow) -> Result<Meta> {
+    let get_ms = |column: &str| -> Result<i64> { row.try_get(column).map_err(db_error) };
+    let ip: Option<String> = row.try_get("ip").map_err(db_error)?;
+    let ip = ip
+        .map(|ip| {
+            IpAddr::from_str(&ip).map_err(|e| Error::corrupt("a stored client address does not parse").with_source(e))
+        })
+        .transpose()?;
+    let absolute: Option<i64> = row.try_get("absolute_expires_at").map_err(db_error)?;
+    Ok(Meta {
+        user_id: row.try_get("user_id").map_err(db_error)?,
+        created_at: from_millis(get_ms("created_at")?)?,
+        last_active_at: from_millis(get_ms("last_active_at")?)?,
+        expires_at: from_millis(get_ms("expires_at")?)?,
+        absolute_expires_at: absolute.map(from_millis).transpose()?,
+        permanent: get_ms("permanent")? != 0,
+        device: Device { user_agent: row.try_get("user_agent").map_err(db_error)?, ip },
+    })
+}
+
+fn data(text: &str) -> Result<Map<String, Value>> {
+    match serde_json::from_str(text)? {
+        Value::Object(map) => Ok(map),
+        _ => Err(Error::corrupt("stored session data is not a JSON object")),
+    }
+}
+
+fn info(row: &AnyRow) -> Result<SessionInfo> {
+    let meta = meta(row)?;
+    let key: String = row.try_get("session_key").map_err(db_error)?;
+    SessionInfo::from_meta(key.trim().parse()?, &meta).ok_or_else(|| Error::corrupt("a user's session row has no user"))
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn load(&self, key: &StoreKey) -> Result<Option<Record>> {
+        let sql = format!(
+            "SELECT {COLUMNS}, {} AS data FROM {{t}} WHERE namespace = ? AND session_key = ? AND expires_at > ?",
+            self.data_text()
+        );
+        let row = sqlx::query(self.sql(&sql))
+            .bind(&self.prefix)
+            .bind(key.to_string())
+            .bind(millis(OffsetDateTime::now_utc()))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let Some(row) = row else { return Ok(None) };
+        let text: String = row.try_get("data").map_err(db_error)?;
+        Ok(Some(Record { data: data(&text)?, meta: meta(&row)? }))
+    }
+
+    async fn create(&self, key: &StoreKey, record: &Record) -> Result<()> {
+        let meta = &record.meta;
+        let json = if self.dialect == Dialect::Postgres { "?::jsonb" } else { "?" };
+        let sql = format!(
+            "INSERT INTO {{t}} (namespace, session_key, user_id, data, created_at, last_active_at, expires_at,
+                absolute_expires_at, permanent, user_agent, ip) VALUES (?, ?, ?, {json}, ?, ?, ?, ?, ?, ?, ?)"
+        );
+        sqlx::query(self.sql(&sql))
+            .bind(&self.prefix)
+            .bind(key.to_string())
+            .bind(&meta.user_id)
+            .bind(serde_json::to_string(&record.data)?)
+            .bind(millis(meta.created_at))
+            .bind(millis(meta.last_active_at))
+            .bind(millis(meta.expires_at))
+            .bind(meta.absolute_expires_at.map(millis))
+            .bind(i64::from(meta.permanent))
+            .bind(&meta.device.user_agent)
+            .bind(meta.device.ip.map(|ip| ip.to_string()))
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {
+        if !change.alters() {
+            return self.touch(key, change).await;
+        }
+        let key = key.to_string();
+        let matched = match self.dialect {
+            Dialect::Sqlite => self.apply_locked(&key, change).await?,
+            Dialect::Postgres => self.apply_postgres(&key, change).await?,
+            Dialect::MySql => self.apply_mysql(&key, change).await?,
+        };
+        if matched == 0 { Err(Error::gone()) } else { Ok(()) }
+    }
+
+    async fn delete(&self, key: &StoreKey) -> Result<bool> {
+        let done = sqlx::query(self.sql("DELETE FROM {t} WHERE namespace = ? AND session_key = ?"))
+            .bind(&self.prefix)
+            .bind(key.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn user_sessions(&self, user: &str) -> Result<Vec<SessionInfo>> {
+        let rows = sqlx::query(self.sql(USER_SESSIONS_SQL))
+            .bind(&self.prefix)
+            .bind(user)
+            .bind(millis(OffsetDateTime::now_utc()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        rows.iter().map(info).collect()
+    }
+
+    async fn delete_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> Result<u64> {
+        let done = sqlx::query(self.sql(DELETE_USER_SQL))
+            .bind(&self.prefix)
+            .bind(user)
+            .bind(millis(OffsetDateTime::now_utc()))
+            .bind(keep.map(StoreKey::to_string).unwrap_or_default())
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn delete_expired(&self) -> Result<u64> {
+        let sql = match self.dialect {
+            Dialect::Sqlite => "DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE expires_at <= ? LIMIT ?)",
+            Dialect::Postgres => {
+                "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE expires_at <= ? LIMIT ?))"
+            }
+            Dialect::MySql => "DELETE FROM {t} WHERE expires_at <= ? LIMIT ?",
+        };
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(self.sql(sql))
+                .bind(millis(OffsetDateTime::now_utc()))
+                .bind(EXPIRED_BATCH)
+                .execute(&self.pool)
+                .await
+                .map_err(db_error)?;
+            total += done.rows_affected();
+            if done.rows_affected() < EXPIRED_BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+}

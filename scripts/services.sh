@@ -102,7 +102,8 @@ start_postgres() {
       -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null \
       || fail "PostgreSQL did not start; see $dir/log"
   fi
-  psql -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "DROP DATABASE IF EXISTS $TEST_DB WITH (FORCE)" \
+  PGOPTIONS="--client-min-messages=warning" psql -q -h 127.0.0.1 -p "$port" -U postgres -d postgres \
+    -c "DROP DATABASE IF EXISTS $TEST_DB WITH (FORCE)" \
     -c "CREATE DATABASE $TEST_DB" >/dev/null || fail "cannot create the database $TEST_DB on PostgreSQL $port"
 }
 

@@ -108,6 +108,8 @@ pub async fn open(url: &str, key_prefix: Option<&str>) -> Result<Arc<dyn Store>>
         ))
     };
     let (scheme, rest) = url.split_once("://").ok_or_else(unknown)?;
+    #[allow(unused_variables)] // without a server store feature, only memory:// is left
+    let prefix = key_prefix.unwrap_or("session");
     match scheme {
         "memory" if rest.is_empty() => match key_prefix {
             Some(_) => {
@@ -115,41 +117,19 @@ pub async fn open(url: &str, key_prefix: Option<&str>) -> Result<Arc<dyn Store>>
             }
             None => Ok(Arc::new(MemoryStore::new())),
         },
+        // Every server store's prefix defaults to `session`.
         #[cfg(feature = "sqlite")]
-        "sqlite" if !rest.is_empty() => {
-            let store = SqlStore::open(rest).await?;
-            Ok(Arc::new(match key_prefix {
-                Some(prefix) => store.with_key_prefix(prefix),
-                None => store,
-            }))
-        }
+        "sqlite" if !rest.is_empty() => Ok(Arc::new(SqlStore::open(rest).await?.with_key_prefix(prefix))),
         #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => {
-            let store = SqlStore::connect(url).await?;
-            Ok(Arc::new(match key_prefix {
-                Some(prefix) => store.with_key_prefix(prefix),
-                None => store,
-            }))
-        }
+        "postgres" | "postgresql" => Ok(Arc::new(SqlStore::connect(url).await?.with_key_prefix(prefix))),
         #[cfg(feature = "mysql")]
-        "mysql" | "mariadb" => {
-            let store = SqlStore::connect(url).await?;
-            Ok(Arc::new(match key_prefix {
-                Some(prefix) => store.with_key_prefix(prefix),
-                None => store,
-            }))
-        }
+        "mysql" | "mariadb" => Ok(Arc::new(SqlStore::connect(url).await?.with_key_prefix(prefix))),
         #[cfg(feature = "redis")]
-        "redis" | "rediss" | "redis+cluster" => {
-            let store = if scheme == "redis+cluster" {
-                RedisStore::connect_cluster(rest.split(',').map(|node| format!("redis://{node}"))).await?
-            } else {
-                RedisStore::connect(url).await?
-            };
-            Ok(Arc::new(match key_prefix {
-                Some(prefix) => store.with_key_prefix(prefix),
-                None => store,
-            }))
+        "redis" | "rediss" => Ok(Arc::new(RedisStore::connect(url).await?.with_key_prefix(prefix))),
+        #[cfg(feature = "redis")]
+        "redis+cluster" => {
+            let nodes = rest.split(',').map(|node| format!("redis://{node}"));
+            Ok(Arc::new(RedisStore::connect_cluster(nodes).await?.with_key_prefix(prefix)))
         }
         _ => Err(unknown()),
     }

@@ -346,6 +346,31 @@ impl RedisStore {
         self.run::<i64>(&INDEX_SCRIPT, &[&self.index_key(user)], &args).await.map(drop)
     }
 
+    /// Runs a session script together with the user's index entry (`mode`
+    /// as for [`INDEX`]): in the same script on one node; on a cluster,
+    /// where the two live in different slots, the index first, so a session
+    /// is never live without an entry and a score never falls below its
+    /// session's expiry.
+    async fn indexed(
+        &self,
+        script: &Script,
+        key: &StoreKey,
+        user: Option<&str>,
+        expires_at: OffsetDateTime,
+        mode: &str,
+        args: &[Vec<u8>],
+    ) -> Result<i64> {
+        let session = self.session_key(key);
+        match user {
+            Some(user) if self.is_cluster() => {
+                self.index(user, expires_at, &key.to_string(), mode).await?;
+                self.run(script, &[&session], args).await
+            }
+            Some(user) => self.run(script, &[&session, &self.index_key(user)], args).await,
+            None => self.run(script, &[&session], args).await,
+        }
+    }
+
     /// A user's index members, after pruning those whose score has passed.
     async fn members(&self, user: &str) -> Result<Vec<String>> {
         let index = self.index_key(user);
@@ -437,9 +462,8 @@ impl Store for RedisStore {
             user_agent: meta.device.user_agent.clone(),
             ip: meta.device.ip,
         };
-        let member = key.to_string();
         let expires = to_millis(meta.expires_at).to_string();
-        let mut args: Vec<Vec<u8>> = vec![expires.clone().into_bytes(), member.clone().into_bytes()];
+        let mut args: Vec<Vec<u8>> = vec![expires.clone().into_bytes(), key.to_string().into_bytes()];
         let mut field = |name: &str, value: Vec<u8>| {
             args.push(name.as_bytes().to_vec());
             args.push(value);
@@ -455,17 +479,8 @@ impl Store for RedisStore {
         for (name, value) in &record.data {
             field(&format!(".{name}"), serde_json::to_vec(value)?);
         }
-        let session = self.session_key(key);
-        let index = meta.user_id.as_deref().map(|u| self.index_key(u));
-        let created: i64 = match (&index, self.is_cluster()) {
-            // Index first: a session is never live without its index entry.
-            (Some(_), true) => {
-                self.index(meta.user_id.as_deref().unwrap_or_default(), meta.expires_at, &member, "").await?;
-                self.run(&CREATE_SCRIPT, &[&session], &args).await?
-            }
-            (Some(index), false) => self.run(&CREATE_SCRIPT, &[&session, index], &args).await?,
-            (None, _) => self.run(&CREATE_SCRIPT, &[&session], &args).await?,
-        };
+        let user = meta.user_id.as_deref();
+        let created = self.indexed(&CREATE_SCRIPT, key, user, meta.expires_at, "", &args).await?;
         if created == 0 {
             return Err(Error::new(ErrorKind::Conflict, "a session with this key exists"));
         }
@@ -473,11 +488,10 @@ impl Store for RedisStore {
     }
 
     async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {
-        let member = key.to_string();
         let expires = to_millis(change.expires_at).to_string();
         let mut args: Vec<Vec<u8>> = vec![
             expires.clone().into_bytes(),
-            member.clone().into_bytes(),
+            key.to_string().into_bytes(),
             if change.clear { b"1".to_vec() } else { b"0".to_vec() },
             change.remove.len().to_string().into_bytes(),
         ];
@@ -491,18 +505,9 @@ impl Store for RedisStore {
         if let Some(permanent) = change.permanent {
             args.extend([b"_perm".to_vec(), if permanent { b"1".to_vec() } else { b"0".to_vec() }]);
         }
-        let session = self.session_key(key);
-        let index = change.user_id.as_deref().map(|u| self.index_key(u));
-        let applied: i64 = match (&index, self.is_cluster()) {
-            // The score rises before the session's expiry does, so it never
-            // falls below it; `XX` never re-adds a removed entry.
-            (Some(_), true) => {
-                self.index(change.user_id.as_deref().unwrap_or_default(), change.expires_at, &member, "XX").await?;
-                self.run(&APPLY_SCRIPT, &[&session], &args).await?
-            }
-            (Some(index), false) => self.run(&APPLY_SCRIPT, &[&session, index], &args).await?,
-            (None, _) => self.run(&APPLY_SCRIPT, &[&session], &args).await?,
-        };
+        // `XX`: a change never re-adds an index entry a logout removed.
+        let user = change.user_id.as_deref();
+        let applied = self.indexed(&APPLY_SCRIPT, key, user, change.expires_at, "XX", &args).await?;
         if applied == 0 { Err(Error::gone()) } else { Ok(()) }
     }
 

@@ -474,6 +474,31 @@ impl SqlStore {
         if done.rows_affected() == 0 { Err(Error::gone()) } else { Ok(()) }
     }
 
+    /// A field-level UPDATE setting `data` to `data_expression`, then the
+    /// flags and times, for a live row only; [`SqlStore::bind_tail`] binds
+    /// what follows the expression's own parameters.
+    fn update_sql(&self, data_expression: &str) -> AssertSqlSafe<String> {
+        self.sql(&format!(
+            "UPDATE {{t}} SET data = {data_expression}, permanent = COALESCE(?, permanent), last_active_at = ?,
+             expires_at = ? WHERE namespace = ? AND session_key = ? AND expires_at > ?"
+        ))
+    }
+
+    fn bind_tail<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+        key: &str,
+        change: &Change,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+        query
+            .bind(change.permanent.map(i64::from))
+            .bind(millis(change.last_active_at))
+            .bind(millis(change.expires_at))
+            .bind(self.prefix.clone())
+            .bind(key.to_owned())
+            .bind(millis(OffsetDateTime::now_utc()))
+    }
+
     /// SQLite: the change merged in Rust inside one immediate transaction.
     async fn apply_locked(&self, key: &str, change: &Change) -> Result<u64> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)?;
@@ -488,19 +513,8 @@ impl SqlStore {
         let Some(row) = row else { return Ok(0) };
         let mut map = data(&row.try_get::<String, _>("data").map_err(db_error)?)?;
         change.apply_to_data(&mut map);
-        let done = sqlx::query(self.sql(
-            "UPDATE {t} SET data = ?, permanent = COALESCE(?, permanent), last_active_at = ?, expires_at = ?
-             WHERE namespace = ? AND session_key = ?",
-        ))
-        .bind(serde_json::to_string(&map)?)
-        .bind(change.permanent.map(i64::from))
-        .bind(millis(change.last_active_at))
-        .bind(millis(change.expires_at))
-        .bind(&self.prefix)
-        .bind(key)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        let query = sqlx::query(self.update_sql("?")).bind(serde_json::to_string(&map)?);
+        let done = self.bind_tail(query, key, change).execute(&mut *tx).await.map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
         Ok(done.rows_affected())
     }
@@ -508,24 +522,13 @@ impl SqlStore {
     /// PostgreSQL: `(data || $set) - $remove` in one UPDATE.
     async fn apply_postgres(&self, key: &str, change: &Change) -> Result<u64> {
         let removed: Vec<&String> = change.remove.iter().collect();
-        let done = sqlx::query(self.sql(
-            "UPDATE {t} SET data = (CASE WHEN ? = 1 THEN '{}'::jsonb ELSE data END || ?::jsonb)
-                 - ARRAY(SELECT jsonb_array_elements_text(?::jsonb)),
-               permanent = COALESCE(?, permanent), last_active_at = ?, expires_at = ?
-             WHERE namespace = ? AND session_key = ? AND expires_at > ?",
-        ))
-        .bind(i64::from(change.clear))
-        .bind(serde_json::to_string(&change.set)?)
-        .bind(serde_json::to_string(&removed)?)
-        .bind(change.permanent.map(i64::from))
-        .bind(millis(change.last_active_at))
-        .bind(millis(change.expires_at))
-        .bind(&self.prefix)
-        .bind(key)
-        .bind(millis(OffsetDateTime::now_utc()))
-        .execute(&self.pool)
-        .await
-        .map_err(db_error)?;
+        let data = "(CASE WHEN ? = 1 THEN '{}'::jsonb ELSE data END || ?::jsonb)
+                    - ARRAY(SELECT jsonb_array_elements_text(?::jsonb))";
+        let query = sqlx::query(self.update_sql(data))
+            .bind(i64::from(change.clear))
+            .bind(serde_json::to_string(&change.set)?)
+            .bind(serde_json::to_string(&removed)?);
+        let done = self.bind_tail(query, key, change).execute(&self.pool).await.map_err(db_error)?;
         Ok(done.rows_affected())
     }
 
@@ -538,28 +541,14 @@ impl SqlStore {
         if !change.set.is_empty() {
             expression = format!("JSON_SET({expression}{})", ", ?, JSON_EXTRACT(?, '$[0]')".repeat(change.set.len()));
         }
-        let sql = format!(
-            "UPDATE {{t}} SET data = {expression}, permanent = COALESCE(?, permanent), last_active_at = ?,
-             expires_at = ? WHERE namespace = ? AND session_key = ? AND expires_at > ?"
-        );
-        let sql = self.sql(&sql);
-        let mut query = sqlx::query(sql).bind(i64::from(change.clear));
+        let mut query = sqlx::query(self.update_sql(&expression)).bind(i64::from(change.clear));
         for name in &change.remove {
             query = query.bind(json_path(name));
         }
         for (name, value) in &change.set {
             query = query.bind(json_path(name)).bind(serde_json::to_string(&[value])?);
         }
-        let done = query
-            .bind(change.permanent.map(i64::from))
-            .bind(millis(change.last_active_at))
-            .bind(millis(change.expires_at))
-            .bind(&self.prefix)
-            .bind(key)
-            .bind(millis(OffsetDateTime::now_utc()))
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
+        let done = self.bind_tail(query, key, change).execute(&self.pool).await.map_err(db_error)?;
         Ok(done.rows_affected())
     }
 }

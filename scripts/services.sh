@@ -18,6 +18,7 @@ CLUSTER_PORTS=(6391 6392 6393)   # each also needs its port + 10000 free
 PG_SYSTEM_PORT=5432; PG_OWN_PORT="${MULTISESSION_PG_PORT:-5490}"
 MY_SYSTEM_PORT=3306; MY_OWN_PORT="${MULTISESSION_MYSQL_PORT:-3390}"
 TEST_DB=multisession_test
+MEMCACHED_PORTS=(11290 11291)     # two servers, so keys spread over a hash ring
 
 log() { printf 'services: %s\n' "$*" >&2; }
 fail() { log "$*"; exit 1; }
@@ -141,7 +142,33 @@ stop_sql() {
   fi
 }
 
+mc_up() { # a subshell, so its redirections stay its own
+  timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" && printf "version\r\n" >&3 && head -c 7 <&3 | grep -q VERSION' \
+    _ "$1" 2>/dev/null
+}
+
+start_memcached() {
+  local port
+  for port in "${MEMCACHED_PORTS[@]}"; do
+    mc_up "$port" && continue
+    mkdir -p "$DIR/memcached-$port"
+    memcached -d -u root -l 127.0.0.1 -p "$port" -U 0 -m 64 -P "$DIR/memcached-$port/pid"
+    for _ in $(seq 50); do mc_up "$port" && break; sleep 0.1; done
+    mc_up "$port" || fail "memcached on port $port did not start"
+  done
+}
+
+stop_memcached() {
+  local port
+  for port in "${MEMCACHED_PORTS[@]}"; do
+    [ -f "$DIR/memcached-$port/pid" ] && kill "$(cat "$DIR/memcached-$port/pid")" 2>/dev/null
+    rm -f "$DIR/memcached-$port/pid"
+  done
+  return 0
+}
+
 env_lines() {
+  echo "export MULTISESSION_MEMCACHED_SERVERS=$(IFS=,; printf '127.0.0.1:%s' "${MEMCACHED_PORTS[0]}"; printf ',127.0.0.1:%s' "${MEMCACHED_PORTS[@]:1}")"
   echo "export MULTISESSION_POSTGRES_URL=postgres://postgres@127.0.0.1:$(pg_port)/$TEST_DB"
   echo "export MULTISESSION_MYSQL_URL=mysql://root@127.0.0.1:$(my_port)/$TEST_DB"
   echo "export MULTISESSION_REDIS_URL=redis://127.0.0.1:$REDIS_PORT"
@@ -155,6 +182,7 @@ case "${1:-}" in
     install redis-server redis-server
     install redis-tools redis-cli
     install openssl openssl          # certificates for the rediss:// test
+    install memcached memcached
     mkdir -p "$DIR"
     install postgresql-client psql
     install mariadb-client mariadb
@@ -162,10 +190,13 @@ case "${1:-}" in
     start_cluster
     start_postgres
     start_mariadb
-    log "redis $REDIS_PORT, redis cluster ${CLUSTER_PORTS[*]}, postgres $(pg_port), mariadb $(my_port): up"
+    start_memcached
+    log "redis $REDIS_PORT, redis cluster ${CLUSTER_PORTS[*]}, postgres $(pg_port), mariadb $(my_port)," \
+      "memcached ${MEMCACHED_PORTS[*]}: up"
     ;;
   stop)
     stop_sql
+    stop_memcached
     command -v redis-cli >/dev/null || exit 0
     for port in "$REDIS_PORT" "${CLUSTER_PORTS[@]}"; do stop_redis "$port"; done
     ;;
@@ -176,6 +207,9 @@ case "${1:-}" in
     if cluster_ok; then echo "redis cluster: ok"; else echo "redis cluster: not formed"; fi
     if pg_up "$(pg_port)"; then echo "postgres $(pg_port): up"; else echo "postgres $(pg_port): down"; fi
     if my_up "$(my_port)"; then echo "mariadb $(my_port): up"; else echo "mariadb $(my_port): down"; fi
+    for port in "${MEMCACHED_PORTS[@]}"; do
+      if mc_up "$port"; then echo "memcached $port: up"; else echo "memcached $port: down"; fi
+    done
     ;;
   env) env_lines ;;
   *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;

@@ -311,4 +311,6 @@ pub(crate) mod millis {
 }
 
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql", feature = "redis"))]
-pub(crate) use millis::{from_millis, to_millis};
+pub(crate) use millis::from_millis;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql", feature = "redis", feature = "memcached"))]
+pub(crate) use millis::to_millis;

@@ -625,7 +625,9 @@ pub mod checks {
         let mut short = record(None, data(&[("n", json!(2))]));
         short.meta.expires_at = now() + Duration::milliseconds(300);
         let expired = create(&*store, &short).await;
-        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        // Past two whole seconds: Memcached counts expiry in seconds on a
+        // clock that itself ticks once a second.
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
         store.delete_expired().await.expect("delete_expired succeeds");
         assert!(load(&*store, &live).await.is_some(), "delete_expired removed a live session");
         assert_eq!(load(&*store, &expired).await, None);

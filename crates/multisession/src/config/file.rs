@@ -101,14 +101,24 @@ impl<'de> Deserialize<'de> for Url {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         let scheme = text.split_once("://").map(|(scheme, _)| scheme);
-        let known =
-            ["memory", "sqlite", "postgres", "postgresql", "mysql", "mariadb", "redis", "rediss", "redis+cluster"];
+        let known = [
+            "memory",
+            "sqlite",
+            "postgres",
+            "postgresql",
+            "mysql",
+            "mariadb",
+            "redis",
+            "rediss",
+            "redis+cluster",
+            "memcached",
+        ];
         match scheme {
             Some("cookie") if text == "cookie://" => Ok(Self::Cookie),
             Some(scheme) if known.contains(&scheme) => Ok(Self::Server(text)),
             _ => Err(de::Error::custom(format!(
                 "unknown backend {text:?}: use cookie://, memory://, sqlite://PATH, postgres://…, mysql://…, \
-                 redis://HOST:PORT or redis+cluster://HOST:PORT,HOST:PORT"
+                 redis://HOST:PORT, redis+cluster://HOST:PORT,… or memcached://HOST:PORT,…"
             ))),
         }
     }

@@ -18,6 +18,10 @@ pub use memory::MemoryStore;
 mod traced;
 pub(crate) use traced::Traced;
 
+#[cfg(feature = "memcached")]
+mod memcached;
+#[cfg(feature = "memcached")]
+pub use self::memcached::MemcachedStore;
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "redis")]
@@ -71,8 +75,8 @@ pub trait Store: Send + Sync + 'static {
 /// Opens the server-side store a URL names: `memory://`, `sqlite://PATH`
 /// (created if missing), `postgres://…`, `mysql://…` (or `mariadb://`),
 /// `redis://HOST:PORT[/DB]`, `rediss://…` (TLS), or
-/// `redis+cluster://HOST:PORT,HOST:PORT,…`, each available with its cargo
-/// feature. `key_prefix` separates applications sharing one backend
+/// `redis+cluster://HOST:PORT,HOST:PORT,…`, or `memcached://HOST:PORT,…`,
+/// each available with its cargo feature. `key_prefix` separates applications sharing one backend
 /// (`memory://` takes none).
 ///
 /// # Errors
@@ -102,6 +106,9 @@ pub async fn open(url: &str, key_prefix: Option<&str>) -> Result<Arc<dyn Store>>
         if cfg!(feature = "redis") {
             schemes.extend(["redis://", "rediss://", "redis+cluster://"]);
         }
+        if cfg!(feature = "memcached") {
+            schemes.push("memcached://HOST:PORT,…");
+        }
         crate::Error::config(format!(
             "backend: {url:?} is not a store URL this build knows: use {}",
             schemes.join(", ")
@@ -130,6 +137,10 @@ pub async fn open(url: &str, key_prefix: Option<&str>) -> Result<Arc<dyn Store>>
         "redis+cluster" => {
             let nodes = rest.split(',').map(|node| format!("redis://{node}"));
             Ok(Arc::new(RedisStore::connect_cluster(nodes).await?.with_key_prefix(prefix)))
+        }
+        #[cfg(feature = "memcached")]
+        "memcached" if !rest.is_empty() => {
+            Ok(Arc::new(MemcachedStore::connect(rest.split(',')).with_key_prefix(prefix)))
         }
         _ => Err(unknown()),
     }

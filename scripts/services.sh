@@ -19,6 +19,11 @@ PG_SYSTEM_PORT=5432; PG_OWN_PORT="${MULTISESSION_PG_PORT:-5490}"
 MY_SYSTEM_PORT=3306; MY_OWN_PORT="${MULTISESSION_MYSQL_PORT:-3390}"
 TEST_DB=multisession_test
 MEMCACHED_PORTS=(11290 11291)     # two servers, so keys spread over a hash ring
+# No mongod can be installed here: nx-27017 (PyPI) speaks MongoDB's wire
+# protocol over SQLite. MULTISESSION_MONGO_URL points the tests at a real
+# mongod instead.
+MONGO_PORT="${MULTISESSION_MONGO_PORT:-27090}"
+NX_VERSION=0.8.1
 
 log() { printf 'services: %s\n' "$*" >&2; }
 fail() { log "$*"; exit 1; }
@@ -167,7 +172,32 @@ stop_memcached() {
   return 0
 }
 
+nx_up() { timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" 2>/dev/null; }
+
+start_nx() {
+  nx_up "$MONGO_PORT" && return 0
+  local venv="$DIR/nx-venv"
+  if [ ! -x "$venv/bin/nx-27017" ]; then
+    log "installing nx-27017 $NX_VERSION (a MongoDB wire-protocol server) into $venv"
+    python3 -m venv "$venv" || fail "python3 -m venv failed (Debian: apt-get install python3-venv)"
+    "$venv/bin/pip" install -q "nx-27017==$NX_VERSION" || fail "pip install nx-27017 failed"
+  fi
+  # The venv's own binary, so the recorded pid is the server's (not a shim's).
+  nohup "$venv/bin/nx-27017" --host 127.0.0.1 -p "$MONGO_PORT" --db memory --threaded \
+    --pid-file "$DIR/nx-27017.own.pid" >"$DIR/nx-27017.log" 2>&1 &
+  echo $! >"$DIR/nx-27017.pid"
+  for _ in $(seq 100); do nx_up "$MONGO_PORT" && return 0; sleep 0.1; done
+  fail "nx-27017 did not start; see $DIR/nx-27017.log"
+}
+
+stop_nx() {
+  [ -f "$DIR/nx-27017.pid" ] && kill "$(cat "$DIR/nx-27017.pid")" 2>/dev/null
+  rm -f "$DIR/nx-27017.pid"
+  return 0
+}
+
 env_lines() {
+  echo "export MULTISESSION_MONGO_URL=${MULTISESSION_MONGO_URL:-mongodb://127.0.0.1:$MONGO_PORT/multisession_test?directConnection=true}"
   echo "export MULTISESSION_MEMCACHED_SERVERS=$(IFS=,; printf '127.0.0.1:%s' "${MEMCACHED_PORTS[0]}"; printf ',127.0.0.1:%s' "${MEMCACHED_PORTS[@]:1}")"
   echo "export MULTISESSION_POSTGRES_URL=postgres://postgres@127.0.0.1:$(pg_port)/$TEST_DB"
   echo "export MULTISESSION_MYSQL_URL=mysql://root@127.0.0.1:$(my_port)/$TEST_DB"
@@ -191,12 +221,14 @@ case "${1:-}" in
     start_postgres
     start_mariadb
     start_memcached
+    start_nx
     log "redis $REDIS_PORT, redis cluster ${CLUSTER_PORTS[*]}, postgres $(pg_port), mariadb $(my_port)," \
-      "memcached ${MEMCACHED_PORTS[*]}: up"
+      "memcached ${MEMCACHED_PORTS[*]}, nx-27017 $MONGO_PORT: up"
     ;;
   stop)
     stop_sql
     stop_memcached
+    stop_nx
     command -v redis-cli >/dev/null || exit 0
     for port in "$REDIS_PORT" "${CLUSTER_PORTS[@]}"; do stop_redis "$port"; done
     ;;
@@ -210,6 +242,7 @@ case "${1:-}" in
     for port in "${MEMCACHED_PORTS[@]}"; do
       if mc_up "$port"; then echo "memcached $port: up"; else echo "memcached $port: down"; fi
     done
+    if nx_up "$MONGO_PORT"; then echo "nx-27017 $MONGO_PORT: up"; else echo "nx-27017 $MONGO_PORT: down"; fi
     ;;
   env) env_lines ;;
   *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;

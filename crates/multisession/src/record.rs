@@ -310,7 +310,14 @@ pub(crate) mod millis {
     }
 }
 
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql", feature = "redis"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql", feature = "redis", feature = "mongodb"))]
 pub(crate) use millis::from_millis;
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql", feature = "redis", feature = "memcached"))]
+#[cfg(any(
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "redis",
+    feature = "memcached",
+    feature = "mongodb"
+))]
 pub(crate) use millis::to_millis;

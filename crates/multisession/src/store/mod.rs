@@ -18,6 +18,10 @@ pub use memory::MemoryStore;
 mod traced;
 pub(crate) use traced::Traced;
 
+#[cfg(feature = "mongodb")]
+mod mongodb;
+#[cfg(feature = "mongodb")]
+pub use self::mongodb::MongoStore;
 #[cfg(feature = "memcached")]
 mod memcached;
 #[cfg(feature = "memcached")]
@@ -75,8 +79,9 @@ pub trait Store: Send + Sync + 'static {
 /// Opens the server-side store a URL names: `memory://`, `sqlite://PATH`
 /// (created if missing), `postgres://…`, `mysql://…` (or `mariadb://`),
 /// `redis://HOST:PORT[/DB]`, `rediss://…` (TLS), or
-/// `redis+cluster://HOST:PORT,HOST:PORT,…`, or `memcached://HOST:PORT,…`,
-/// each available with its cargo feature. `key_prefix` separates applications sharing one backend
+/// `redis+cluster://HOST:PORT,HOST:PORT,…`, `memcached://HOST:PORT,…` or
+/// `mongodb://…/DATABASE` (collection `sessions`), each available with its
+/// cargo feature. `key_prefix` separates applications sharing one backend
 /// (`memory://` takes none).
 ///
 /// # Errors
@@ -108,6 +113,9 @@ pub async fn open(url: &str, key_prefix: Option<&str>) -> Result<Arc<dyn Store>>
         }
         if cfg!(feature = "memcached") {
             schemes.push("memcached://HOST:PORT,…");
+        }
+        if cfg!(feature = "mongodb") {
+            schemes.push("mongodb://…/DATABASE");
         }
         crate::Error::config(format!(
             "backend: {url:?} is not a store URL this build knows: use {}",
@@ -142,6 +150,12 @@ pub async fn open(url: &str, key_prefix: Option<&str>) -> Result<Arc<dyn Store>>
         "memcached" if !rest.is_empty() => {
             Ok(Arc::new(MemcachedStore::connect(rest.split(',')).with_key_prefix(prefix)))
         }
+        // MongoDB has no key prefix: the collection (`sessions`) separates.
+        #[cfg(feature = "mongodb")]
+        "mongodb" => match key_prefix {
+            Some(_) => Err(crate::Error::config("key_prefix: mongodb:// keeps sessions in their own collection")),
+            None => Ok(Arc::new(MongoStore::connect(url, "sessions").await?)),
+        },
         _ => Err(unknown()),
     }
 }

@@ -24,6 +24,9 @@ MEMCACHED_PORTS=(11290 11291)     # two servers, so keys spread over a hash ring
 # mongod instead.
 MONGO_PORT="${MULTISESSION_MONGO_PORT:-27090}"
 NX_VERSION=0.8.1
+# Google's Firestore emulator, run as its jar so the recorded pid is the JVM.
+FIRESTORE_PORT="${MULTISESSION_FIRESTORE_PORT:-8790}"
+FIRESTORE_JAR=/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar
 
 log() { printf 'services: %s\n' "$*" >&2; }
 fail() { log "$*"; exit 1; }
@@ -196,7 +199,28 @@ stop_nx() {
   return 0
 }
 
+fs_up() { curl -fs "http://127.0.0.1:$FIRESTORE_PORT/" 2>/dev/null | grep -q Ok; }
+
+start_firestore() {
+  fs_up && return 0
+  [ -f "$FIRESTORE_JAR" ] || install google-cloud-cli-firestore-emulator /nonexistent-binary-check
+  [ -f "$FIRESTORE_JAR" ] || fail "the Firestore emulator is not at $FIRESTORE_JAR"
+  command -v java >/dev/null || install default-jre-headless java
+  nohup java -Duser.language=en -cp "$FIRESTORE_JAR" com.google.cloud.datastore.emulator.firestore.CloudFirestore \
+    start --host=127.0.0.1 --port="$FIRESTORE_PORT" >"$DIR/firestore.log" 2>&1 &
+  echo $! >"$DIR/firestore.pid"
+  for _ in $(seq 150); do fs_up && return 0; sleep 0.2; done
+  fail "the Firestore emulator did not start; see $DIR/firestore.log"
+}
+
+stop_firestore() {
+  [ -f "$DIR/firestore.pid" ] && kill "$(cat "$DIR/firestore.pid")" 2>/dev/null
+  rm -f "$DIR/firestore.pid"
+  return 0
+}
+
 env_lines() {
+  echo "export MULTISESSION_FIRESTORE_URL=http://127.0.0.1:$FIRESTORE_PORT"
   echo "export MULTISESSION_MONGO_URL=${MULTISESSION_MONGO_URL:-mongodb://127.0.0.1:$MONGO_PORT/multisession_test?directConnection=true}"
   echo "export MULTISESSION_MEMCACHED_SERVERS=$(IFS=,; printf '127.0.0.1:%s' "${MEMCACHED_PORTS[0]}"; printf ',127.0.0.1:%s' "${MEMCACHED_PORTS[@]:1}")"
   echo "export MULTISESSION_POSTGRES_URL=postgres://postgres@127.0.0.1:$(pg_port)/$TEST_DB"
@@ -213,6 +237,7 @@ case "${1:-}" in
     install redis-tools redis-cli
     install openssl openssl          # certificates for the rediss:// test
     install memcached memcached
+    install curl curl
     mkdir -p "$DIR"
     install postgresql-client psql
     install mariadb-client mariadb
@@ -222,13 +247,15 @@ case "${1:-}" in
     start_mariadb
     start_memcached
     start_nx
+    start_firestore
     log "redis $REDIS_PORT, redis cluster ${CLUSTER_PORTS[*]}, postgres $(pg_port), mariadb $(my_port)," \
-      "memcached ${MEMCACHED_PORTS[*]}, nx-27017 $MONGO_PORT: up"
+      "memcached ${MEMCACHED_PORTS[*]}, nx-27017 $MONGO_PORT, firestore emulator $FIRESTORE_PORT: up"
     ;;
   stop)
     stop_sql
     stop_memcached
     stop_nx
+    stop_firestore
     command -v redis-cli >/dev/null || exit 0
     for port in "$REDIS_PORT" "${CLUSTER_PORTS[@]}"; do stop_redis "$port"; done
     ;;
@@ -243,6 +270,7 @@ case "${1:-}" in
       if mc_up "$port"; then echo "memcached $port: up"; else echo "memcached $port: down"; fi
     done
     if nx_up "$MONGO_PORT"; then echo "nx-27017 $MONGO_PORT: up"; else echo "nx-27017 $MONGO_PORT: down"; fi
+    if fs_up; then echo "firestore emulator $FIRESTORE_PORT: up"; else echo "firestore emulator $FIRESTORE_PORT: down"; fi
     ;;
   env) env_lines ;;
   *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;

@@ -310,7 +310,14 @@ pub(crate) mod millis {
     }
 }
 
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql", feature = "redis", feature = "mongodb"))]
+#[cfg(any(
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "redis",
+    feature = "mongodb",
+    feature = "firestore"
+))]
 pub(crate) use millis::from_millis;
 #[cfg(any(
     feature = "sqlite",
@@ -318,6 +325,7 @@ pub(crate) use millis::from_millis;
     feature = "mysql",
     feature = "redis",
     feature = "memcached",
-    feature = "mongodb"
+    feature = "mongodb",
+    feature = "firestore"
 ))]
 pub(crate) use millis::to_millis;

@@ -118,7 +118,7 @@ impl<'de> Deserialize<'de> for Url {
             Some(scheme) if known.contains(&scheme) => Ok(Self::Server(text)),
             _ => Err(de::Error::custom(format!(
                 "unknown backend {text:?}: use cookie://, memory://, sqlite://PATH, postgres://…, mysql://…, \
-                 redis://HOST:PORT, redis+cluster://HOST:PORT,…, memcached://HOST:PORT,… or mongodb://…"
+                 redis://HOST:PORT, redis+cluster://HOST:PORT,…, memcached://HOST:PORT,…, mongodb://… or firestore://HOST:PORT/PROJECT"
             ))),
         }
     }

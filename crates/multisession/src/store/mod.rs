@@ -18,6 +18,10 @@ pub use memory::MemoryStore;
 mod traced;
 pub(crate) use traced::Traced;
 
+#[cfg(feature = "firestore")]
+mod firestore;
+#[cfg(feature = "firestore")]
+pub use self::firestore::{FirestoreStore, TokenSource};
 #[cfg(feature = "mongodb")]
 mod mongodb;
 #[cfg(feature = "mongodb")]
@@ -80,8 +84,9 @@ pub trait Store: Send + Sync + 'static {
 /// (created if missing), `postgres://…`, `mysql://…` (or `mariadb://`),
 /// `redis://HOST:PORT[/DB]`, `rediss://…` (TLS), or
 /// `redis+cluster://HOST:PORT,HOST:PORT,…`, `memcached://HOST:PORT,…` or
-/// `mongodb://…/DATABASE` (collection `sessions`), each available with its
-/// cargo feature. `key_prefix` separates applications sharing one backend
+/// `mongodb://…/DATABASE` (collection `sessions`), or
+/// `firestore://HOST:PORT/PROJECT` (the Firestore emulator, collection
+/// `sessions`), each available with its cargo feature. `key_prefix` separates applications sharing one backend
 /// (`memory://` takes none).
 ///
 /// # Errors
@@ -116,6 +121,9 @@ pub async fn open(url: &str, key_prefix: Option<&str>) -> Result<Arc<dyn Store>>
         }
         if cfg!(feature = "mongodb") {
             schemes.push("mongodb://…/DATABASE");
+        }
+        if cfg!(feature = "firestore") {
+            schemes.push("firestore://EMULATOR_HOST:PORT/PROJECT");
         }
         crate::Error::config(format!(
             "backend: {url:?} is not a store URL this build knows: use {}",
@@ -155,6 +163,18 @@ pub async fn open(url: &str, key_prefix: Option<&str>) -> Result<Arc<dyn Store>>
         "mongodb" => match key_prefix {
             Some(_) => Err(crate::Error::config("key_prefix: mongodb:// keeps sessions in their own collection")),
             None => Ok(Arc::new(MongoStore::connect(url, "sessions").await?)),
+        },
+        // The emulator, which needs no credentials; Firestore in Google Cloud
+        // is built in code, with a TokenSource.
+        #[cfg(feature = "firestore")]
+        "firestore" => match (rest.split_once('/'), key_prefix) {
+            (_, Some(_)) => {
+                Err(crate::Error::config("key_prefix: firestore:// keeps sessions in their own collection"))
+            }
+            (Some((host, project)), None) if !project.is_empty() => {
+                Ok(Arc::new(FirestoreStore::connect(&format!("http://{host}"), project, "sessions")?))
+            }
+            _ => Err(unknown()),
         },
         _ => Err(unknown()),
     }

@@ -2,15 +2,17 @@
 //! over them, and a Memcached restart.
 
 mod common;
+#[path = "support/outage.rs"]
+mod outage;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
-use common::{Device, app};
 use multisession::StoreKey;
 use multisession::store::{MemcachedStore, Store};
 use multisession::testing::Harness;
 use multisession::{SessionConfig, Sessions};
+use outage::OwnServer;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -129,64 +131,15 @@ async fn sessions_spread_over_both_servers() {
     assert!(per_server.iter().all(|n| *n > 0), "the ring put everything on one server: {per_server:?}");
 }
 
-/// A memcached of the test's own, to kill and restart.
-struct OwnMemcached {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnMemcached {
-    fn new() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port();
-        let mut own = Self { port, child: None };
-        own.start();
-        own
-    }
-
-    fn start(&mut self) {
-        let child = Command::new("memcached")
-            .args(["-u", "root", "-l", "127.0.0.1", "-U", "0", "-m", "16", "-p", &self.port.to_string()])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("memcached runs (scripts/services.sh installs it)");
-        self.child = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("memcached on port {} did not start", self.port);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnMemcached {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_get_503_while_memcached_is_down_and_succeed_once_it_is_back() {
-    let mut server = OwnMemcached::new();
+    let mut server = OwnServer::new(|port, _| {
+        let mut memcached = Command::new("memcached");
+        memcached.args(["-u", "root", "-l", "127.0.0.1", "-U", "0", "-m", "16", "-p", &port.to_string()]);
+        memcached
+    });
     let store = MemcachedStore::connect([format!("127.0.0.1:{}", server.port)]);
-    let mut device =
-        Device::new(app(Sessions::new(store, SessionConfig::default()).expect("valid")), "ua", "127.0.0.1:1");
-    device.get("/login/23").await;
-    assert_eq!(device.get("/write").await.body, "n=1");
-    server.kill();
-    for path in ["/read", "/write", "/devices"] {
-        assert_eq!(device.get(path).await.status, 503, "{path} while memcached is down");
-    }
-    server.start();
+    let sessions = Sessions::new(store, SessionConfig::default()).expect("valid");
     // Memcached keeps nothing across a restart: the device starts anew.
-    assert_eq!(device.get("/write").await.status, 200);
-    assert_eq!(device.get("/read").await.body, "user=anonymous n=1");
+    outage::outage_gives_503_then_recovery(&mut server, sessions, false).await;
 }

@@ -3,12 +3,13 @@
 //! MULTISESSION_MONGO_URL), awkward keys, and a server restart.
 
 mod common;
+#[path = "support/outage.rs"]
+mod outage;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use common::{Device, app};
 use mongodb::bson::doc;
 use mongodb::event::EventHandler;
 use mongodb::event::command::CommandEvent;
@@ -16,6 +17,7 @@ use multisession::StoreKey;
 use multisession::store::{MongoStore, Store};
 use multisession::testing::Harness;
 use multisession::{SessionConfig, Sessions};
+use outage::OwnServer;
 
 fn url() -> String {
     std::env::var("MULTISESSION_MONGO_URL")
@@ -93,80 +95,20 @@ async fn keys_mongodb_cannot_take_as_field_names_round_trip() {
     assert_eq!(third.get::<i32>("").await.expect("read"), Some(3));
 }
 
-/// An nx-27017 of the test's own (from the services' virtualenv).
-struct OwnNx {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl OwnNx {
-    fn new() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port();
-        let mut own = Self { port, dir: tempfile::tempdir().expect("a temporary directory"), child: None };
-        own.start();
-        own
-    }
-
-    fn start(&mut self) {
-        let dir =
-            std::env::var("MULTISESSION_SERVICES_DIR").unwrap_or_else(|_| "/tmp/multisession-services".to_owned());
-        let child = Command::new(format!("{dir}/nx-venv/bin/nx-27017"))
-            .args(["--host", "127.0.0.1", "-p", &self.port.to_string(), "--db", "memory", "--threaded"])
-            // nx-27017 refuses a second instance that shares its default pid file.
-            .arg("--pid-file")
-            .arg(self.dir.path().join("nx.pid"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nx-27017 runs (scripts/services.sh installs it)");
-        self.child = Some(child);
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("nx-27017 on port {} did not start", self.port);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnNx {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_get_503_while_the_server_is_down_and_succeed_once_it_is_back() {
-    let mut server = OwnNx::new();
+    let mut server = OwnServer::new(|port, dir| {
+        let services =
+            std::env::var("MULTISESSION_SERVICES_DIR").unwrap_or_else(|_| "/tmp/multisession-services".to_owned());
+        let mut nx = Command::new(format!("{services}/nx-venv/bin/nx-27017"));
+        nx.args(["--host", "127.0.0.1", "-p", &port.to_string(), "--db", "memory", "--threaded"]);
+        // nx-27017 refuses a second instance that shares its default pid file.
+        nx.arg("--pid-file").arg(dir.join("nx.pid"));
+        nx
+    });
     let url = format!("mongodb://127.0.0.1:{}/outage?directConnection=true", server.port);
     let store = MongoStore::connect(&url, "sessions").await.expect("connects");
-    let mut device =
-        Device::new(app(Sessions::new(store, SessionConfig::default()).expect("valid")), "ua", "127.0.0.1:1");
-    device.get("/login/23").await;
-    assert_eq!(device.get("/write").await.body, "n=1");
-    server.kill();
-    for path in ["/read", "/write", "/devices"] {
-        let started = std::time::Instant::now();
-        assert_eq!(device.get(path).await.status, 503, "{path} while the server is down");
-        assert!(started.elapsed() < std::time::Duration::from_secs(15), "{path} hung");
-    }
-    server.start();
-    let mut recovered = false;
-    for _ in 0..40 {
-        if device.get("/write").await.status == 200 {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
-    assert!(recovered, "the store did not recover after the server came back");
+    let sessions = Sessions::new(store, SessionConfig::default()).expect("valid");
+    // nx-27017 runs in memory here: the device starts anew.
+    outage::outage_gives_503_then_recovery(&mut server, sessions, false).await;
 }

@@ -2,10 +2,10 @@
 //! of the user index, exact user matching, and a database restart.
 
 mod common;
+#[path = "support/outage.rs"]
+mod outage;
 #[path = "support/own_sql.rs"]
 mod own_sql;
-#[path = "support/sql_outage.rs"]
-mod sql_outage;
 #[path = "support/sql.rs"]
 mod support;
 
@@ -33,5 +33,8 @@ async fn user_ids_are_matched_exactly_not_by_collation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_mariadb_gives_503_and_recovery_without_restart() {
     let mut server = own_sql::OwnMariadb::new();
-    sql_outage::killing_the_server_gives_503_and_recovery(&mut server).await;
+    let store = multisession::store::SqlStore::connect(&server.url()).await.expect("connects");
+    let sessions = multisession::Sessions::new(store, Default::default()).expect("valid config");
+    // The database keeps its data across the restart: the session survives.
+    outage::outage_gives_503_then_recovery(&mut server, sessions, true).await;
 }

@@ -2,10 +2,10 @@
 //! index, table and schema options, and a database restart.
 
 mod common;
+#[path = "support/outage.rs"]
+mod outage;
 #[path = "support/own_sql.rs"]
 mod own_sql;
-#[path = "support/sql_outage.rs"]
-mod sql_outage;
 #[path = "support/sql.rs"]
 mod support;
 
@@ -60,5 +60,8 @@ async fn tables_and_schemas_are_configurable_and_checked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_postgres_gives_503_and_recovery_without_restart() {
     let mut server = own_sql::OwnPostgres::new();
-    sql_outage::killing_the_server_gives_503_and_recovery(&mut server).await;
+    let store = multisession::store::SqlStore::connect(&server.url()).await.expect("connects");
+    let sessions = multisession::Sessions::new(store, Default::default()).expect("valid config");
+    // The database keeps its data across the restart: the session survives.
+    outage::outage_gives_503_then_recovery(&mut server, sessions, true).await;
 }

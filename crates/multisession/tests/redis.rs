@@ -2,15 +2,18 @@
 //! shows: the command cost of requests, and surviving a Redis restart.
 
 mod common;
+#[path = "support/outage.rs"]
+mod outage;
 #[path = "support/redis.rs"]
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::{Device, app};
 use multisession::store::{RedisStore, Store};
 use multisession::testing::Harness;
 use multisession::{SessionConfig, Sessions};
+use outage::OwnServer;
 
 multisession::store_conformance_tests!(support::standalone());
 
@@ -72,83 +75,18 @@ async fn logout_all_devices_costs_the_same_among_10_or_100_000_other_sessions() 
     assert_eq!(small, large, "logout_all_devices ran {small} commands among 10 others and {large} among 100 000");
 }
 
-/// A Redis server of this test's own, to stop and start.
-struct OwnRedis {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    fn new() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
-        let mut own = Self { port, dir: tempfile::tempdir().expect("a temporary directory"), child: None };
-        own.start();
-        own
-    }
-
-    fn start(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (scripts/services.sh installs it)");
-        self.child = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("redis-server on port {} did not start", self.port);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_get_503_while_redis_is_down_and_succeed_once_it_is_back() {
-    let mut server = OwnRedis::new();
+    let mut server = OwnServer::new(|port, dir| {
+        let mut redis = Command::new("redis-server");
+        redis.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        redis.arg("--dir").arg(dir);
+        redis
+    });
     let store = RedisStore::connect(&format!("redis://127.0.0.1:{}", server.port)).await.expect("connects");
     let sessions = Sessions::new(store, SessionConfig::default()).expect("valid config");
-    let mut device = Device::new(app(sessions), "ua", "127.0.0.1:1");
-    device.get("/login/23").await;
-    assert_eq!(device.get("/write").await.body, "n=1");
-
-    server.stop();
-    for path in ["/read", "/write", "/login/24", "/devices"] {
-        let started = std::time::Instant::now();
-        let reply = device.get(path).await;
-        assert_eq!(reply.status, 503, "{path} while Redis is down");
-        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{path} hung for {:?}", started.elapsed());
-    }
-    assert_eq!(device.get("/none").await.status, 200);
-
-    server.start();
-    let mut recovered = false;
-    for _ in 0..20 {
-        if device.get("/write").await.status == 200 {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
-    assert!(recovered, "the store did not recover after Redis came back");
     // The restarted Redis kept nothing: the device starts a new session.
-    assert_eq!(device.get("/read").await.body, "user=anonymous n=1");
+    outage::outage_gives_503_then_recovery(&mut server, sessions, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::field_name::decode as decode_key;
 use super::{SessionInfo, Store};
 use crate::record::{from_millis, to_millis};
 use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result, StoreKey};
@@ -84,38 +85,11 @@ fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error 
     Error::unavailable("the Firestore session store failed", e)
 }
 
-/// A Firestore map key for a session key, reversible by [`decode_key`].
+/// A Firestore map key for a session key: `.`, backticks and backslashes
+/// would need quoting in field paths, and names of the form `__x__` are
+/// reserved.
 fn encode_key(key: &str) -> String {
-    if key.is_empty() {
-        return "%".to_owned();
-    }
-    let mut out = String::with_capacity(key.len());
-    for (i, c) in key.chars().enumerate() {
-        match c {
-            '%' | '.' | '`' | '\\' | '\0' => out.push_str(&format!("%{:02X}", c as u32)),
-            // Firestore reserves names of the form __x__.
-            '_' if i == 0 => out.push_str("%5F"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn decode_key(field: &str) -> Result<String> {
-    if field == "%" {
-        return Ok(String::new());
-    }
-    let bad = || Error::corrupt(format!("stored session key {field:?} is not encoded as this store encodes keys"));
-    let mut out = String::with_capacity(field.len());
-    let mut rest = field;
-    while let Some(at) = rest.find('%') {
-        out.push_str(&rest[..at]);
-        let code = rest.get(at + 1..at + 3).ok_or_else(bad)?;
-        out.push(char::from(u8::from_str_radix(code, 16).map_err(|_| bad())?));
-        rest = &rest[at + 3..];
-    }
-    out.push_str(rest);
-    Ok(out)
+    super::field_name::encode(key, &['.', '`', '\\', '\0'], &['_'])
 }
 
 /// The update-mask path of `data.<key>`: the key backtick-quoted.

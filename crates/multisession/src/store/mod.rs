@@ -18,6 +18,8 @@ pub use memory::MemoryStore;
 mod traced;
 pub(crate) use traced::Traced;
 
+#[cfg(any(feature = "mongodb", feature = "firestore"))]
+mod field_name;
 #[cfg(feature = "firestore")]
 mod firestore;
 #[cfg(feature = "firestore")]

@@ -9,6 +9,7 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
+use super::field_name::decode as decode_key;
 use super::{SessionInfo, Store};
 use crate::record::{from_millis, to_millis};
 use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result, StoreKey};
@@ -50,37 +51,10 @@ pub struct MongoStore {
     sessions: Collection<Document>,
 }
 
-/// A MongoDB field name for a session key, reversible by [`decode_key`].
+/// A MongoDB field name for a session key: `.` and NUL anywhere and a
+/// leading `$` are not allowed.
 fn encode_key(key: &str) -> String {
-    if key.is_empty() {
-        return "%".to_owned();
-    }
-    let mut out = String::with_capacity(key.len());
-    for (i, c) in key.chars().enumerate() {
-        match c {
-            '%' | '.' | '\0' => out.push_str(&format!("%{:02X}", c as u32)),
-            '$' if i == 0 => out.push_str("%24"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn decode_key(field: &str) -> Result<String> {
-    if field == "%" {
-        return Ok(String::new());
-    }
-    let bad = || Error::corrupt(format!("stored session key {field:?} is not encoded as this store encodes keys"));
-    let mut out = String::with_capacity(field.len());
-    let mut rest = field;
-    while let Some(at) = rest.find('%') {
-        out.push_str(&rest[..at]);
-        let code = rest.get(at + 1..at + 3).ok_or_else(bad)?;
-        out.push(char::from(u8::from_str_radix(code, 16).map_err(|_| bad())?));
-        rest = &rest[at + 3..];
-    }
-    out.push_str(rest);
-    Ok(out)
+    super::field_name::encode(key, &['.', '\0'], &['$'])
 }
 
 fn unavailable(e: mongodb::error::Error) -> Error {

@@ -8,26 +8,12 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
 
-fn wait_for(port: u16) {
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("no server came up on port {port}");
-}
-
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("the command runs");
     assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-pub trait Server {
-    fn url(&self) -> String;
-    fn start(&mut self);
-    fn kill(&mut self);
-}
+use super::outage::{Server, wait_for};
 
 pub struct OwnPostgres {
     bin: PathBuf,
@@ -57,11 +43,13 @@ impl OwnPostgres {
     }
 }
 
-impl Server for OwnPostgres {
-    fn url(&self) -> String {
+impl OwnPostgres {
+    pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
+}
 
+impl Server for OwnPostgres {
     fn start(&mut self) {
         let options =
             format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.path().display());
@@ -117,11 +105,13 @@ impl OwnMariadb {
     }
 }
 
-impl Server for OwnMariadb {
-    fn url(&self) -> String {
+impl OwnMariadb {
+    pub fn url(&self) -> String {
         format!("mysql://root@127.0.0.1:{}/mysql", self.port)
     }
+}
 
+impl Server for OwnMariadb {
     fn start(&mut self) {
         let d = self.dir.path();
         let child = Command::new("mariadbd")

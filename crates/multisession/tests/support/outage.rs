@@ -1,0 +1,113 @@
+//! Stopping a backend mid-run: servers of a test's own, and the one outage
+//! flow every store's test runs.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use super::common::{Device, app};
+use multisession::Sessions;
+
+/// A backend a test can stop and start again.
+pub trait Server {
+    fn start(&mut self);
+    fn kill(&mut self);
+}
+
+/// How to start a server: its command for a port and a data folder.
+type Launch = Box<dyn Fn(u16, &Path) -> Command + Send>;
+
+/// A server process of the test's own on a free loopback port.
+pub struct OwnServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    command: Launch,
+    child: Option<Child>,
+}
+
+impl OwnServer {
+    /// Starts `command(port, dir)` and waits until the port answers.
+    pub fn new(command: impl Fn(u16, &Path) -> Command + Send + 'static) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut server = Self { port, dir, command: Box::new(command), child: None };
+        server.start();
+        server
+    }
+}
+
+pub fn wait_for(port: u16) {
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("nothing answered on port {port}");
+}
+
+impl Server for OwnServer {
+    fn start(&mut self) {
+        let child = (self.command)(self.port, self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the server runs (scripts/services.sh installs it)");
+        self.child = Some(child);
+        wait_for(self.port);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Logs a device in, stops the server: session routes answer 503 within the
+/// store's timeout and others keep working; starts it again: requests
+/// succeed on the same `Sessions`. Whether the session itself is still
+/// there depends on whether the server keeps data across a restart.
+pub async fn outage_gives_503_then_recovery(server: &mut dyn Server, sessions: Sessions, data_survives: bool) {
+    let mut device = Device::new(app(sessions), "ua", "127.0.0.1:1");
+    let mut ready = false;
+    for _ in 0..60 {
+        if device.get("/login/23").await.status == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(ready, "the server never answered");
+    assert_eq!(device.get("/write").await.body, "n=1");
+
+    server.kill();
+    for path in ["/read", "/write", "/login/24", "/devices"] {
+        let started = std::time::Instant::now();
+        let reply = device.get(path).await;
+        assert_eq!(reply.status, 503, "{path} while the server is down");
+        assert!(started.elapsed() < std::time::Duration::from_secs(15), "{path} hung for {:?}", started.elapsed());
+    }
+    assert_eq!(device.get("/none").await.status, 200, "a route without the session failed");
+
+    server.start();
+    let probe = if data_survives { "/read" } else { "/write" };
+    let mut recovered = false;
+    for _ in 0..60 {
+        if device.get(probe).await.status == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(recovered, "the store did not recover after the server came back");
+    let expected = if data_survives { "user=23 n=1" } else { "user=anonymous n=1" };
+    assert_eq!(device.get("/read").await.body, expected);
+}

@@ -32,8 +32,8 @@ async fn user_ids_are_matched_exactly_not_by_collation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_mariadb_gives_503_and_recovery_without_restart() {
-    let mut server = own_sql::OwnMariadb::new();
-    let store = multisession::store::SqlStore::connect(&server.url()).await.expect("connects");
+    let mut server = own_sql::own_mariadb();
+    let store = multisession::store::SqlStore::connect(&own_sql::mariadb_url(&server)).await.expect("connects");
     let sessions = multisession::Sessions::new(store, Default::default()).expect("valid config");
     // The database keeps its data across the restart: the session survives.
     outage::outage_gives_503_then_recovery(&mut server, sessions, true).await;

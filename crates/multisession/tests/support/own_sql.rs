@@ -2,7 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
@@ -13,7 +13,7 @@ fn run(cmd: &mut Command) {
     assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-use super::outage::{Server, wait_for};
+use super::outage::{OwnServer, Server, wait_for};
 
 pub struct OwnPostgres {
     bin: PathBuf,
@@ -87,58 +87,26 @@ impl Drop for OwnPostgres {
     }
 }
 
-pub struct OwnMariadb {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnMariadb {
-    pub fn new() -> Self {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        run(Command::new("mariadb-install-db")
-            .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
-            .arg(format!("--datadir={}", dir.path().join("data").display())));
-        let mut own = Self { dir, port: free_port(), child: None };
-        own.start();
-        own
-    }
-}
-
-impl OwnMariadb {
-    pub fn url(&self) -> String {
-        format!("mysql://root@127.0.0.1:{}/mysql", self.port)
-    }
-}
-
-impl Server for OwnMariadb {
-    fn start(&mut self) {
-        let d = self.dir.path();
-        let child = Command::new("mariadbd")
+/// A MariaDB of the test's own: a data directory made once, a `mariadbd`
+/// started on it as often as the test likes.
+pub fn own_mariadb() -> OwnServer {
+    let data = tempfile::tempdir().expect("a temporary directory");
+    run(Command::new("mariadb-install-db")
+        .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
+        .arg(format!("--datadir={}", data.path().join("data").display())));
+    OwnServer::new(move |port, dir| {
+        let mut mariadbd = Command::new("mariadbd");
+        mariadbd
             .args(["--no-defaults", "--user=root", "--bind-address=127.0.0.1"])
-            .arg(format!("--datadir={}", d.join("data").display()))
-            .arg(format!("--socket={}", d.join("sock").display()))
-            .arg(format!("--pid-file={}", d.join("pid").display()))
-            .arg(format!("--port={}", self.port))
-            .arg(format!("--log-error={}", d.join("error.log").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mariadbd runs (scripts/services.sh installs it)");
-        self.child = Some(child);
-        wait_for(self.port);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+            .arg(format!("--datadir={}", data.path().join("data").display()))
+            .arg(format!("--socket={}", dir.join("sock").display()))
+            .arg(format!("--pid-file={}", dir.join("pid").display()))
+            .arg(format!("--port={port}"))
+            .arg(format!("--log-error={}", dir.join("error.log").display()));
+        mariadbd
+    })
 }
 
-impl Drop for OwnMariadb {
-    fn drop(&mut self) {
-        self.kill();
-    }
+pub fn mariadb_url(server: &OwnServer) -> String {
+    format!("mysql://root@127.0.0.1:{}/mysql", server.port)
 }

@@ -100,7 +100,8 @@ impl MongoStore {
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
-    /// # let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await.unwrap();
+    /// # let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await
+    /// #     .map_err(|e| multisession::Error::unavailable("mongodb", e))?;
     /// let store = multisession::store::MongoStore::from_database(&client.database("app"), "sessions").await?;
     /// # let _ = store;
     /// # Ok(()) }

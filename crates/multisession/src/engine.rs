@@ -6,25 +6,28 @@
 //! part loads on first use and commits on its own, so a request that touches
 //! only one part's keys costs only that part.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use cookie::Cookie;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
-use crate::config::IncomingId;
+use crate::config::{IncomingId, Limit};
 use crate::fields::Routing;
+use crate::record::now;
 use crate::store::{Backend, CookieStore, SessionInfo, Store, Traced};
 use crate::{
-    Change, Device, Error, ErrorKind, Meta, OnLimit, Record, Result, SessionConfig, SessionId, SessionSpec, StoreKey,
-    USER_ID_KEY,
+    Change, Device, Error, ErrorKind, Meta, OnLimit, Record, Result, SessionConfig, SessionId, SessionLimit,
+    SessionSpec, StoreKey, USER_ID_KEY,
 };
 
 /// One configured part: its cookie and lifetimes, and its backend.
 pub(crate) struct Part {
     pub(crate) config: SessionConfig,
     pub(crate) backend: Backend,
+    /// The cap on a user's sessions, on the server part that keeps the login.
+    pub(crate) limit: Option<SessionLimit>,
 }
 
 /// The parts, their routing, and which part keeps the login.
@@ -95,7 +98,8 @@ impl Engine {
                     name(i)
                 )));
             }
-            if spec.config.session_limit.is_some() && (Some(i) != user_part || !spec.backend.keeps_user_index()) {
+            let caps_users = Some(i) == user_part && spec.backend.keeps_user_index();
+            if matches!(spec.config.session_limit, Limit::Set(_)) && !caps_users {
                 return Err(Error::config(format!(
                     "session `{}`: max_sessions_per_user applies to the server-side part that keeps `{USER_ID_KEY}`",
                     name(i)
@@ -104,32 +108,45 @@ impl Engine {
         }
         let parts = specs
             .into_iter()
-            .map(|spec| Part {
-                config: spec.config,
-                backend: match spec.backend {
-                    Backend::Server(store) => Backend::Server(Arc::new(Traced(store))),
-                    cookie => cookie,
-                },
+            .enumerate()
+            .map(|(i, spec)| {
+                let caps_users = Some(i) == user_part && spec.backend.keeps_user_index();
+                let limit = match spec.config.session_limit {
+                    Limit::Set(limit) => Some(limit),
+                    Limit::Default if caps_users => Some(SessionLimit::DEFAULT),
+                    Limit::Default | Limit::Unlimited => None,
+                };
+                Part {
+                    config: spec.config,
+                    backend: match spec.backend {
+                        Backend::Server(store) => Backend::Server(Arc::new(Traced(store))),
+                        cookie => cookie,
+                    },
+                    limit,
+                }
             })
             .collect();
         Ok(Self { parts, routing, user_part })
     }
 
-    /// A request's state, from its `Cookie` header values. Reads nothing.
-    pub(crate) fn start<'a>(&self, headers: impl IntoIterator<Item = &'a str>) -> State {
-        let cookies: Vec<Cookie<'a>> = headers.into_iter().flat_map(Cookie::split_parse_encoded).flatten().collect();
+    /// A request's state, from its `Cookie` header values, read as bytes:
+    /// a cookie of another application that is not UTF-8 (or not even
+    /// ASCII) is skipped on its own and never hides ours. Reads nothing.
+    pub(crate) fn start<'a>(&self, headers: impl IntoIterator<Item = &'a [u8]>) -> State {
+        let cookies: Vec<Cookie<'a>> = headers
+            .into_iter()
+            .flat_map(|header| header.split(|&b| b == b';'))
+            .filter_map(|pair| std::str::from_utf8(pair).ok())
+            .filter_map(|pair| Cookie::parse_encoded(pair.trim()).ok())
+            .collect();
         let parts = self
             .parts
             .iter()
             .map(|part| {
                 let values = part.config.values(&cookies);
-                let incoming = match part.backend {
-                    Backend::Server(_) => part.config.read_id(&values),
-                    Backend::Cookie(_) => None,
-                };
-                let raw = match part.backend {
-                    Backend::Cookie(_) => values.iter().map(|v| (*v).to_owned()).collect(),
-                    Backend::Server(_) => Vec::new(),
+                let (incoming, raw) = match part.backend {
+                    Backend::Server(_) => (part.config.read_ids(&values), Vec::new()),
+                    Backend::Cookie(_) => (Vec::new(), values.iter().map(|v| (*v).to_owned()).collect()),
                 };
                 PartState::new(incoming, raw, !values.is_empty())
             })
@@ -155,14 +172,54 @@ impl Engine {
         }
     }
 
-    /// Ends every session of `user` except `keep`: through the user index,
-    /// or by moving a cookie part's revocation generation. How many ended
-    /// (a cookie part cannot count them: 0), and the new generation if one
-    /// was moved.
+    /// Whether a device's session can span several server parts, whose keys
+    /// the user part then records ([`Meta::siblings`]).
+    fn has_siblings(&self) -> bool {
+        self.parts.iter().filter(|p| matches!(p.backend, Backend::Server(_))).count() > 1
+    }
+
+    /// The server store of the part whose cookie is `name`.
+    fn store_named(&self, name: &str) -> Option<&Arc<dyn Store>> {
+        self.parts.iter().find(|p| p.config.cookie_name == name).and_then(|p| match &p.backend {
+            Backend::Server(store) => Some(store),
+            Backend::Cookie(_) => None,
+        })
+    }
+
+    /// Deletes a device's other server parts, as its user part lists them.
+    pub(crate) async fn delete_siblings(&self, siblings: &BTreeMap<String, StoreKey>) -> Result<()> {
+        for (name, key) in siblings {
+            if let Some(store) = self.store_named(name) {
+                store.delete(key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends one device's session: its other parts, then the session that
+    /// keeps the login. Whether that one was live.
+    pub(crate) async fn end_device(&self, info: &SessionInfo) -> Result<bool> {
+        self.delete_siblings(&info.siblings).await?;
+        self.user_store()?.delete(&info.key).await
+    }
+
+    /// Ends every session of `user` except `keep`, with their other parts:
+    /// through the user index, or by moving a cookie part's revocation
+    /// generation. How many ended (a cookie part cannot count them: 0), and
+    /// the new generation if one was moved.
     pub(crate) async fn end_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> Result<(u64, Option<u64>)> {
         let part = &self.parts[self.user_part()?];
         match &part.backend {
-            Backend::Server(store) => Ok((store.delete_user_sessions(user, keep).await?, None)),
+            Backend::Server(store) => {
+                if self.has_siblings() {
+                    for info in store.user_sessions(user).await? {
+                        if Some(&info.key) != keep {
+                            self.delete_siblings(&info.siblings).await?;
+                        }
+                    }
+                }
+                Ok((store.delete_user_sessions(user, keep).await?, None))
+            }
             Backend::Cookie(cookie) => {
                 let keep_for = part.config.lifetime.max(part.config.permanent_lifetime);
                 Ok((0, Some(cookie.bump(user, keep_for).await?)))
@@ -206,22 +263,90 @@ impl State {
         Ok(())
     }
 
-    /// Writes what the request changed, cookie parts first: a cookie that
-    /// cannot be sent fails the request before any store is written.
+    /// Writes what the request changed. Cookie parts go first: a cookie
+    /// that cannot be sent fails the request before any store is written.
+    /// Server parts then pick their keys (a new id for a new session or an
+    /// id change), so that the part keeping the login can record where the
+    /// device's other parts live; it commits first (a refused login changes
+    /// nothing else), then the others.
     pub(crate) async fn commit(&mut self, engine: &Engine, device: &Device) -> Result<Commit> {
         let mut commit = Commit { set_cookies: Vec::new(), vary_cookie: self.parts.iter().any(|p| p.loaded) };
-        let mut order: Vec<usize> = (0..self.parts.len()).collect();
-        order.sort_by_key(|&i| matches!(engine.parts[i].backend, Backend::Server(_)));
-        for i in order {
+        for (part, state) in engine.parts.iter().zip(&mut self.parts) {
+            if let Backend::Cookie(cookie) = &part.backend {
+                commit.set_cookies.extend(state.commit_cookie(&part.config, cookie)?);
+            }
+        }
+        let mut servers: Vec<usize> =
+            (0..self.parts.len()).filter(|&i| matches!(engine.parts[i].backend, Backend::Server(_))).collect();
+        for &i in &servers {
+            self.parts[i].prepare()?;
+        }
+        let siblings = self.siblings(engine).await?;
+        servers.sort_by_key(|&i| Some(i) != engine.user_part);
+        for i in servers {
             let part = &engine.parts[i];
-            let set_cookie = match &part.backend {
-                Backend::Server(store) => self.parts[i].commit_server(&part.config, &**store, device).await?,
-                Backend::Cookie(cookie) => self.parts[i].commit_cookie(&part.config, cookie)?,
-            };
-            commit.set_cookies.extend(set_cookie);
+            let Backend::Server(store) = &part.backend else { continue };
+            let is_user_part = Some(i) == engine.user_part;
+            let links = if is_user_part { siblings.as_ref() } else { None };
+            let outcome = self.parts[i].commit_server(part, &**store, device, links).await?;
+            for info in &outcome.evicted {
+                engine.delete_siblings(&info.siblings).await?;
+            }
+            if is_user_part && outcome.ended_elsewhere {
+                // The device's login was ended by another request: so is the
+                // rest of its session.
+                for (j, state) in self.parts.iter_mut().enumerate() {
+                    if j != i && matches!(engine.parts[j].backend, Backend::Server(_)) {
+                        state.end(false);
+                    }
+                }
+            }
+            commit.set_cookies.extend(outcome.set_cookie);
         }
         Ok(commit)
     }
+
+    /// Where this device's other server parts will live after the commit,
+    /// for the user part to record; `None` when it has nothing to record.
+    /// A part this request did not load keeps its recorded key.
+    async fn siblings(&mut self, engine: &Engine) -> Result<Option<BTreeMap<String, StoreKey>>> {
+        let Some(u) = engine.user_part.filter(|_| engine.has_siblings()) else { return Ok(None) };
+        if !matches!(engine.parts[u].backend, Backend::Server(_)) {
+            return Ok(None);
+        }
+        let moved = (0..self.parts.len()).any(|i| i != u && self.parts[i].key_moves());
+        if !moved && !self.parts[u].loaded {
+            return Ok(None);
+        }
+        let recorded = self.load(engine, u).await?.current.as_ref().map(|c| c.meta.siblings.clone());
+        let mut siblings = recorded.unwrap_or_default();
+        for (i, (part, state)) in engine.parts.iter().zip(&self.parts).enumerate() {
+            if i == u || !matches!(part.backend, Backend::Server(_)) {
+                continue;
+            }
+            match state.key_after_commit() {
+                None => {}
+                Some(Some(key)) => {
+                    siblings.insert(part.config.cookie_name.clone(), key);
+                }
+                Some(None) => {
+                    siblings.remove(&part.config.cookie_name);
+                }
+            }
+        }
+        Ok(Some(siblings))
+    }
+}
+
+/// What committing one server part did.
+#[derive(Default)]
+struct Outcome {
+    /// The cookie to set, if it changed.
+    set_cookie: Option<String>,
+    /// The sessions a login evicted to stay within the user's cap.
+    evicted: Vec<SessionInfo>,
+    /// The session this request loaded was ended by another request.
+    ended_elsewhere: bool,
 }
 
 /// The session as stored when this request loaded it.
@@ -239,8 +364,8 @@ pub(crate) enum Cycle {
 
 /// One part of one request: what was loaded and what the request changed.
 pub(crate) struct PartState {
-    /// A server part's verified id from the cookie.
-    incoming: Option<IncomingId>,
+    /// A server part's verified ids from its cookies, in the order sent.
+    incoming: Vec<IncomingId>,
     /// A cookie part's cookie values, opened on load.
     raw: Vec<String>,
     cookie_present: bool,
@@ -253,8 +378,8 @@ pub(crate) struct PartState {
     dirty: BTreeSet<String>,
     cleared: bool,
     cycle: Option<Cycle>,
-    /// The user's sessions a login evicts, deleted once the new one exists.
-    evict: Vec<StoreKey>,
+    /// The id of the session this commit creates, picked before any write.
+    next: Option<SessionId>,
     /// Sessions to delete at commit (this device's, after `logout`).
     doomed: Vec<StoreKey>,
     /// This device's session was ended: expire its cookie unless a new one starts.
@@ -265,15 +390,8 @@ pub(crate) struct PartState {
     reissue: bool,
 }
 
-/// The current time, at the millisecond precision stores keep.
-pub(crate) fn now() -> OffsetDateTime {
-    let now = OffsetDateTime::now_utc();
-    now.replace_nanosecond(now.millisecond() as u32 * 1_000_000).unwrap_or(now)
-}
-
 impl PartState {
-    fn new(incoming: Option<IncomingId>, raw: Vec<String>, cookie_present: bool) -> Self {
-        let reissue = incoming.as_ref().is_some_and(|i| i.stale_key);
+    fn new(incoming: Vec<IncomingId>, raw: Vec<String>, cookie_present: bool) -> Self {
         Self {
             incoming,
             raw,
@@ -286,17 +404,18 @@ impl PartState {
             dirty: BTreeSet::new(),
             cleared: false,
             cycle: None,
-            evict: Vec::new(),
+            next: None,
             doomed: Vec::new(),
             ended: false,
             generation: 0,
-            reissue,
+            reissue: false,
         }
     }
 
-    /// Loads the part on first use: one store read for a server part with a
-    /// valid cookie, a decryption (and, for a revocable login, one counter
-    /// read) for a cookie part. Unknown, expired, revoked and corrupt
+    /// Loads the part on first use: for a server part, one store read per
+    /// cookie id until one names a live session (one read for a normal
+    /// request); for a cookie part, a decryption (and, for a revocable
+    /// login, one counter read). Unknown, expired, revoked and corrupt
     /// sessions are no session. Keys this part does not keep are dropped,
     /// and only the part that keeps `user_id` can carry a login.
     async fn load(&mut self, engine: &Engine, index: usize) -> Result<()> {
@@ -308,7 +427,7 @@ impl PartState {
             Backend::Server(store) => self.load_server(&**store).await?,
             Backend::Cookie(cookie) => self.load_cookie(&part.config, cookie).await?,
         };
-        if let Some((mut record, stored)) = found.filter(|(r, _)| !r.meta.is_expired(now())) {
+        if let Some((mut record, stored)) = found {
             record.data.retain(|key, _| engine.routing.owns(index, key));
             if engine.user_part != Some(index) {
                 record.meta.user_id = None;
@@ -322,17 +441,23 @@ impl PartState {
         Ok(())
     }
 
-    async fn load_server(&self, store: &dyn Store) -> Result<Option<(Record, Option<(SessionId, StoreKey)>)>> {
-        let Some(incoming) = &self.incoming else { return Ok(None) };
-        let key = incoming.id.store_key();
-        match store.load(&key).await {
-            Ok(record) => Ok(record.map(|r| (r, Some((incoming.id.clone(), key))))),
-            Err(e) if e.kind() == ErrorKind::Corrupt => {
-                tracing::warn!(error = %e, "stored session could not be decoded; treating it as no session");
-                Ok(None)
+    /// The first of the cookie's ids that names a live session.
+    async fn load_server(&mut self, store: &dyn Store) -> Result<Option<(Record, Option<(SessionId, StoreKey)>)>> {
+        for incoming in &self.incoming {
+            let key = incoming.id.store_key();
+            match store.load(&key).await {
+                Ok(Some(record)) if !record.meta.is_expired(now()) => {
+                    self.reissue |= incoming.stale_key;
+                    return Ok(Some((record, Some((incoming.id.clone(), key)))));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Corrupt => {
+                    tracing::warn!(error = %e, "stored session could not be decoded; treating it as no session");
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => Err(e),
         }
+        Ok(None)
     }
 
     async fn load_cookie(
@@ -340,7 +465,13 @@ impl PartState {
         config: &SessionConfig,
         cookie: &CookieStore,
     ) -> Result<Option<(Record, Option<(SessionId, StoreKey)>)>> {
-        let Some(opened) = self.raw.iter().find_map(|raw| cookie.open(&config.cookie_name, raw)) else {
+        let now = now();
+        let Some(opened) = self
+            .raw
+            .iter()
+            .filter_map(|raw| cookie.open(&config.cookie_name, raw))
+            .find(|o| !o.record.meta.is_expired(now))
+        else {
             return Ok(None);
         };
         if let Some(user) = &opened.record.meta.user_id
@@ -390,15 +521,17 @@ impl PartState {
         self.reissue = true;
     }
 
-    /// Marks `user` as logging in on this part; with a session limit, decides
-    /// whom to evict or refuses.
+    /// Marks `user` as logging in on this part. With
+    /// [`OnLimit::RefuseLogin`], a user already at the cap is refused here,
+    /// so the handler sees it; the store holds the cap again at commit.
     pub(crate) async fn login(&mut self, part: &Part, user: &str) -> Result<()> {
-        self.evict.clear();
         match &part.backend {
             Backend::Cookie(cookie) => self.generation = cookie.generation(user).await?,
             Backend::Server(store) => {
-                if let Some(limit) = part.config.session_limit {
-                    self.evict = self.evictions(&**store, user, limit.max, limit.on_limit).await?;
+                if let Some(limit) = part.limit.filter(|l| l.on_limit == OnLimit::RefuseLogin) {
+                    let mine = self.stored_key();
+                    let others = store.user_sessions(user).await?.into_iter().filter(|s| Some(s.key) != mine);
+                    limit.evictions(others.collect())?;
                 }
             }
         }
@@ -407,31 +540,14 @@ impl PartState {
         Ok(())
     }
 
-    async fn evictions(&self, store: &dyn Store, user: &str, max: usize, on_limit: OnLimit) -> Result<Vec<StoreKey>> {
-        let mine = self.stored_key();
-        let mut others: Vec<SessionInfo> =
-            store.user_sessions(user).await?.into_iter().filter(|s| Some(s.key) != mine).collect();
-        if others.len() < max {
-            return Ok(Vec::new());
-        }
-        match on_limit {
-            OnLimit::RefuseLogin => Err(Error::new(
-                ErrorKind::TooManySessions,
-                format!(
-                    "the user already has {} sessions and the limit is {max}; log out another device first",
-                    others.len()
-                ),
-            )),
-            OnLimit::EvictLeastRecent => {
-                others.sort_by_key(|s| s.last_active_at);
-                let excess = others.len() + 1 - max;
-                Ok(others.into_iter().take(excess).map(|s| s.key).collect())
-            }
-        }
+    pub(crate) fn stored_key(&self) -> Option<StoreKey> {
+        self.current.as_ref().and_then(|c| c.stored.as_ref()).map(|(_, key)| *key)
     }
 
-    fn stored_key(&self) -> Option<StoreKey> {
-        self.current.as_ref().and_then(|c| c.stored.as_ref()).map(|(_, key)| *key)
+    /// Where the device's other server parts live, as this part's stored
+    /// session records it.
+    pub(crate) fn current_siblings(&self) -> BTreeMap<String, StoreKey> {
+        self.current.as_ref().map(|c| c.meta.siblings.clone()).unwrap_or_default()
     }
 
     /// The store key this part's session keeps after commit, if any: a
@@ -442,11 +558,14 @@ impl PartState {
 
     /// Ends this device's session on this part: forget it now, delete it at
     /// commit unless `already_deleted`. Needs no load: an unread session is
-    /// deleted by its cookie's id.
+    /// deleted by every id its cookies carried.
     pub(crate) fn end(&mut self, already_deleted: bool) {
-        let key = if self.loaded { self.stored_key() } else { self.incoming.as_ref().map(|i| i.id.store_key()) };
-        if let Some(key) = key.filter(|_| !already_deleted) {
-            self.doomed.push(key);
+        if !already_deleted {
+            if self.loaded {
+                self.doomed.extend(self.stored_key());
+            } else {
+                self.doomed.extend(self.incoming.iter().map(|i| i.id.store_key()));
+            }
         }
         self.loaded = true;
         self.current = None;
@@ -456,7 +575,7 @@ impl PartState {
         self.dirty.clear();
         self.cleared = false;
         self.cycle = None;
-        self.evict.clear();
+        self.next = None;
         self.reissue = false;
         self.ended = true;
     }
@@ -465,53 +584,102 @@ impl PartState {
         !self.data.is_empty() || self.user.is_some()
     }
 
+    /// Picks the id of the session this commit will create, if it creates
+    /// one: new data without a session, or a login or id change with
+    /// something to keep.
+    fn prepare(&mut self) -> Result<()> {
+        if self.loaded && self.has_content() && (self.cycle.is_some() || self.current.is_none()) {
+            self.next = Some(SessionId::generate()?);
+        }
+        Ok(())
+    }
+
+    /// The store key this part's session will have after the commit:
+    /// `None` if this request did not load the part (it keeps whatever key
+    /// it had), `Some(None)` if it will have no session.
+    fn key_after_commit(&self) -> Option<Option<StoreKey>> {
+        if !self.loaded {
+            return None;
+        }
+        if let Some(next) = &self.next {
+            return Some(Some(next.store_key()));
+        }
+        Some(self.surviving_key())
+    }
+
+    /// Whether this commit gives the part a session under another key, or
+    /// ends the one it had.
+    fn key_moves(&self) -> bool {
+        self.next.is_some()
+            || (self.loaded && self.stored_key().is_some() && self.surviving_key().is_none())
+            || !self.doomed.is_empty()
+    }
+
     /// A server part's commit: nothing, one `apply` (or a touch), or a
-    /// `create` (plus deletes for a login that replaced a session). The
-    /// cookie to set, if it changed.
+    /// `create` (plus the delete of the session it replaces). `siblings`,
+    /// for the part that keeps the login, is where the device's other parts
+    /// live.
     async fn commit_server(
         &mut self,
-        config: &SessionConfig,
+        part: &Part,
         store: &dyn Store,
         device: &Device,
-    ) -> Result<Option<String>> {
+        siblings: Option<&BTreeMap<String, StoreKey>>,
+    ) -> Result<Outcome> {
+        let nothing = |set_cookie: Option<String>| Outcome { set_cookie, ..Outcome::default() };
         if !self.loaded {
-            return Ok(None);
+            return Ok(nothing(None));
         }
+        let config = &part.config;
         let now = now();
         for key in std::mem::take(&mut self.doomed) {
             store.delete(&key).await?;
         }
-        if self.has_content() && (self.cycle.is_some() || self.current.is_none()) {
-            return self.mint(config, store, device, now).await.map(Some);
+        if let Some(id) = self.next.take() {
+            return self.mint(part, store, device, now, id, siblings).await;
+        }
+        if self.cycle.is_some() {
+            // An id change of a session holding nothing: the old one goes,
+            // and a new one starts once there is something to keep.
+            if let Some(old) = self.stored_key() {
+                store.delete(&old).await?;
+            }
+            return Ok(nothing((self.cookie_present || self.ended).then(|| config.removal_cookie())));
         }
         let Some(current) = &self.current else {
-            return Ok((self.cookie_present || self.ended).then(|| config.removal_cookie()));
+            return Ok(nothing((self.cookie_present || self.ended).then(|| config.removal_cookie())));
         };
-        let Some((id, key)) = &current.stored else { return Ok(None) };
-        match self.update(config, store, key, &current.meta, now).await {
+        let Some((id, key)) = &current.stored else { return Ok(nothing(None)) };
+        match self.update(config, store, key, &current.meta, now, siblings).await {
             Ok(wrote) => {
                 let permanent_changed = self.permanent != current.meta.permanent;
                 if (self.permanent && wrote) || permanent_changed || self.reissue {
                     let expires_at = config.expiry(now, self.permanent, current.meta.absolute_expires_at);
-                    return Ok(Some(config.id_cookie(id, self.permanent, expires_at)));
+                    return Ok(nothing(Some(config.id_cookie(id, self.permanent, expires_at))));
                 }
-                Ok(None)
+                Ok(nothing(None))
             }
             Err(e) if e.kind() == ErrorKind::Gone => {
                 tracing::info!("session ended elsewhere during the request; its changes were dropped");
-                Ok(Some(config.removal_cookie()))
+                Ok(Outcome { set_cookie: Some(config.removal_cookie()), evicted: Vec::new(), ended_elsewhere: true })
             }
             Err(e) => Err(e),
         }
     }
 
     /// The record this request leaves: its data and metadata as of `now`.
-    fn record(&self, config: &SessionConfig, device: &Device, now: OffsetDateTime) -> Record {
+    fn record(
+        &self,
+        config: &SessionConfig,
+        device: &Device,
+        now: OffsetDateTime,
+        siblings: Option<&BTreeMap<String, StoreKey>>,
+    ) -> Record {
         let kept = self.current.as_ref().filter(|_| self.cycle != Some(Cycle::Login));
         let created_at = kept.map_or(now, |c| c.meta.created_at);
         let absolute_expires_at = match kept {
             Some(c) => c.meta.absolute_expires_at,
-            None => config.absolute_lifetime.map(|d| created_at + d),
+            None => config.absolute_expiry(created_at),
         };
         Record {
             data: self.data.clone(),
@@ -523,30 +691,53 @@ impl PartState {
                 absolute_expires_at,
                 permanent: self.permanent,
                 device: kept.map_or_else(|| device.clone(), |c| c.meta.device.clone()),
+                siblings: siblings.cloned().unwrap_or_default(),
             },
         }
     }
 
-    /// Creates a new session under a fresh id, then deletes the one it
-    /// replaces and any the login evicted. Returns the cookie to set.
+    /// Creates the session under the id [`PartState::prepare`] picked —
+    /// holding a login to the user's session cap — then deletes the session
+    /// it replaces. If that one was ended meanwhile (logged out everywhere,
+    /// revoked, evicted), nothing is created, or what was is deleted again:
+    /// no path brings back a session that was ended after this request
+    /// loaded it.
     async fn mint(
         &mut self,
-        config: &SessionConfig,
+        part: &Part,
         store: &dyn Store,
         device: &Device,
         now: OffsetDateTime,
-    ) -> Result<String> {
-        let id = SessionId::generate()?;
+        id: SessionId,
+        siblings: Option<&BTreeMap<String, StoreKey>>,
+    ) -> Result<Outcome> {
+        let config = &part.config;
         let key = id.store_key();
-        let record = self.record(config, device, now);
-        store.create(&key, &record).await?;
-        if let Some(old) = self.stored_key() {
-            store.delete(&old).await?;
+        let record = self.record(config, device, now, siblings);
+        let replaces = self.stored_key();
+        let limit = part.limit.filter(|_| record.meta.user_id.is_some());
+        let ended = || {
+            tracing::info!("session ended elsewhere during the request; its new id was dropped");
+            Outcome { set_cookie: Some(config.removal_cookie()), evicted: Vec::new(), ended_elsewhere: true }
+        };
+        let evicted = if replaces.is_some() || limit.is_some() {
+            match store.create_login(&key, &record, replaces.as_ref(), limit).await {
+                Err(e) if e.kind() == ErrorKind::Gone => return Ok(ended()),
+                other => other?,
+            }
+        } else {
+            store.create(&key, &record).await?;
+            Vec::new()
+        };
+        // Ended between the store's check and now: the new one goes too.
+        if let Some(old) = replaces
+            && !store.delete(&old).await?
+        {
+            store.delete(&key).await?;
+            return Ok(Outcome { evicted, ..ended() });
         }
-        for evicted in std::mem::take(&mut self.evict) {
-            store.delete(&evicted).await?;
-        }
-        Ok(config.id_cookie(&id, self.permanent, record.meta.expires_at))
+        let set_cookie = Some(config.id_cookie(&id, self.permanent, record.meta.expires_at));
+        Ok(Outcome { set_cookie, evicted, ended_elsewhere: false })
     }
 
     /// Applies the request's changes to its existing session, or touches it
@@ -558,6 +749,7 @@ impl PartState {
         key: &StoreKey,
         stored: &Meta,
         now: OffsetDateTime,
+        siblings: Option<&BTreeMap<String, StoreKey>>,
     ) -> Result<bool> {
         let expires_at = config.expiry(now, self.permanent, stored.absolute_expires_at);
         let mut change = Change::new(now, expires_at);
@@ -576,6 +768,9 @@ impl PartState {
         }
         if self.permanent != stored.permanent {
             change.permanent = Some(self.permanent);
+        }
+        if let Some(siblings) = siblings.filter(|s| **s != stored.siblings) {
+            change.siblings = Some(siblings.clone());
         }
         if change.alters() || expires_at - stored.expires_at > config.touch_interval {
             store.apply(key, &change).await?;
@@ -597,7 +792,7 @@ impl PartState {
             return Ok(had.then(|| config.removal_cookie()));
         }
         let now = now();
-        let record = self.record(config, &Device::default(), now);
+        let record = self.record(config, &Device::default(), now, None);
         let changed = match &self.current {
             None => true,
             Some(current) => {

@@ -37,6 +37,10 @@ pub enum ErrorKind {
     /// A cookie session would exceed what browsers keep (4096 bytes); the
     /// message names the cookie and the size. Nothing truncated is sent.
     TooLarge,
+    /// A request was refused as a possible cross-site request forgery: a
+    /// missing or wrong CSRF token, or a browser request from another
+    /// origin. Requests get `403 Forbidden`.
+    Forbidden,
 }
 
 /// The error of every fallible operation in this crate: a kind, a message
@@ -171,6 +175,7 @@ impl fmt::Display for Error {
             ErrorKind::TooManySessions => "too many sessions",
             ErrorKind::Usage => "session API misuse",
             ErrorKind::TooLarge => "session cookie too large",
+            ErrorKind::Forbidden => "forbidden",
         };
         write!(f, "{kind}: {}", self.message)?;
         // The cause is part of the message: most applications print `{e}`
@@ -199,8 +204,17 @@ impl StdError for Error {
     }
 }
 
+/// Stored data that does not decode. serde's own message would quote the
+/// offending value (`invalid type: string "…"`), which may be a secret, so
+/// only where and what kind of error is kept.
 impl From<serde_json::Error> for Error {
     fn from(e: serde_json::Error) -> Self {
-        Self::corrupt("session data is not valid JSON").with_source(e)
+        let what = match e.classify() {
+            serde_json::error::Category::Io => "could not be read",
+            serde_json::error::Category::Syntax => "is not valid JSON",
+            serde_json::error::Category::Data => "does not have the expected shape",
+            serde_json::error::Category::Eof => "is cut short",
+        };
+        Self::corrupt(format!("session data {what} (line {}, column {})", e.line(), e.column()))
     }
 }

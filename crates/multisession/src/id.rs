@@ -117,6 +117,12 @@ impl StoreKey {
         &self.0
     }
 
+    /// The key whose bytes are `bytes`, as a store read them back.
+    #[cfg(feature = "memcached")]
+    pub(crate) fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
     /// A key for something that is not a session (a user's revocation
     /// counter): SHA-256 over a domain label and `input`, which no session
     /// id's hash can equal in practice.
@@ -146,12 +152,26 @@ impl fmt::Debug for StoreKey {
     }
 }
 
+/// Serialized as its 64 hex digits.
+impl serde::Serialize for StoreKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&hex(&self.0))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StoreKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        text.parse().map_err(|_| serde::de::Error::custom("a store key is 64 hex digits"))
+    }
+}
+
 impl std::str::FromStr for StoreKey {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
         let invalid = || Error::corrupt(format!("a store key is 64 hex digits, got {} characters", s.len()));
-        if s.len() != 64 {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(invalid());
         }
         let mut out = [0u8; 32];

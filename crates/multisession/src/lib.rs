@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod csrf;
 mod engine;
 mod error;
 mod fields;
@@ -14,13 +15,13 @@ pub mod testing;
 mod users;
 pub mod web;
 
-pub use config::{KeyRing, OnLimit, SessionConfig, SessionSpec};
+pub use config::{KeyRing, OnLimit, SessionConfig, SessionLimit, SessionSpec};
 pub use engine::Commit;
 pub use error::{Error, ErrorKind, Result};
 pub use fields::Fields;
 pub use id::{SessionId, StoreKey};
 pub use record::{Change, Device, Meta, RECORD_FORMAT_VERSION, Record};
-pub use session::{Session, USER_ID_KEY};
+pub use session::{CSRF_TOKEN_KEY, MAX_USER_ID_BYTES, Session, USER_ID_KEY};
 pub use users::{DeviceSession, SessionHandle, Sessions};
 #[cfg(feature = "axum")]
 pub use web::axum::SessionLayer;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
-use crate::{Error, Result};
+use crate::{Error, Result, StoreKey};
 
 /// The version of [`Record`]'s serialized form, written as `"v"`.
 pub const RECORD_FORMAT_VERSION: u32 = 1;
@@ -78,6 +78,11 @@ pub struct Meta {
     /// The device that created the session.
     #[serde(default, skip_serializing_if = "Device::is_unknown")]
     pub device: Device,
+    /// Where this device's other server-side session parts live, by cookie
+    /// name: ending this session (logout everywhere, revoke, eviction) ends
+    /// them too. Empty for a session of one part.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub siblings: BTreeMap<String, StoreKey>,
 }
 
 impl Meta {
@@ -87,12 +92,18 @@ impl Meta {
     /// # use multisession::{Meta, Device};
     /// let now = time::OffsetDateTime::now_utc();
     /// let meta = Meta { user_id: None, created_at: now, last_active_at: now, expires_at: now,
-    ///     absolute_expires_at: None, permanent: false, device: Device::default() };
+    ///     absolute_expires_at: None, permanent: false, device: Device::default(), siblings: Default::default() };
     /// assert!(meta.is_expired(now));
     /// ```
     pub fn is_expired(&self, now: OffsetDateTime) -> bool {
         self.expires_at <= now
     }
+}
+
+/// The current time, at the millisecond precision every store keeps.
+pub(crate) fn now() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.millisecond() as u32 * 1_000_000).unwrap_or(now)
 }
 
 /// A stored session: its data and its [`Meta`].
@@ -132,7 +143,7 @@ impl Record {
     /// # use multisession::{Record, Meta, Device};
     /// # let now = time::OffsetDateTime::now_utc();
     /// # let meta = Meta { user_id: Some("23".into()), created_at: now, last_active_at: now,
-    /// #     expires_at: now, absolute_expires_at: None, permanent: false, device: Device::default() };
+    /// #     expires_at: now, absolute_expires_at: None, permanent: false, device: Device::default(), siblings: Default::default() };
     /// let record = Record { data: Default::default(), meta };
     /// let bytes = record.to_bytes()?;
     /// assert!(bytes.starts_with(br#"{"v":1"#));
@@ -169,7 +180,7 @@ impl Record {
     /// # use multisession::{Record, Meta, Device, Change};
     /// # let now = time::OffsetDateTime::now_utc();
     /// # let meta = Meta { user_id: None, created_at: now, last_active_at: now,
-    /// #     expires_at: now, absolute_expires_at: None, permanent: false, device: Device::default() };
+    /// #     expires_at: now, absolute_expires_at: None, permanent: false, device: Device::default(), siblings: Default::default() };
     /// let mut record = Record { data: Default::default(), meta };
     /// let mut change = Change::new(now, now);
     /// change.set.insert("cart".into(), serde_json::json!([1, 2]));
@@ -180,6 +191,9 @@ impl Record {
         change.apply_to_data(&mut self.data);
         if let Some(permanent) = change.permanent {
             self.meta.permanent = permanent;
+        }
+        if let Some(siblings) = &change.siblings {
+            self.meta.siblings = siblings.clone();
         }
         self.meta.last_active_at = change.last_active_at;
         self.meta.expires_at = change.expires_at;
@@ -208,6 +222,9 @@ pub struct Change {
     pub last_active_at: OffsetDateTime,
     /// The new expiry.
     pub expires_at: OffsetDateTime,
+    /// This device's other server-side parts, if they moved (see
+    /// [`Meta::siblings`]).
+    pub siblings: Option<BTreeMap<String, StoreKey>>,
     /// Whose session this is, as loaded (context; never a change of user).
     pub user_id: Option<String>,
 }
@@ -228,6 +245,7 @@ impl Change {
             permanent: None,
             last_active_at,
             expires_at,
+            siblings: None,
             user_id: None,
         }
     }
@@ -264,7 +282,11 @@ impl Change {
     /// assert!(!multisession::Change::new(now, now).alters());
     /// ```
     pub fn alters(&self) -> bool {
-        self.clear || !self.remove.is_empty() || !self.set.is_empty() || self.permanent.is_some()
+        self.clear
+            || !self.remove.is_empty()
+            || !self.set.is_empty()
+            || self.permanent.is_some()
+            || self.siblings.is_some()
     }
 }
 

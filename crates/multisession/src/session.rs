@@ -10,11 +10,21 @@ use tokio::sync::Mutex;
 use crate::engine::{Commit, Cycle, Engine, State};
 use crate::store::Backend;
 use crate::users::{DeviceSession, SessionHandle};
-use crate::{Device, Error, Result};
+use crate::{Device, Error, ErrorKind, Result};
 
 /// The key under which the logged-in user reads back through [`Session::get`].
 /// It is set by [`Session::login`] only.
 pub const USER_ID_KEY: &str = "user_id";
+
+/// The key under which [`Session::csrf_token`] keeps the session's token.
+/// Give it a part of its own (a [`CookieStore`](crate::store::CookieStore)
+/// part costs no store write) or leave it to the main one.
+pub const CSRF_TOKEN_KEY: &str = "csrf_token";
+
+/// The longest user id [`Session::login`] takes, in bytes of UTF-8: every
+/// store keeps and indexes it whole (MySQL's column holds 255 characters,
+/// Firestore indexes 1500 bytes).
+pub const MAX_USER_ID_BYTES: usize = 255;
 
 /// One request's session. Cheap to clone; every clone is the same session.
 ///
@@ -106,10 +116,14 @@ impl Session {
             }
             found
         };
+        // serde's message would quote the value: say only what was expected.
         value
             .map(|v| {
-                serde_json::from_value(v).map_err(|e| {
-                    Error::usage(format!("the session value under {key:?} is not of the requested type")).with_source(e)
+                serde_json::from_value(v).map_err(|_| {
+                    Error::usage(format!(
+                        "the session value under {key:?} is not a {}; read it as the type it was stored as",
+                        std::any::type_name::<T>()
+                    ))
                 })
             })
             .transpose()
@@ -137,7 +151,7 @@ impl Session {
             ));
         }
         let value = serde_json::to_value(value)
-            .map_err(|e| Error::usage(format!("the value for {key:?} does not serialize to JSON")).with_source(e))?;
+            .map_err(|_| Error::usage(format!("the value for {key:?} does not serialize to JSON")))?;
         let mut state = self.state().await;
         for i in self.owners(key)? {
             state.load(self.engine(), i).await?.set(key, value.clone());
@@ -220,11 +234,16 @@ impl Session {
     /// kept (a cart survives logging in); a session of another user starts
     /// empty, so nothing passes between users of a shared browser.
     ///
+    /// Every server-side part of the session gets a new id, so a cookie
+    /// captured before the login reads nothing written after it, and the
+    /// CSRF token ([`Session::csrf_token`]) is replaced.
+    ///
     /// # Errors
     ///
     /// `Unavailable` if the store cannot be read; `TooManySessions` if a
     /// session limit with [`OnLimit::RefuseLogin`](crate::OnLimit::RefuseLogin)
-    /// is reached; `Usage` for an empty user id.
+    /// is reached; `Usage` for a user id that is empty, longer than
+    /// [`MAX_USER_ID_BYTES`] or holds control characters (NUL among them).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
@@ -235,9 +254,7 @@ impl Session {
     /// # Ok(()) }
     /// ```
     pub async fn login(&self, user: &str) -> Result<()> {
-        if user.is_empty() {
-            return Err(Error::usage("login needs a non-empty user id"));
-        }
+        check_user_id(user)?;
         let engine = self.engine();
         let u = engine.user_part()?;
         let mut state = self.state().await;
@@ -248,6 +265,14 @@ impl Session {
             for part in &mut state.parts {
                 part.clear();
                 part.permanent = false;
+            }
+        }
+        for i in engine.routing.owners(CSRF_TOKEN_KEY) {
+            state.parts[i].remove(CSRF_TOKEN_KEY);
+        }
+        for (i, part) in engine.parts.iter().enumerate() {
+            if i != u && matches!(part.backend, Backend::Server(_)) {
+                state.parts[i].cycle(Cycle::Rotate);
             }
         }
         state.parts[u].login(&engine.parts[u], user).await
@@ -269,7 +294,15 @@ impl Session {
     /// # Ok(()) }
     /// ```
     pub async fn logout(&self) -> Result<()> {
-        self.state().await.parts.iter_mut().for_each(|part| part.end(false));
+        let engine = self.engine();
+        let mut state = self.state().await;
+        // The session that keeps the login knows where the device's other
+        // server parts live, those whose cookies this request lacks too.
+        if let Some(u) = engine.user_part.filter(|&u| matches!(engine.parts[u].backend, Backend::Server(_))) {
+            let siblings = state.load(engine, u).await?.current_siblings();
+            engine.delete_siblings(&siblings).await?;
+        }
+        state.parts.iter_mut().for_each(|part| part.end(false));
         Ok(())
     }
 
@@ -402,7 +435,7 @@ impl Session {
             self.logout().await?;
             return Ok(true);
         }
-        crate::users::revoke(&**store, handle).await
+        crate::users::revoke(self.engine(), &**store, handle).await
     }
 
     /// Whether the session is permanent.
@@ -472,6 +505,67 @@ impl Session {
         Ok(())
     }
 
+    /// The session's CSRF token, for a hidden field of every form that
+    /// changes something: 256 random bits, made on first use and kept under
+    /// [`CSRF_TOKEN_KEY`] until login or logout replaces it. Check what a
+    /// form sends back with [`Session::verify_csrf_token`].
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the store cannot be read; `Usage` if no part keeps
+    /// [`CSRF_TOKEN_KEY`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// # let session = sessions.session([], Default::default());
+    /// let token = session.csrf_token().await?;
+    /// assert_eq!(token, session.csrf_token().await?);
+    /// session.verify_csrf_token(&token).await?;
+    /// assert!(session.verify_csrf_token("forged").await.is_err());
+    /// # Ok(()) }
+    /// ```
+    pub async fn csrf_token(&self) -> Result<String> {
+        if let Some(Value::String(token)) = self.get::<Value>(CSRF_TOKEN_KEY).await? {
+            return Ok(token);
+        }
+        let token = crate::SessionId::generate()?.encode();
+        self.insert(CSRF_TOKEN_KEY, &token).await?;
+        Ok(token)
+    }
+
+    /// Checks a token a form sent back against the session's, in constant
+    /// time (OWASP ASVS 3.5.1). Call it first in every handler that changes
+    /// state; the axum layer already refuses cross-origin browser requests.
+    ///
+    /// # Errors
+    ///
+    /// `Forbidden` (403) if the session has no token or `submitted` is not
+    /// it; `Unavailable` if the store cannot be read.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// # let session = sessions.session([], Default::default());
+    /// let err = session.verify_csrf_token("anything").await.unwrap_err();
+    /// assert_eq!(err.kind(), multisession::ErrorKind::Forbidden);   // no token was ever issued
+    /// # Ok(()) }
+    /// ```
+    pub async fn verify_csrf_token(&self, submitted: &str) -> Result<()> {
+        use subtle::ConstantTimeEq as _;
+        let expected = match self.get::<Value>(CSRF_TOKEN_KEY).await? {
+            Some(Value::String(token)) => token,
+            _ => String::new(),
+        };
+        if !expected.is_empty() && bool::from(expected.as_bytes().ct_eq(submitted.as_bytes())) {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Forbidden,
+            "the form's CSRF token is missing or not this session's: reload the page and send it again",
+        ))
+    }
+
     /// Writes what the request changed and says what the response needs.
     /// Framework adapters call it once, after the handler; a session the
     /// handler never touched costs nothing.
@@ -491,4 +585,21 @@ impl Session {
         let mut state = self.shared.state.lock().await;
         state.commit(&self.shared.engine, &self.shared.device).await
     }
+}
+
+/// A user id every store can keep and index: see [`Session::login`].
+fn check_user_id(user: &str) -> Result<()> {
+    if user.is_empty() {
+        return Err(Error::usage("login needs a non-empty user id"));
+    }
+    if user.len() > MAX_USER_ID_BYTES {
+        return Err(Error::usage(format!(
+            "a user id is at most {MAX_USER_ID_BYTES} bytes of UTF-8, got {}; use a shorter key for the user",
+            user.len()
+        )));
+    }
+    if user.chars().any(char::is_control) {
+        return Err(Error::usage("a user id cannot hold control characters (NUL, newlines, ...)"));
+    }
+    Ok(())
 }

@@ -16,6 +16,7 @@
 //! impl Harness for Memory {
 //!     fn store(&self) -> Arc<dyn Store> { self.0.clone() }
 //!     async fn corrupt(&self, key: &StoreKey) { self.0.write_raw(key, b"{not json"); }
+//!     async fn holds(&self, key: &StoreKey) -> Option<bool> { Some(self.0.holds(key)) }
 //!     async fn work(&self) -> Option<u64> { Some(self.0.entries_examined()) }
 //! }
 //!
@@ -33,7 +34,7 @@ use serde_json::{Map, Value, json};
 use time::{Duration, OffsetDateTime};
 
 use crate::store::{SessionInfo, Store};
-use crate::{Change, Device, ErrorKind, Meta, Record, Result, SessionId, StoreKey};
+use crate::{Change, Device, ErrorKind, Meta, Record, Result, SessionId, SessionLimit, StoreKey};
 
 /// What the suite needs from a backend besides the store itself.
 #[async_trait]
@@ -45,6 +46,24 @@ pub trait Harness: Send + Sync {
     /// Overwrites the stored session `key` by hand, through the backend's
     /// own client, with data the store cannot decode.
     async fn corrupt(&self, key: &StoreKey);
+
+    /// Whether the backend still holds a record under `key`, expired or not,
+    /// asked through its own client; `None` where the backend expires
+    /// records itself on a clock of its own (Memcached's ticks once a
+    /// second), so when it lets go of one cannot be observed exactly.
+    async fn holds(&self, key: &StoreKey) -> Option<bool>;
+
+    /// How many entries the backend's separate index of `user`'s sessions
+    /// holds, where the store keeps one beside the sessions (Redis, Memcached).
+    async fn index_entries(&self, _user: &str) -> Option<u64> {
+        None
+    }
+
+    /// Whether the store holds a login's session cap in one step
+    /// ([`Store::create_login`]), so that concurrent logins never pass it.
+    fn caps_logins_atomically(&self) -> bool {
+        true
+    }
 
     /// The backend's own count of work done so far (commands, or entries
     /// examined), where it keeps one. Listing and deleting one user's
@@ -91,6 +110,13 @@ macro_rules! store_conformance_tests {
             delete_user_sessions_spares_keep_and_others,
             user_operations_cost_does_not_grow_with_store,
             delete_expired_removes_only_expired,
+            errors_name_no_key,
+            a_maximal_user_id_and_nul_characters_round_trip,
+            the_user_index_stays_the_size_of_the_live_sessions,
+            ten_thousand_sessions_of_one_user_are_listed_and_cleared_while_others_are_served,
+            no_path_brings_back_a_session_ended_after_its_request_loaded_it,
+            logins_refuse_user_ids_no_store_can_hold,
+            concurrent_logins_hold_the_session_cap,
         );
     };
     (@tests $harness:expr; $($check:ident),* $(,)?) => {
@@ -224,6 +250,16 @@ impl<S: Store> Store for CountingStore<S> {
         bump(&self.creates);
         self.inner.create(key, record).await
     }
+    async fn create_login(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+        replaces: Option<&StoreKey>,
+        limit: Option<SessionLimit>,
+    ) -> Result<Vec<SessionInfo>> {
+        bump(&self.creates);
+        self.inner.create_login(key, record, replaces, limit).await
+    }
     async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {
         bump(if change.alters() { &self.applies } else { &self.touches });
         self.inner.apply(key, change).await
@@ -252,7 +288,7 @@ pub mod checks {
     use super::*;
 
     fn now() -> OffsetDateTime {
-        crate::engine::now()
+        crate::record::now()
     }
 
     fn key() -> StoreKey {
@@ -276,8 +312,28 @@ pub mod checks {
                 absolute_expires_at: Some(now + Duration::days(2)),
                 permanent: true,
                 device: Device::new(Some("Mozilla/5.0 (conformance)".into()), "203.0.113.9".parse().ok()),
+                siblings: BTreeMap::from([("data".to_owned(), key())]),
             },
         }
+    }
+
+    /// Waits until the clock has passed `t`: a condition on this process's
+    /// own clock, not a guess at how long something takes.
+    async fn wait_past(t: OffsetDateTime) {
+        loop {
+            let left = t - now();
+            if left.is_negative() {
+                return;
+            }
+            let left = std::time::Duration::try_from(left).unwrap_or_default();
+            tokio::time::sleep(left + std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Panics if an error's text shows `key`, in any form a store keeps it.
+    fn assert_names_no_key(err: &crate::Error, key: &StoreKey) {
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains(&key.to_string()), "an error shows a store key: {text}");
     }
 
     fn data(pairs: &[(&str, Value)]) -> Map<String, Value> {
@@ -394,7 +450,7 @@ pub mod checks {
         let mut short = record(None, data(&[("n", json!(1))]));
         short.meta.expires_at = now() + Duration::milliseconds(300);
         let key = create(&*store, &short).await;
-        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        wait_past(short.meta.expires_at).await;
         assert_eq!(load(&*store, &key).await, None, "a record was loaded after it expired");
     }
 
@@ -470,7 +526,7 @@ pub mod checks {
         let mut short = record(None, data(&[("n", json!(1))]));
         short.meta.expires_at = now() + Duration::milliseconds(300);
         let key = create(&*store, &short).await;
-        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        wait_past(short.meta.expires_at).await;
         let err = store.apply(&key, &change(&[("n", json!(2))], &[])).await.expect_err("apply revived");
         assert_eq!(err.kind(), ErrorKind::Gone, "{err}");
         let err = store.apply(&key, &touch(None)).await.expect_err("touch revived");
@@ -520,7 +576,7 @@ pub mod checks {
         short.meta.expires_at = now() + Duration::milliseconds(300);
         let _expired = create(&*store, &short).await;
         let _theirs = create(&*store, &record(Some(&other), Map::new())).await;
-        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        wait_past(short.meta.expires_at).await;
 
         let listed = store.user_sessions(&u).await.expect("user_sessions succeeds");
         assert_eq!(keys_of(&listed), BTreeSet::from([a, b]), "wrong sessions listed");
@@ -618,19 +674,301 @@ pub mod checks {
         }
     }
 
-    /// `delete_expired` removes expired records and keeps live ones.
+    /// `delete_expired` removes expired records and keeps live ones; an
+    /// expired record is no session to `delete` either.
     pub async fn delete_expired_removes_only_expired(h: &dyn Harness) {
         let store = h.store();
         let live = create(&*store, &record(None, data(&[("n", json!(1))]))).await;
         let mut short = record(None, data(&[("n", json!(2))]));
         short.meta.expires_at = now() + Duration::milliseconds(300);
         let expired = create(&*store, &short).await;
-        // Past two whole seconds: Memcached counts expiry in seconds on a
-        // clock that itself ticks once a second.
-        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        let gone = create(&*store, &short).await;
+        wait_past(short.meta.expires_at).await;
         store.delete_expired().await.expect("delete_expired succeeds");
         assert!(load(&*store, &live).await.is_some(), "delete_expired removed a live session");
         assert_eq!(load(&*store, &expired).await, None);
-        assert!(!store.delete(&expired).await.expect("delete succeeds"), "the expired record was not removed");
+        if let Some(held) = h.holds(&expired).await {
+            assert!(!held, "delete_expired left the expired record in the backend");
+        }
+        if let Some(held) = h.holds(&live).await {
+            assert!(held, "the harness's probe does not see a live record");
+        }
+        assert!(!store.delete(&gone).await.expect("delete succeeds"), "deleting an expired session counted as one");
+    }
+
+    /// No error a store returns shows a store key: not a conflict, not
+    /// corrupt data, not a change to a session that is gone.
+    pub async fn errors_name_no_key(h: &dyn Harness) {
+        let store = h.store();
+        let key = create(&*store, &record(Some(&user("errors")), data(&[("n", json!(1))]))).await;
+        let err = store.create(&key, &record(None, Map::new())).await.expect_err("create overwrote");
+        assert_names_no_key(&err, &key);
+        h.corrupt(&key).await;
+        let err = store.load(&key).await.expect_err("corrupt data loaded");
+        assert_names_no_key(&err, &key);
+        store.delete(&key).await.expect("delete succeeds");
+        let err = store.apply(&key, &change(&[("n", json!(2))], &[])).await.expect_err("apply recreated");
+        assert_names_no_key(&err, &key);
+    }
+
+    /// A user id of [`MAX_USER_ID_BYTES`](crate::MAX_USER_ID_BYTES) (of
+    /// three-byte characters) is kept and listed whole, and U+0000 and
+    /// U+0001 in keys and values round-trip, through `create` and `apply`.
+    pub async fn a_maximal_user_id_and_nul_characters_round_trip(h: &dyn Harness) {
+        let store = h.store();
+        let tag = &key().to_string()[..12];
+        let long_user: String =
+            format!("{tag}{}", "日".repeat((crate::MAX_USER_ID_BYTES - tag.len()) / 3)).chars().take(200).collect();
+        let long_user = {
+            let mut u = long_user;
+            while u.len() < crate::MAX_USER_ID_BYTES {
+                u.push('x');
+            }
+            u
+        };
+        assert_eq!(long_user.len(), crate::MAX_USER_ID_BYTES);
+        let original = record(
+            Some(&long_user),
+            data(&[("nul\0key", json!("a\0b")), ("one\u{1}", json!(["\u{1}0", "\0", {"\0": "\u{1}1"}]))]),
+        );
+        let key = create(&*store, &original).await;
+        assert_eq!(load(&*store, &key).await, Some(original.clone()), "NUL characters did not round-trip");
+        if h.has_user_index() {
+            let listed = store.user_sessions(&long_user).await.expect("user_sessions succeeds");
+            assert_eq!(keys_of(&listed), BTreeSet::from([key]), "a maximal user id was not listed whole");
+        }
+        let mut c = change(&[("set\0", json!("\0\u{1}"))], &["nul\0key"]);
+        c.siblings = Some(BTreeMap::new());
+        store.apply(&key, &c).await.expect("apply succeeds");
+        let loaded = load(&*store, &key).await.expect("the record loads");
+        assert_eq!(loaded.data.get("set\0"), Some(&json!("\0\u{1}")));
+        assert!(!loaded.data.contains_key("nul\0key"));
+        assert!(loaded.meta.siblings.is_empty(), "apply did not clear the siblings");
+    }
+
+    /// Logins and touches of one user leave the user's index the size of
+    /// the user's live sessions: a touched session is one entry, and a
+    /// session replaced by a new login leaves none behind.
+    pub async fn the_user_index_stays_the_size_of_the_live_sessions(h: &dyn Harness) {
+        if !h.has_user_index() {
+            return;
+        }
+        let store = h.store();
+        let u = user("steady");
+        let stays = create(&*store, &record(Some(&u), Map::new())).await;
+        let mut device = create(&*store, &record(Some(&u), Map::new())).await;
+        let start = now();
+        for i in 1..=200 {
+            // Each touch moves the expiry by an hour, past any grain a store
+            // rounds index entries to.
+            let mut touch = touch(Some(&u));
+            touch.expires_at = start + Duration::hours(i);
+            store.apply(&stays, &touch).await.expect("touch succeeds");
+            let next = create(&*store, &record(Some(&u), Map::new())).await;
+            assert!(store.delete(&device).await.expect("delete succeeds"));
+            device = next;
+        }
+        let listed = store.user_sessions(&u).await.expect("user_sessions succeeds");
+        assert_eq!(keys_of(&listed), BTreeSet::from([stays, device]));
+        if let Some(entries) = h.index_entries(&u).await {
+            assert!(entries <= 2, "the user's index holds {entries} entries for 2 live sessions");
+        }
+    }
+
+    /// A user with 10 000 sessions is listed and cleared whole, while other
+    /// users' sessions keep being created, read and deleted without error.
+    pub async fn ten_thousand_sessions_of_one_user_are_listed_and_cleared_while_others_are_served(h: &dyn Harness) {
+        if !h.has_user_index() {
+            return;
+        }
+        let store = h.store();
+        let u = user("crowded");
+        let mut writers = tokio::task::JoinSet::new();
+        for chunk in 0..16 {
+            let (store, u) = (store.clone(), u.clone());
+            writers.spawn(async move {
+                for _ in 0..10_000 / 16 + usize::from(chunk < 10_000 % 16) {
+                    create(&*store, &record(Some(&u), Map::new())).await;
+                }
+            });
+        }
+        while let Some(done) = writers.join_next().await {
+            done.expect("a writer task");
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let bystander = {
+            let (store, stop) = (store.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut served = 0_u64;
+                while !stop.load(Ordering::SeqCst) || served == 0 {
+                    let key = key();
+                    store.create(&key, &record(Some(&user("bystander")), Map::new())).await?;
+                    assert!(store.load(&key).await?.is_some(), "a bystander's session did not load");
+                    store.delete(&key).await?;
+                    served += 1;
+                }
+                Ok::<u64, crate::Error>(served)
+            })
+        };
+        let listed = store.user_sessions(&u).await.expect("listing 10 000 sessions succeeds");
+        assert_eq!(listed.len(), 10_000, "listed {} of 10 000 sessions", listed.len());
+        let cleared = store.delete_user_sessions(&u, None).await.expect("clearing 10 000 sessions succeeds");
+        assert_eq!(cleared, 10_000);
+        stop.store(true, Ordering::SeqCst);
+        let served = bystander.await.expect("the bystander task").expect("other users are served meanwhile");
+        assert!(served > 0);
+        assert!(store.user_sessions(&u).await.expect("listed").is_empty(), "cleared sessions are still listed");
+    }
+
+    /// Sessions over the store under test, one part, for the engine-level
+    /// checks.
+    fn sessions(h: &dyn Harness, config: crate::SessionConfig) -> crate::Sessions {
+        crate::Sessions::new(h.store(), config).expect("a valid configuration")
+    }
+
+    /// The `name=value` of a commit's session cookie, if it sets one.
+    fn cookie_of(commit: &crate::Commit) -> Option<String> {
+        let set = commit.set_cookies.first()?;
+        let pair = set.split(';').next()?;
+        (!pair.ends_with('=')).then(|| pair.to_owned())
+    }
+
+    /// Logs `user` in on a new device; its cookie.
+    async fn logged_in(sessions: &crate::Sessions, user: &str) -> String {
+        let session = sessions.session([], Device::default());
+        session.login(user).await.expect("login succeeds");
+        cookie_of(&session.commit().await.expect("commit succeeds")).expect("a login sets a cookie")
+    }
+
+    /// A request loads a session; another request or admin code ends it
+    /// (logout-all elsewhere, an admin clear, a revoke, or a login that
+    /// evicts it); then the first request writes, touches, changes its id,
+    /// makes the session permanent or logs in again, and commits. No such
+    /// commit brings the session back, under any id.
+    pub async fn no_path_brings_back_a_session_ended_after_its_request_loaded_it(h: &dyn Harness) {
+        if !h.has_user_index() {
+            return;
+        }
+        let config = || {
+            crate::SessionConfig::default()
+                .with_touch_interval(Duration::ZERO)
+                .with_max_sessions_per_user(1, crate::OnLimit::EvictLeastRecent)
+        };
+        let sessions = sessions(h, config());
+        for ender in ["logout_all", "clear", "revoke", "evict"] {
+            for path in ["write", "touch", "cycle_id", "set_permanent", "login"] {
+                let u = user(&format!("{ender}-{path}"));
+                let cookie = logged_in(&sessions, &u).await;
+                let request = sessions.session([cookie.as_bytes()], Device::default());
+                assert_eq!(request.user().await.expect("loads").as_deref(), Some(u.as_str()));
+                let loaded_at = now();
+                match ender {
+                    "logout_all" => {
+                        // From another device of the same user, under no cap.
+                        let other = crate::Sessions::new(
+                            h.store(),
+                            crate::SessionConfig::default().with_unlimited_sessions_per_user(),
+                        )
+                        .expect("valid");
+                        let device = other.session([cookie.as_bytes()], Device::default());
+                        device.logout_all_devices().await.expect("logout_all succeeds");
+                        device.commit().await.expect("commit succeeds");
+                    }
+                    "clear" => {
+                        sessions.clear_user_sessions(&u).await.expect("clear succeeds");
+                    }
+                    "revoke" => {
+                        let listed = sessions.user_sessions(&u).await.expect("listed");
+                        assert!(sessions.revoke(&listed[0].handle).await.expect("revoke succeeds"));
+                    }
+                    _ => {
+                        logged_in(&sessions, &u).await;
+                    }
+                }
+                let survivors = keys_of(&h.store().user_sessions(&u).await.expect("listed"));
+                wait_past(loaded_at).await;
+                match path {
+                    "write" => request.insert("cart", json!([1, 2])).await.expect("insert"),
+                    "touch" => {}
+                    "cycle_id" => request.cycle_id().await.expect("cycle_id"),
+                    "set_permanent" => request.set_permanent(true).await.expect("set_permanent"),
+                    _ => request.login(&u).await.expect("login"),
+                }
+                let commit = request.commit().await.expect("the commit succeeds");
+                let after = keys_of(&h.store().user_sessions(&u).await.expect("listed"));
+                assert_eq!(after, survivors, "after {ender}, a request's {path} brought a session back");
+                if let Some(cookie) = cookie_of(&commit) {
+                    let again = sessions.session([cookie.as_bytes()], Device::default());
+                    assert_eq!(
+                        again.user().await.expect("loads"),
+                        None,
+                        "after {ender}, {path} handed out a live cookie"
+                    );
+                }
+            }
+        }
+    }
+
+    /// `login` refuses, as `Usage` and not as a store failure, user ids no
+    /// store can keep: empty, longer than
+    /// [`MAX_USER_ID_BYTES`](crate::MAX_USER_ID_BYTES), or holding NUL or
+    /// other control characters; one of the maximal length logs in.
+    pub async fn logins_refuse_user_ids_no_store_can_hold(h: &dyn Harness) {
+        let sessions = sessions(h, crate::SessionConfig::default());
+        let too_long = "é".repeat(crate::MAX_USER_ID_BYTES / 2 + 1);
+        for bad in ["", "nul\0", "line\nbreak", too_long.as_str()] {
+            let session = sessions.session([], Device::default());
+            let err = session.login(bad).await.expect_err("an impossible user id logged in");
+            assert_eq!(err.kind(), ErrorKind::Usage, "{err}");
+        }
+        let tag = user("max");
+        let longest = format!("{tag}{}", "x".repeat(crate::MAX_USER_ID_BYTES - tag.len()));
+        let cookie = logged_in(&sessions, &longest).await;
+        let session = sessions.session([cookie.as_bytes()], Device::default());
+        assert_eq!(session.user().await.expect("loads").as_deref(), Some(longest.as_str()));
+    }
+
+    /// Concurrent logins of one user never pass the session cap on a store
+    /// that says it holds it in one step: with a cap of 2, of ten logins at
+    /// once exactly two succeed, or, evicting, two sessions are left. On
+    /// other stores the next login trims the excess.
+    pub async fn concurrent_logins_hold_the_session_cap(h: &dyn Harness) {
+        if !h.has_user_index() {
+            return;
+        }
+        for on_limit in [crate::OnLimit::RefuseLogin, crate::OnLimit::EvictLeastRecent] {
+            if on_limit == crate::OnLimit::RefuseLogin && !h.caps_logins_atomically() {
+                continue;
+            }
+            let sessions = sessions(h, crate::SessionConfig::default().with_max_sessions_per_user(2, on_limit));
+            let u = user("capped");
+            let mut logins = tokio::task::JoinSet::new();
+            for _ in 0..10 {
+                let (sessions, u) = (sessions.clone(), u.clone());
+                logins.spawn(async move {
+                    let session = sessions.session([], Device::default());
+                    session.login(&u).await?;
+                    session.commit().await
+                });
+            }
+            let mut succeeded = 0;
+            while let Some(done) = logins.join_next().await {
+                match done.expect("a login task") {
+                    Ok(_) => succeeded += 1,
+                    Err(e) => assert_eq!(e.kind(), ErrorKind::TooManySessions, "{e}"),
+                }
+            }
+            let live = h.store().user_sessions(&u).await.expect("listed").len();
+            if h.caps_logins_atomically() {
+                assert!(live <= 2, "{live} sessions under a cap of 2 ({on_limit:?})");
+                if on_limit == crate::OnLimit::RefuseLogin {
+                    assert_eq!((succeeded, live), (2, 2), "refused logins: {} of 10", 10 - succeeded);
+                }
+            } else {
+                logged_in(&sessions, &u).await;
+                let live = h.store().user_sessions(&u).await.expect("listed").len();
+                assert_eq!(live, 2, "the next login left {live} sessions under a cap of 2");
+            }
+        }
     }
 }

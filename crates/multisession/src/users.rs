@@ -82,16 +82,23 @@ impl Sessions {
         Ok(Self { engine: Arc::new(Engine::new(specs.into_iter().collect())?) })
     }
 
-    /// The session of one request, from its `Cookie` header values and the
-    /// client's device facts. Nothing is read until the session is used.
+    /// The session of one request, from its `Cookie` header values as sent
+    /// (bytes: another application's cookie that is not ASCII never hides
+    /// ours) and the client's device facts. Nothing is read until the
+    /// session is used.
+    ///
+    /// When several cookies of one name carry well-formed ids (overlapping
+    /// paths, or a planted one), the first that names a live session wins,
+    /// in the order the browser sent them (longer paths first); at most
+    /// three are tried.
     ///
     /// ```
     /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
-    /// let session = sessions.session(["session=garbage; theme=dark"], multisession::Device::default());
+    /// let session = sessions.session([b"session=garbage; theme=dark".as_slice()], multisession::Device::default());
     /// # let _ = session;
     /// # Ok::<(), multisession::Error>(())
     /// ```
-    pub fn session<'a>(&self, cookie_headers: impl IntoIterator<Item = &'a str>, device: Device) -> Session {
+    pub fn session<'a>(&self, cookie_headers: impl IntoIterator<Item = &'a [u8]>, device: Device) -> Session {
         Session::new(self.engine.clone(), self.engine.start(cookie_headers), device)
     }
 
@@ -147,7 +154,7 @@ impl Sessions {
     /// # Ok(()) }
     /// ```
     pub async fn revoke(&self, handle: &SessionHandle) -> Result<bool> {
-        revoke(&**self.engine.user_store()?, handle).await
+        revoke(&self.engine, &**self.engine.user_store()?, handle).await
     }
 }
 
@@ -164,11 +171,12 @@ pub(crate) fn listing(sessions: Vec<SessionInfo>, current: Option<StoreKey>) -> 
     list
 }
 
-/// Deletes the session `handle` names, found through its user's index.
-pub(crate) async fn revoke(store: &dyn Store, handle: &SessionHandle) -> Result<bool> {
+/// Ends the device session `handle` names, found through its user's index,
+/// with the device's other parts.
+pub(crate) async fn revoke(engine: &Engine, store: &dyn Store, handle: &SessionHandle) -> Result<bool> {
     let found = store.user_sessions(handle.user()).await?.into_iter().find(|s| handle.matches(&s.key));
     match found {
-        Some(info) => store.delete(&info.key).await,
+        Some(info) => engine.end_device(&info).await,
         None => Ok(false),
     }
 }

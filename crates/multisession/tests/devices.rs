@@ -114,7 +114,7 @@ async fn logout_all_devices_survives_a_concurrent_request() {
 
     // The phone's request is in flight: it has read its session...
     let phone_header = phone.cookie_header();
-    let in_flight = sessions.session([phone_header.as_str()], Default::default());
+    let in_flight = sessions.session([phone_header.as_bytes()], Default::default());
     assert_eq!(in_flight.user().await.expect("loaded").as_deref(), Some("23"));
     // ...when the laptop logs out everywhere...
     assert_eq!(laptop.get("/logout_all").await.body, "ended 2");
@@ -135,7 +135,7 @@ async fn a_touch_after_logout_all_does_not_resurrect_either() {
     let mut phone = Device::new(router, "phone", "192.0.2.2:1");
     phone.get("/login/23").await;
     let header = phone.cookie_header();
-    let in_flight = sessions.session([header.as_str()], Default::default());
+    let in_flight = sessions.session([header.as_bytes()], Default::default());
     in_flight.user().await.expect("loaded");
     sessions.clear_user_sessions("23").await.expect("cleared");
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;

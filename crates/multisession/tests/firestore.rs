@@ -55,8 +55,22 @@ impl Harness for Firestore {
         assert!(reply.status().is_success(), "{}", reply.text().await.unwrap_or_default());
     }
 
+    async fn holds(&self, key: &StoreKey) -> Option<bool> {
+        let url = format!(
+            "{}/v1/projects/multisession-test/databases/(default)/documents/{}/{key}",
+            emulator(),
+            self.collection
+        );
+        let reply = reqwest::get(url).await.expect("the emulator answers");
+        Some(reply.status().is_success())
+    }
+
     async fn work(&self) -> Option<u64> {
         Some(self.store.operations())
+    }
+
+    fn caps_logins_atomically(&self) -> bool {
+        false
     }
 }
 

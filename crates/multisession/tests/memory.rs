@@ -18,6 +18,10 @@ impl Harness for Memory {
         self.0.write_raw(key, br#"{"v":1,"data":"not an object""#);
     }
 
+    async fn holds(&self, key: &StoreKey) -> Option<bool> {
+        Some(self.0.holds(key))
+    }
+
     async fn work(&self) -> Option<u64> {
         Some(self.0.entries_examined())
     }
@@ -40,6 +44,7 @@ async fn the_cleanup_task_sweeps_expired_sessions() {
             absolute_expires_at: None,
             permanent: false,
             device: Device::default(),
+            siblings: Default::default(),
         },
     };
     let key = multisession::SessionId::generate().expect("rng").store_key();

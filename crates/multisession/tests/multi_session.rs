@@ -41,10 +41,13 @@ async fn each_key_lands_in_its_own_cookie_and_reads_back_as_one_session() {
     let key = Key::generate();
     let store = Arc::new(CountingStore::new(MemoryStore::new()));
     let mut browser = Device::new(app(three_parts(&key, store.clone())), "ua", "127.0.0.1:1");
-    assert_eq!(cookie_names(&browser.get("/set/csrf_token/t0k3n").await), ["csrf"]);
+    assert_eq!(cookie_names(&browser.get("/set/csrf_token/before").await), ["csrf"]);
     assert_eq!(cookie_names(&browser.get("/set/theme/dark").await), ["data"]);
     assert_eq!(cookie_names(&browser.get("/set/user_data/profile").await), ["session"]);
-    assert_eq!(cookie_names(&browser.get("/login/23").await), ["session"], "login re-issues only the id cookie");
+    let login = browser.get("/login/23").await;
+    assert_eq!(cookie_names(&login), ["csrf", "session"], "login re-issues the id cookie and ends the CSRF token");
+    assert_eq!(browser.get("/get/csrf_token").await.body, "none", "the pre-login CSRF token survived the login");
+    assert_eq!(cookie_names(&browser.get("/set/csrf_token/t0k3n").await), ["csrf"]);
     assert_eq!(browser.get("/get/csrf_token").await.body, "\"t0k3n\"");
     assert_eq!(browser.get("/get/theme").await.body, "\"dark\"");
     assert_eq!(browser.get("/get/user_data").await.body, "\"profile\"");

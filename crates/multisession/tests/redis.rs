@@ -56,7 +56,7 @@ async fn logout_all_cost(redis: &support::Redis, user: &str, others: usize) -> u
     }
     let header = last.expect("a cookie");
     let before = redis.commands().await;
-    let session = sessions.session([header.as_str()], Default::default());
+    let session = sessions.session([header.as_bytes()], Default::default());
     assert_eq!(session.logout_all_devices().await.expect("logout all"), 50);
     session.commit().await.expect("commit");
     let cost = redis.commands().await - before;

@@ -25,6 +25,7 @@ async fn key_prefixes_keep_applications_apart() {
             absolute_expires_at: None,
             permanent: false,
             device: Device::default(),
+            siblings: Default::default(),
         },
     };
     let key = multisession::SessionId::generate().expect("rng").store_key();
@@ -52,6 +53,7 @@ async fn schema_is_created_once_and_reopening_keeps_sessions() {
             absolute_expires_at: None,
             permanent: false,
             device: Default::default(),
+            siblings: Default::default(),
         },
     };
     first.create(&key, &record).await.expect("created");

@@ -45,8 +45,22 @@ struct Part {
     key_env: Option<String>,
     key_file: Option<PathBuf>,
     revocation: Option<Url>,
-    max_sessions_per_user: Option<usize>,
+    max_sessions_per_user: Option<MaxSessions>,
     on_limit: Option<OnLimitName>,
+}
+
+/// `max_sessions_per_user`: a number, or `"unlimited"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MaxSessions {
+    Count(usize),
+    Word(UnlimitedWord),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum UnlimitedWord {
+    Unlimited,
 }
 
 /// `fields`: `"all"`, `"auto"`, a list of keys, `{ include = [...] }` or
@@ -89,8 +103,8 @@ enum OnLimitName {
     Refuse,
 }
 
-/// A backend URL: `cookie://`, or a server store's URL (see
-/// [`crate::store::open`]), checked for its scheme where it is written.
+/// A backend URL: `cookie://`, or a server store's URL of a scheme
+/// [`crate::store::open`] knows (the one list of them), which opens it.
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum Url {
     Cookie,
@@ -100,25 +114,14 @@ enum Url {
 impl<'de> Deserialize<'de> for Url {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        let scheme = text.split_once("://").map(|(scheme, _)| scheme);
-        let known = [
-            "memory",
-            "sqlite",
-            "postgres",
-            "postgresql",
-            "mysql",
-            "mariadb",
-            "redis",
-            "rediss",
-            "redis+cluster",
-            "memcached",
-        ];
-        match scheme {
-            Some("cookie") if text == "cookie://" => Ok(Self::Cookie),
-            Some(scheme) if known.contains(&scheme) => Ok(Self::Server(text)),
+        let schemes = crate::store::SCHEMES;
+        match text.split_once("://") {
+            Some(("cookie", "")) => Ok(Self::Cookie),
+            Some((scheme, _)) if schemes.iter().any(|(known, _)| *known == scheme) => Ok(Self::Server(text)),
             _ => Err(de::Error::custom(format!(
-                "unknown backend {text:?}: use cookie://, memory://, sqlite://PATH, postgres://…, mysql://…, \
-                 redis://HOST:PORT, redis+cluster://HOST:PORT,…, memcached://HOST:PORT,…, mongodb://… or firestore://HOST:PORT/PROJECT"
+                "unknown backend {:?}: use cookie:// or {}",
+                crate::store::redacted(&text),
+                schemes.iter().map(|(_, form)| *form).collect::<Vec<_>>().join(", ")
             ))),
         }
     }
@@ -157,23 +160,29 @@ fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     if rest.is_empty() {
         return Err(bad());
     }
+    let too_long = || format!("{text:?} is longer than any session lifetime can be (at most 400 days)");
     let mut total = Duration::ZERO;
     while !rest.is_empty() {
         let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
         let (number, tail) = rest.split_at(digits);
-        let n: i64 = number.parse().map_err(|_| bad())?;
+        let n: i64 = number.parse().map_err(|_| too_long())?;
         let unit_len = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
         let (unit, tail) = tail.split_at(unit_len);
         let part = match unit.trim() {
             "ms" => Duration::milliseconds(n),
-            "s" => Duration::seconds(n),
-            "m" => Duration::minutes(n),
-            "h" => Duration::hours(n),
-            "d" => Duration::days(n),
-            "w" => Duration::weeks(n),
-            _ => return Err(bad()),
+            unit => {
+                let seconds = match unit {
+                    "s" => 1,
+                    "m" => 60,
+                    "h" => 3_600,
+                    "d" => 86_400,
+                    "w" => 604_800,
+                    _ => return Err(bad()),
+                };
+                Duration::seconds(n.checked_mul(seconds).ok_or_else(too_long)?)
+            }
         };
-        total = total.checked_add(part).ok_or_else(bad)?;
+        total = total.checked_add(part).ok_or_else(too_long)?;
         rest = tail.trim_start();
     }
     Ok(total)
@@ -226,7 +235,21 @@ impl Sessions {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::config(format!("cannot read the configuration file {}", path.display())).with_source(e)
         })?;
-        let file: File = toml::from_str(&text).map_err(|e| Error::config(format!("{}: {e}", path.display())))?;
+        // toml's own message quotes the offending line, which may hold a
+        // password: give the place and the reason only.
+        let file: File = toml::from_str(&text).map_err(|e| {
+            let at = e.span().map_or(0, |span| span.start).min(text.len());
+            let line = text.get(..at).map_or(1, |before| before.matches('\n').count() + 1);
+            // The key of that line, never its value.
+            let key = text
+                .lines()
+                .nth(line - 1)
+                .and_then(|l| l.split_once('='))
+                .map(|(key, _)| key.trim())
+                .filter(|key| !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+            let field = key.map(|key| format!(" {key}:")).unwrap_or_default();
+            Error::config(format!("{}: line {line}:{field} {}", path.display(), e.message().trim_end()))
+        })?;
         let folder = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut stores = Stores { folder, opened: HashMap::new() };
         let mut specs = Vec::with_capacity(file.session.len());
@@ -316,12 +339,18 @@ impl Part {
             config = config.with_touch_interval(d);
         }
         match (self.max_sessions_per_user, self.on_limit) {
-            (Some(max), on_limit) => {
+            (Some(MaxSessions::Count(max)), on_limit) => {
                 let on_limit = match on_limit {
                     Some(OnLimitName::Refuse) => OnLimit::RefuseLogin,
                     Some(OnLimitName::Evict) | None => OnLimit::EvictLeastRecent,
                 };
                 config = config.with_max_sessions_per_user(max, on_limit);
+            }
+            (Some(MaxSessions::Word(UnlimitedWord::Unlimited)), None) => {
+                config = config.with_unlimited_sessions_per_user();
+            }
+            (Some(MaxSessions::Word(UnlimitedWord::Unlimited)), Some(_)) => {
+                return Err(fail("on_limit", "has no effect with max_sessions_per_user = \"unlimited\"".into()));
             }
             (None, Some(_)) => return Err(fail("on_limit", "needs max_sessions_per_user".into())),
             (None, None) => {}
@@ -431,8 +460,9 @@ mod tests {
         ] {
             assert_eq!(parse_duration(text), Ok(expected), "{text}");
         }
-        for bad in ["", "1", "d", "1y", "-1d", "1.5h", "h1"] {
+        for bad in ["", "1", "d", "1y", "-1d", "1.5h", "h1", "99999999999999999w", "9223372036854775807d"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} parsed");
         }
+        assert!(parse_duration("99999999999999999w").is_err_and(|e| e.contains("400 days")));
     }
 }

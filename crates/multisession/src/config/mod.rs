@@ -12,8 +12,17 @@ use sha2::Sha256;
 use time::{Duration, OffsetDateTime};
 
 use crate::id::ENCODED_ID_LEN;
-use crate::store::Backend;
-use crate::{Error, Fields, Result, SessionId};
+use crate::store::{Backend, SessionInfo};
+use crate::{Error, ErrorKind, Fields, Result, SessionId};
+
+/// The longest lifetime or `Max-Age` a configuration may set: browsers keep
+/// a cookie at most 400 days (RFC 6265bis), so a longer session would
+/// outlive its cookie.
+pub(crate) const MAX_LIFETIME: Duration = Duration::days(400);
+
+/// How many cookies of one name a request may offer before the rest are
+/// ignored: each well-formed one costs a store read until one is live.
+pub(crate) const MAX_CANDIDATES: usize = 3;
 
 /// How one session cookie is set and how long its session lives.
 ///
@@ -22,7 +31,8 @@ use crate::{Error, Fields, Result, SessionId};
 /// session cookie unless the session is permanent), 1 day idle lifetime,
 /// 31 days for permanent sessions, no absolute lifetime, unsigned ids (the id
 /// is already 256 random bits; signing adds key rotation and rejects forged
-/// cookies before any store read).
+/// cookies before any store read), and at most 100 sessions per user (a
+/// login beyond that logs out the least recently active one).
 ///
 /// ```
 /// use multisession::{SessionConfig, SameSite};
@@ -50,7 +60,7 @@ pub struct SessionConfig {
     pub(crate) absolute_lifetime: Option<Duration>,
     pub(crate) touch_interval: Duration,
     pub(crate) signing_keys: Option<KeyRing>,
-    pub(crate) session_limit: Option<SessionLimit>,
+    pub(crate) session_limit: Limit,
 }
 
 impl Default for SessionConfig {
@@ -68,7 +78,7 @@ impl Default for SessionConfig {
             absolute_lifetime: None,
             touch_interval: Duration::MINUTE,
             signing_keys: None,
-            session_limit: None,
+            session_limit: Limit::Default,
         }
     }
 }
@@ -82,10 +92,77 @@ pub enum OnLimit {
     RefuseLogin,
 }
 
+/// A cap on one user's sessions: at most `max` at once, and what a login
+/// beyond it does. Stores enforce it in [`Store::create_login`](crate::store::Store::create_login).
+///
+/// ```
+/// use multisession::{OnLimit, SessionLimit};
+/// assert_eq!(SessionLimit::DEFAULT, SessionLimit { max: 100, on_limit: OnLimit::EvictLeastRecent });
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimit {
+    /// The most sessions one user may hold.
+    pub max: usize,
+    /// What a login beyond `max` does.
+    pub on_limit: OnLimit,
+}
+
+impl SessionLimit {
+    /// The default cap: 100 sessions, the least recently active evicted.
+    pub const DEFAULT: Self = Self { max: 100, on_limit: OnLimit::EvictLeastRecent };
+
+    /// Which of `others` — the user's other live sessions — a new login must
+    /// end to stay within the cap: none while there is room, else the least
+    /// recently active ones, or `TooManySessions` with
+    /// [`OnLimit::RefuseLogin`].
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::TooManySessions`](crate::ErrorKind::TooManySessions) when
+    /// the login is refused.
+    ///
+    /// ```
+    /// use multisession::{OnLimit, SessionLimit};
+    /// let limit = SessionLimit { max: 2, on_limit: OnLimit::RefuseLogin };
+    /// assert!(limit.evictions(Vec::new())?.is_empty());
+    /// # Ok::<(), multisession::Error>(())
+    /// ```
+    pub fn evictions(&self, mut others: Vec<SessionInfo>) -> Result<Vec<SessionInfo>> {
+        if others.len() < self.max {
+            return Ok(Vec::new());
+        }
+        match self.on_limit {
+            OnLimit::RefuseLogin => Err(self.refusal(others.len())),
+            OnLimit::EvictLeastRecent => {
+                others.sort_by_key(|s| s.last_active_at);
+                let excess = others.len().saturating_add(1).saturating_sub(self.max);
+                others.truncate(excess);
+                Ok(others)
+            }
+        }
+    }
+}
+
+impl SessionLimit {
+    /// The error of a login refused while the user holds `count` sessions.
+    pub(crate) fn refusal(&self, count: usize) -> Error {
+        Error::new(
+            ErrorKind::TooManySessions,
+            format!(
+                "the user already has {count} sessions and the limit is {}; log out another device first",
+                self.max
+            ),
+        )
+    }
+}
+
+/// The cap a configuration asked for.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct SessionLimit {
-    pub(crate) max: usize,
-    pub(crate) on_limit: OnLimit,
+pub(crate) enum Limit {
+    /// [`SessionLimit::DEFAULT`], where a user index can enforce it.
+    Default,
+    Unlimited,
+    Set(SessionLimit),
 }
 
 impl SessionConfig {
@@ -238,8 +315,11 @@ impl SessionConfig {
         self
     }
 
-    /// Caps how many sessions one user may have; `on_limit` says what a login
-    /// beyond the cap does.
+    /// Caps how many sessions one user may have (default 100, the least
+    /// recently active evicted); `on_limit` says what a login beyond the cap
+    /// does. Memory, SQL and standalone Redis stores hold the cap under
+    /// concurrent logins; others may let a burst of concurrent logins pass
+    /// it briefly (see [`Store::create_login`](crate::store::Store::create_login)).
     ///
     /// ```
     /// use multisession::{OnLimit, SessionConfig};
@@ -247,7 +327,18 @@ impl SessionConfig {
     /// # let _ = c;
     /// ```
     pub fn with_max_sessions_per_user(mut self, max: usize, on_limit: OnLimit) -> Self {
-        self.session_limit = Some(SessionLimit { max, on_limit });
+        self.session_limit = Limit::Set(SessionLimit { max, on_limit });
+        self
+    }
+
+    /// Lets a user hold any number of sessions (the default caps them at 100).
+    ///
+    /// ```
+    /// let c = multisession::SessionConfig::default().with_unlimited_sessions_per_user();
+    /// # let _ = c;
+    /// ```
+    pub fn with_unlimited_sessions_per_user(mut self) -> Self {
+        self.session_limit = Limit::Unlimited;
         self
     }
 
@@ -282,20 +373,31 @@ impl SessionConfig {
         if self.same_site == SameSite::None && !self.secure {
             return Err(Error::config("same_site: SameSite=None requires secure = true (browsers drop it otherwise)"));
         }
-        for (field, value) in [("lifetime", self.lifetime), ("permanent_lifetime", self.permanent_lifetime)] {
-            if !value.is_positive() {
+        let lifetimes = [
+            ("lifetime", Some(self.lifetime)),
+            ("permanent_lifetime", Some(self.permanent_lifetime)),
+            ("absolute_lifetime", self.absolute_lifetime),
+        ];
+        for (field, value) in lifetimes {
+            if let Some(value) = value
+                && !value.is_positive()
+            {
                 return Err(Error::config(format!("{field}: must be positive, got {value}")));
             }
-        }
-        if let Some(absolute) = self.absolute_lifetime
-            && !absolute.is_positive()
-        {
-            return Err(Error::config(format!("absolute_lifetime: must be positive, got {absolute}")));
         }
         if let Some(max_age) = self.max_age
             && max_age.is_negative()
         {
             return Err(Error::config(format!("max_age: must not be negative, got {max_age}")));
+        }
+        for (field, value) in lifetimes.into_iter().chain([("max_age", self.max_age)]) {
+            if let Some(value) = value
+                && value > MAX_LIFETIME
+            {
+                return Err(Error::config(format!(
+                    "{field}: at most 400 days (browsers keep a cookie no longer), got {value}"
+                )));
+            }
         }
         if self.touch_interval.is_negative() || self.touch_interval >= self.lifetime {
             return Err(Error::config(format!(
@@ -303,21 +405,30 @@ impl SessionConfig {
                 self.lifetime, self.touch_interval
             )));
         }
-        if self.session_limit.is_some_and(|l| l.max == 0) {
+        if matches!(self.session_limit, Limit::Set(l) if l.max == 0) {
             return Err(Error::config("max_sessions_per_user: must be at least 1"));
         }
         Ok(())
     }
 
     /// When a session used at `now` expires.
+    /// Lifetimes are checked at start-up to be at most 400 days, but `now`
+    /// and `absolute` may come from a stored record: past the last instant
+    /// `time` can hold, the expiry is that instant.
     pub(crate) fn expiry(
         &self,
         now: OffsetDateTime,
         permanent: bool,
         absolute: Option<OffsetDateTime>,
     ) -> OffsetDateTime {
-        let idle = now + if permanent { self.permanent_lifetime } else { self.lifetime };
+        let lifetime = if permanent { self.permanent_lifetime } else { self.lifetime };
+        let idle = later(now, lifetime);
         absolute.map_or(idle, |a| a.min(idle))
+    }
+
+    /// The absolute expiry of a session created at `created_at`, if any.
+    pub(crate) fn absolute_expiry(&self, created_at: OffsetDateTime) -> Option<OffsetDateTime> {
+        self.absolute_lifetime.map(|d| later(created_at, d))
     }
 
     /// The `Set-Cookie` value carrying `id`.
@@ -367,10 +478,21 @@ impl SessionConfig {
         cookies.iter().filter(|c| c.name() == self.cookie_name).map(|c| c.value()).collect()
     }
 
-    /// The first of `values` that decodes and verifies as an id, with whether
-    /// an older key signed it.
-    pub(crate) fn read_id(&self, values: &[&str]) -> Option<IncomingId> {
-        values.iter().find_map(|value| self.verify(value))
+    /// The ids among `values` that decode and verify, in the order sent and
+    /// without repeats, at most [`MAX_CANDIDATES`]: a stray cookie of the
+    /// same name (another path's, or a planted one) must not hide the live
+    /// session sent beside it. The first that names a live session wins.
+    pub(crate) fn read_ids(&self, values: &[&str]) -> Vec<IncomingId> {
+        let mut ids: Vec<IncomingId> = Vec::new();
+        for incoming in values.iter().filter_map(|value| self.verify(value)) {
+            if ids.len() == MAX_CANDIDATES {
+                break;
+            }
+            if !ids.iter().any(|known| known.id == incoming.id) {
+                ids.push(incoming);
+            }
+        }
+        ids
     }
 
     fn verify(&self, value: &str) -> Option<IncomingId> {
@@ -438,6 +560,14 @@ impl SessionSpec {
         self
     }
 }
+
+/// `at + d`, or the last instant `time` can hold.
+pub(crate) fn later(at: OffsetDateTime, d: Duration) -> OffsetDateTime {
+    at.checked_add(d).unwrap_or(if d.is_negative() { OffsetDateTime::UNIX_EPOCH } else { MAX_INSTANT })
+}
+
+/// The last millisecond `time` can hold (without its `large-dates` feature).
+const MAX_INSTANT: OffsetDateTime = time::macros::datetime!(9999-12-31 23:59:59.999 UTC);
 
 /// A session id read from a request's cookie.
 pub(crate) struct IncomingId {
@@ -549,10 +679,10 @@ mod tests {
         let config = signed(vec![Key::generate()]);
         let id = SessionId::generate().expect("rng");
         let value = value_of(&config.id_cookie(&id, false, OffsetDateTime::now_utc()));
-        assert!(config.read_id(&[value.as_str()]).is_some_and(|i| i.id == id && !i.stale_key));
+        assert!(config.read_ids(&[value.as_str()]).into_iter().next().is_some_and(|i| i.id == id && !i.stale_key));
         let mut tampered = value.into_bytes();
         tampered[3] ^= 1;
-        assert!(config.read_id(&[String::from_utf8_lossy(&tampered).as_ref()]).is_none());
+        assert!(config.read_ids(&[String::from_utf8_lossy(&tampered).as_ref()]).into_iter().next().is_none());
     }
 
     #[test]
@@ -561,9 +691,9 @@ mod tests {
         let id = SessionId::generate().expect("rng");
         let value = value_of(&signed(vec![old.clone()]).id_cookie(&id, false, OffsetDateTime::now_utc()));
         let rotated = signed(vec![new, old]);
-        assert!(rotated.read_id(&[value.as_str()]).is_some_and(|i| i.stale_key));
+        assert!(rotated.read_ids(&[value.as_str()]).into_iter().next().is_some_and(|i| i.stale_key));
         let unknown = signed(vec![Key::generate()]);
-        assert!(unknown.read_id(&[value.as_str()]).is_none());
+        assert!(unknown.read_ids(&[value.as_str()]).into_iter().next().is_none());
     }
 
     #[test]
@@ -573,7 +703,7 @@ mod tests {
         let a = signed(vec![key.clone()]).with_cookie_name("a");
         let value = value_of(&a.id_cookie(&id, false, OffsetDateTime::now_utc()));
         let b = signed(vec![key]).with_cookie_name("b");
-        assert!(b.read_id(&[value.as_str()]).is_none());
+        assert!(b.read_ids(&[value.as_str()]).into_iter().next().is_none());
     }
 
     #[test]

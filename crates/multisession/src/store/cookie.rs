@@ -170,7 +170,7 @@ impl CookieStore {
             ));
         };
         let key = generation_key(user);
-        let now = crate::engine::now();
+        let now = crate::record::now();
         let expires_at = now + keep_for + Duration::DAY;
         for _ in 0..3 {
             match store.load(&key).await? {
@@ -192,6 +192,7 @@ impl CookieStore {
                         absolute_expires_at: None,
                         permanent: true,
                         device: Device::default(),
+                        siblings: Default::default(),
                     };
                     let data = Map::from_iter([("generation".to_owned(), json!(1))]);
                     match store.create(&key, &Record { data, meta }).await {
@@ -220,7 +221,7 @@ mod tests {
     use crate::Key;
 
     fn record(data: Map<String, Value>) -> Record {
-        let now = crate::engine::now();
+        let now = crate::record::now();
         Record {
             data,
             meta: Meta {
@@ -231,6 +232,7 @@ mod tests {
                 absolute_expires_at: None,
                 permanent: false,
                 device: Device::default(),
+                siblings: Default::default(),
             },
         }
     }

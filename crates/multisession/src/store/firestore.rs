@@ -23,6 +23,14 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 const ATTEMPTS: usize = 200;
 /// Documents deleted per commit by [`Store::delete_expired`].
 const BATCH: usize = 300;
+/// Firestore takes at most 500 writes in one commit.
+const MAX_WRITES: usize = 500;
+/// Documents read per page of a user's sessions.
+const PAGE: usize = 500;
+/// The largest reply body read: a page of 500 documents holding a session's
+/// metadata and data stays far below; anything larger is refused, not
+/// buffered.
+const MAX_REPLY: usize = 64 << 20;
 
 /// Supplies OAuth access tokens for Firestore in Google Cloud (the emulator
 /// needs none). Implement it over your credentials library, for example
@@ -83,6 +91,14 @@ impl std::fmt::Debug for FirestoreStore {
 
 fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
     Error::unavailable("the Firestore session store failed", e)
+}
+
+/// A request Firestore answered with an error: its status and Firestore's
+/// error code, never the reply itself (it can name documents, whose ids are
+/// store keys).
+fn refused(what: &str, status: StatusCode, reply: &Value) -> Error {
+    let code = reply.pointer("/error/status").and_then(Value::as_str).unwrap_or("no error code");
+    Error::new(ErrorKind::Unavailable, format!("the Firestore session store failed: {what} answered {status} ({code})"))
 }
 
 /// A Firestore map key for a session key: `.`, backticks and backslashes
@@ -200,30 +216,52 @@ impl FirestoreStore {
         if let Some(body) = body {
             request = request.header("content-type", "application/json").body(body.to_string());
         }
-        let response = request.send().await.map_err(unavailable)?;
+        let mut response = request.send().await.map_err(unavailable)?;
         let status = response.status();
-        let text = response.text().await.map_err(unavailable)?;
-        let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).map_err(unavailable)? };
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(unavailable)? {
+            if body.len() + chunk.len() > MAX_REPLY {
+                return Err(unavailable(format!("Firestore sent a reply of more than {MAX_REPLY} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).map_err(|_| unavailable("Firestore sent a reply that is not JSON"))?
+        };
         if status.is_server_error() || status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(unavailable(format!("Firestore answered {status}: {text}")));
+            return Err(refused("a request", status, &value));
         }
         Ok((status, value))
     }
 
-    /// Runs a query for documents whose `field` compares to `value`.
-    async fn query(&self, field: &str, op: &str, value: Value, limit: Option<usize>) -> Result<Vec<Value>> {
+    /// Runs a query for documents whose `field` compares to `value`, at
+    /// most `limit`, from after the document named `after` (in name order).
+    async fn query(
+        &self,
+        field: &str,
+        op: &str,
+        value: Value,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Vec<Value>> {
         let mut structured = json!({
             "from": [{ "collectionId": self.collection }],
             "where": { "fieldFilter": { "field": { "fieldPath": field }, "op": op, "value": value } },
+            "limit": limit,
         });
-        if let Some(limit) = limit {
-            structured["limit"] = json!(limit);
+        if let Some(after) = after {
+            structured["orderBy"] = json!([{ "field": { "fieldPath": "__name__" }, "direction": "ASCENDING" }]);
+            structured["startAt"] = json!({ "values": [{ "referenceValue": after }], "before": false });
+        } else if op == "EQUAL" {
+            structured["orderBy"] = json!([{ "field": { "fieldPath": "__name__" }, "direction": "ASCENDING" }]);
         }
         let url = format!("{}:runQuery", self.documents);
         let (status, reply) =
             self.send(Method::POST, &url, &[], Some(json!({ "structuredQuery": structured }))).await?;
         if !status.is_success() {
-            return Err(unavailable(format!("a Firestore query answered {status}: {reply}")));
+            return Err(refused("a query", status, &reply));
         }
         let documents: Vec<Value> =
             reply.as_array().into_iter().flatten().filter_map(|r| r.get("document").cloned()).collect();
@@ -231,16 +269,30 @@ impl FirestoreStore {
         Ok(documents)
     }
 
-    /// Deletes documents by full name in one commit; how many there were.
-    async fn delete_names(&self, names: &[String]) -> Result<u64> {
-        if names.is_empty() {
-            return Ok(0);
+    /// Every document of `user`, a page at a time.
+    async fn user_documents(&self, user: &str) -> Result<Vec<Value>> {
+        let mut all: Vec<Value> = Vec::new();
+        loop {
+            let after = all.last().and_then(|d| d.get("name")).and_then(Value::as_str);
+            let page = self.query("user_id", "EQUAL", string(user), PAGE, after).await?;
+            let full = page.len() == PAGE;
+            all.extend(page);
+            if !full {
+                return Ok(all);
+            }
         }
-        let writes: Vec<Value> = names.iter().map(|n| json!({ "delete": n })).collect();
+    }
+
+    /// Deletes documents by full name, at most 500 to a commit (Firestore's
+    /// limit); how many there were.
+    async fn delete_names(&self, names: &[String]) -> Result<u64> {
         let url = format!("{}:commit", self.documents);
-        let (status, reply) = self.send(Method::POST, &url, &[], Some(json!({ "writes": writes }))).await?;
-        if !status.is_success() {
-            return Err(unavailable(format!("a Firestore commit answered {status}: {reply}")));
+        for batch in names.chunks(MAX_WRITES) {
+            let writes: Vec<Value> = batch.iter().map(|n| json!({ "delete": n })).collect();
+            let (status, reply) = self.send(Method::POST, &url, &[], Some(json!({ "writes": writes }))).await?;
+            if !status.is_success() {
+                return Err(refused("a commit", status, &reply));
+            }
         }
         Ok(names.len() as u64)
     }
@@ -273,6 +325,10 @@ fn meta(document: &Value) -> Result<Meta> {
         absolute_expires_at: field_int(document, "absolute_ms").map(|_| ms("absolute_ms")).transpose()?,
         permanent: field_int(document, "permanent").ok_or_else(|| corrupt("permanent"))? != 0,
         device: Device { user_agent: field_str(document, "user_agent").map(str::to_owned), ip },
+        siblings: match field_str(document, "siblings") {
+            Some(text) => serde_json::from_str(text)?,
+            None => Default::default(),
+        },
     })
 }
 
@@ -309,7 +365,7 @@ impl Store for FirestoreStore {
             return Ok(None);
         }
         if !status.is_success() {
-            return Err(unavailable(format!("a Firestore read answered {status}: {document}")));
+            return Err(refused("a read", status, &document));
         }
         let meta = meta(&document)?;
         if meta.is_expired(OffsetDateTime::now_utc()) {
@@ -332,6 +388,7 @@ impl Store for FirestoreStore {
             "permanent": integer(i64::from(meta.permanent)),
             "user_agent": optional(meta.device.user_agent.as_deref()),
             "ip": optional(meta.device.ip.map(|ip| ip.to_string()).as_deref()),
+            "siblings": string(&serde_json::to_string(&meta.siblings)?),
         });
         let url = format!("{}/{}", self.documents, self.collection);
         let query = [("documentId", key.to_string())];
@@ -339,7 +396,7 @@ impl Store for FirestoreStore {
         match status {
             s if s.is_success() => Ok(()),
             StatusCode::CONFLICT => Err(Error::new(ErrorKind::Conflict, "a session with this key exists")),
-            s => Err(unavailable(format!("a Firestore create answered {s}: {reply}"))),
+            s => Err(refused("a create", s, &reply)),
         }
     }
 
@@ -354,6 +411,10 @@ impl Store for FirestoreStore {
         if let Some(permanent) = change.permanent {
             fields["permanent"] = integer(i64::from(permanent));
             mask.push("permanent".to_owned());
+        }
+        if let Some(siblings) = &change.siblings {
+            fields["siblings"] = string(&serde_json::to_string(siblings)?);
+            mask.push("siblings".to_owned());
         }
         if change.clear {
             fields["data"] = map_of(change.set.clone())?;
@@ -389,26 +450,36 @@ impl Store for FirestoreStore {
                 // Another writer came between the read and the write (or
                 // the document went): read again.
                 _ if reply.pointer("/error/status").and_then(Value::as_str) == Some("FAILED_PRECONDITION") => continue,
-                s => return Err(unavailable(format!("a Firestore update answered {s}: {reply}"))),
+                s => return Err(refused("an update", s, &reply)),
             }
         }
         Err(Error::new(ErrorKind::Conflict, "the session kept changing under concurrent writers"))
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<bool> {
+        // Read first: an expired document still held is deleted but was no
+        // session.
+        let (status, document) = self.send(Method::GET, &self.document(key), &[], None).await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        if !status.is_success() {
+            return Err(refused("a read", status, &document));
+        }
+        let live = meta(&document).is_ok_and(|m| !m.is_expired(OffsetDateTime::now_utc()));
         let query = [("currentDocument.exists", "true".to_owned())];
         let (status, reply) = self.send(Method::DELETE, &self.document(key), &query, None).await?;
         match status {
-            s if s.is_success() => Ok(true),
+            s if s.is_success() => Ok(live),
             StatusCode::NOT_FOUND => Ok(false),
-            s => Err(unavailable(format!("a Firestore delete answered {s}: {reply}"))),
+            s => Err(refused("a delete", s, &reply)),
         }
     }
 
     async fn user_sessions(&self, user: &str) -> Result<Vec<SessionInfo>> {
         let now = OffsetDateTime::now_utc();
         let mut sessions = Vec::new();
-        for document in self.query("user_id", "EQUAL", string(user), None).await? {
+        for document in self.user_documents(user).await? {
             let meta = meta(&document)?;
             if !meta.is_expired(now) {
                 sessions.extend(SessionInfo::from_meta(key_of(&document)?, &meta));
@@ -420,7 +491,7 @@ impl Store for FirestoreStore {
     async fn delete_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> Result<u64> {
         let now = OffsetDateTime::now_utc();
         let mut names = Vec::new();
-        for document in self.query("user_id", "EQUAL", string(user), None).await? {
+        for document in self.user_documents(user).await? {
             let key = key_of(&document)?;
             let live = meta(&document).is_ok_and(|m| !m.is_expired(now));
             if Some(&key) != keep && live {
@@ -434,7 +505,7 @@ impl Store for FirestoreStore {
         let mut total = 0;
         loop {
             let now = integer(to_millis(OffsetDateTime::now_utc()));
-            let documents = self.query("expires_ms", "LESS_THAN_OR_EQUAL", now, Some(BATCH)).await?;
+            let documents = self.query("expires_ms", "LESS_THAN_OR_EQUAL", now, BATCH, None).await?;
             let names: Vec<String> =
                 documents.iter().filter_map(|d| d.get("name").and_then(Value::as_str).map(str::to_owned)).collect();
             total += self.delete_names(&names).await?;

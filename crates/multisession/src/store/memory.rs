@@ -8,12 +8,13 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::{SessionInfo, Store};
-use crate::{Change, Error, ErrorKind, Record, Result, StoreKey};
+use crate::{Change, Error, ErrorKind, Record, Result, SessionLimit, StoreKey};
 
 /// Sessions in this process's memory, with a per-user index.
 ///
 /// Records are kept serialized, as a remote store would keep them, so nothing
-/// outside the store can alias them. Expired records are never returned and
+/// outside the store can alias them. A login's session cap is counted and
+/// applied under the store's lock, so concurrent logins never pass it. Expired records are never returned and
 /// are removed by [`Store::delete_expired`] (see [`super::spawn_cleanup`]).
 /// Everything is lost when the process exits.
 ///
@@ -73,6 +74,19 @@ impl MemoryStore {
         self.examined.load(Ordering::Relaxed)
     }
 
+    /// Whether the store holds an entry under `key`, expired or not, as the
+    /// conformance suite asks after cleanup.
+    ///
+    /// ```
+    /// let store = multisession::store::MemoryStore::new();
+    /// assert!(!store.holds(&multisession::SessionId::generate()?.store_key()));
+    /// # Ok::<(), multisession::Error>(())
+    /// ```
+    #[cfg(feature = "testing")]
+    pub fn holds(&self, key: &StoreKey) -> bool {
+        self.inner.lock().is_ok_and(|inner| inner.sessions.contains_key(key))
+    }
+
     /// Replaces the stored bytes of `key` by hand, as a test of corrupt data
     /// does. The entry keeps its user index and expiry.
     ///
@@ -100,6 +114,16 @@ impl Inner {
         self.sessions.get(key).filter(|e| e.expires_at > now)
     }
 
+    fn insert(&mut self, key: &StoreKey, record: &Record) -> Result<()> {
+        let bytes = record.to_bytes()?;
+        let user = record.meta.user_id.clone();
+        if let Some(user) = &user {
+            self.users.entry(user.clone()).or_default().insert(*key);
+        }
+        self.sessions.insert(*key, Entry { bytes, user, expires_at: record.meta.expires_at });
+        Ok(())
+    }
+
     fn remove(&mut self, key: &StoreKey) -> Option<Entry> {
         let entry = self.sessions.remove(key)?;
         if let Some(user) = &entry.user
@@ -123,19 +147,52 @@ impl Store for MemoryStore {
     }
 
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<()> {
-        let bytes = record.to_bytes()?;
         let now = OffsetDateTime::now_utc();
         let mut inner = self.lock()?;
         if inner.live(key, now).is_some() {
             return Err(Error::new(ErrorKind::Conflict, "a session with this key exists"));
         }
         inner.remove(key);
-        let user = record.meta.user_id.clone();
-        if let Some(user) = &user {
-            inner.users.entry(user.clone()).or_default().insert(*key);
+        inner.insert(key, record)
+    }
+
+    async fn create_login(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+        replaces: Option<&StoreKey>,
+        limit: Option<SessionLimit>,
+    ) -> Result<Vec<SessionInfo>> {
+        let now = OffsetDateTime::now_utc();
+        let mut inner = self.lock()?;
+        if inner.live(key, now).is_some() {
+            return Err(Error::new(ErrorKind::Conflict, "a session with this key exists"));
         }
-        inner.sessions.insert(*key, Entry { bytes, user, expires_at: record.meta.expires_at });
-        Ok(())
+        if replaces.is_some_and(|old| inner.live(old, now).is_none()) {
+            return Err(Error::gone());
+        }
+        let mut others = Vec::new();
+        if let Some(user) = &record.meta.user_id
+            && limit.is_some()
+            && let Some(keys) = inner.users.get(user)
+        {
+            self.examined.fetch_add(keys.len() as u64, Ordering::Relaxed);
+            for other in keys.iter().filter(|k| *k != key && Some(*k) != replaces) {
+                if let Some(entry) = inner.live(other, now) {
+                    others.extend(SessionInfo::from_meta(*other, &Record::from_bytes(&entry.bytes)?.meta));
+                }
+            }
+        }
+        let evicted = match limit {
+            Some(limit) => limit.evictions(others)?,
+            None => Vec::new(),
+        };
+        for info in &evicted {
+            inner.remove(&info.key);
+        }
+        inner.remove(key);
+        inner.insert(key, record)?;
+        Ok(evicted)
     }
 
     async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {
@@ -153,7 +210,8 @@ impl Store for MemoryStore {
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<bool> {
-        Ok(self.lock()?.remove(key).is_some())
+        let now = OffsetDateTime::now_utc();
+        Ok(self.lock()?.remove(key).is_some_and(|e| e.expires_at > now))
     }
 
     async fn user_sessions(&self, user: &str) -> Result<Vec<SessionInfo>> {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use time::{Duration, OffsetDateTime};
 
-use crate::{Change, Device, Meta, Record, Result, StoreKey};
+use crate::{Change, Device, Meta, Record, Result, SessionLimit, StoreKey};
 
 mod cookie;
 pub use cookie::{CookieStore, MAX_COOKIE_BYTES};
@@ -56,6 +56,7 @@ pub use sql::{Dialect, SqlOptions, SqlStore};
 ///   nothing reappears.
 /// - The per-user operations cost a number of backend operations that grows
 ///   with that user's sessions, never with the whole store.
+/// - No error message holds a store key or session data.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The live record under `key`, or `None`.
@@ -64,12 +65,42 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new record; `Conflict` if `key` already exists.
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<()>;
 
+    /// Stores the new session of a login or an id change, which replaces
+    /// the live session `replaces` (if any) and, with `limit`, holds its user
+    /// (`record.meta.user_id`) to a cap. Returns the sessions it deleted.
+    ///
+    /// - If `replaces` is no longer live (logged out, revoked or evicted
+    ///   since the request read it), `Gone`, and nothing is created or
+    ///   deleted: a new id never outlives the session it was for.
+    /// - With `limit`, the user's other live sessions (leaving out
+    ///   `replaces`) are counted, and the login is refused with
+    ///   `TooManySessions` or the least recently active are deleted to make
+    ///   room, as [`SessionLimit::evictions`] decides.
+    ///
+    /// It does not delete `replaces`; the caller does, once the new session
+    /// exists. The default checks, counts, then creates, then deletes:
+    /// concurrent logins can each pass the count, so a user may briefly hold
+    /// a few sessions more than the cap (the next login trims them). Stores
+    /// that can do it in one step (a transaction, a script, one lock)
+    /// override it.
+    async fn create_login(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+        replaces: Option<&StoreKey>,
+        limit: Option<SessionLimit>,
+    ) -> Result<Vec<SessionInfo>> {
+        counted_login(self, key, record, replaces, limit).await
+    }
+
     /// Applies `change` field by field; `Gone` if the session is not live. A
     /// change that alters nothing (a touch) only moves the activity time and
     /// expiry, without rewriting data.
     async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()>;
 
-    /// Deletes the session; whether there was one. Deleting twice is fine.
+    /// Deletes the session; whether a live one was deleted (a record past
+    /// its expiry that the backend still held counts as none). Deleting twice
+    /// is fine.
     async fn delete(&self, key: &StoreKey) -> Result<bool>;
 
     /// The live sessions of `user`.
@@ -84,64 +115,51 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens the server-side store a URL names: `memory://`, `sqlite://PATH`
 /// (created if missing), `postgres://…`, `mysql://…` (or `mariadb://`),
-/// `redis://HOST:PORT[/DB]`, `rediss://…` (TLS), or
-/// `redis+cluster://HOST:PORT,HOST:PORT,…`, `memcached://HOST:PORT,…` or
+/// `redis://HOST:PORT[/DB]`, `rediss://…` (TLS),
+/// `redis+cluster://HOST:PORT,HOST:PORT,…`, `memcached://HOST:PORT,…`,
 /// `mongodb://…/DATABASE` (collection `sessions`), or
 /// `firestore://HOST:PORT/PROJECT` (the Firestore emulator, collection
-/// `sessions`), each available with its cargo feature. `key_prefix` separates applications sharing one backend
-/// (`memory://` takes none).
+/// `sessions`), each available with its cargo feature. `key_prefix`
+/// separates applications sharing one backend (`memory://`, `mongodb://` and
+/// `firestore://` take none).
 ///
 /// # Errors
 ///
 /// `Config` for an unknown scheme (the message lists the ones compiled in) or
-/// a misplaced prefix; `Unavailable` if the backend does not answer.
+/// a misplaced prefix; `Unavailable` if the backend does not answer. No
+/// message shows the URL's password.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
 /// let store = multisession::store::open("memory://", None).await?;
-/// assert!(multisession::store::open("carrier-pigeon://", None).await.is_err());
+/// let err = multisession::store::open("carrier-pigeon://bird:s3cret@loft", None).await.unwrap_err();
+/// assert!(err.to_string().contains("memory://") && !err.to_string().contains("s3cret"));
 /// # let _ = store;
 /// # Ok(()) }
 /// ```
 pub async fn open(url: &str, key_prefix: Option<&str>) -> Result<Arc<dyn Store>> {
     let unknown = || {
-        let mut schemes = vec!["memory://"];
-        if cfg!(feature = "sqlite") {
-            schemes.push("sqlite://PATH");
-        }
-        if cfg!(feature = "postgres") {
-            schemes.push("postgres://");
-        }
-        if cfg!(feature = "mysql") {
-            schemes.push("mysql://");
-        }
-        if cfg!(feature = "redis") {
-            schemes.extend(["redis://", "rediss://", "redis+cluster://"]);
-        }
-        if cfg!(feature = "memcached") {
-            schemes.push("memcached://HOST:PORT,…");
-        }
-        if cfg!(feature = "mongodb") {
-            schemes.push("mongodb://…/DATABASE");
-        }
-        if cfg!(feature = "firestore") {
-            schemes.push("firestore://EMULATOR_HOST:PORT/PROJECT");
-        }
         crate::Error::config(format!(
-            "backend: {url:?} is not a store URL this build knows: use {}",
-            schemes.join(", ")
+            "backend: {:?} is not a store URL this build knows: use {}",
+            redacted(url),
+            SCHEMES.iter().map(|(_, form)| *form).collect::<Vec<_>>().join(", ")
         ))
     };
     let (scheme, rest) = url.split_once("://").ok_or_else(unknown)?;
+    if !SCHEMES.iter().any(|(known, _)| *known == scheme) {
+        return Err(unknown());
+    }
     #[allow(unused_variables)] // without a server store feature, only memory:// is left
     let prefix = key_prefix.unwrap_or("session");
+    let no_prefix = |why: &str| match key_prefix {
+        Some(_) => Err(crate::Error::config(format!("key_prefix: {scheme}:// {why} and takes no prefix"))),
+        None => Ok(()),
+    };
     match scheme {
-        "memory" if rest.is_empty() => match key_prefix {
-            Some(_) => {
-                Err(crate::Error::config("key_prefix: memory:// holds one process's sessions and takes no prefix"))
-            }
-            None => Ok(Arc::new(MemoryStore::new())),
-        },
+        "memory" if rest.is_empty() => {
+            no_prefix("holds one process's sessions")?;
+            Ok(Arc::new(MemoryStore::new()))
+        }
         // Every server store's prefix defaults to `session`.
         #[cfg(feature = "sqlite")]
         "sqlite" if !rest.is_empty() => Ok(Arc::new(SqlStore::open(rest).await?.with_key_prefix(prefix))),
@@ -157,29 +175,140 @@ pub async fn open(url: &str, key_prefix: Option<&str>) -> Result<Arc<dyn Store>>
             Ok(Arc::new(RedisStore::connect_cluster(nodes).await?.with_key_prefix(prefix)))
         }
         #[cfg(feature = "memcached")]
-        "memcached" if !rest.is_empty() => {
-            Ok(Arc::new(MemcachedStore::connect(rest.split(',')).with_key_prefix(prefix)))
-        }
+        "memcached" => Ok(Arc::new(MemcachedStore::connect(rest.split(','))?.with_key_prefix(prefix))),
         // MongoDB has no key prefix: the collection (`sessions`) separates.
         #[cfg(feature = "mongodb")]
-        "mongodb" => match key_prefix {
-            Some(_) => Err(crate::Error::config("key_prefix: mongodb:// keeps sessions in their own collection")),
-            None => Ok(Arc::new(MongoStore::connect(url, "sessions").await?)),
-        },
+        "mongodb" => {
+            no_prefix("keeps sessions in their own collection")?;
+            Ok(Arc::new(MongoStore::connect(url, "sessions").await?))
+        }
         // The emulator, which needs no credentials; Firestore in Google Cloud
         // is built in code, with a TokenSource.
         #[cfg(feature = "firestore")]
-        "firestore" => match (rest.split_once('/'), key_prefix) {
-            (_, Some(_)) => {
-                Err(crate::Error::config("key_prefix: firestore:// keeps sessions in their own collection"))
+        "firestore" => {
+            no_prefix("keeps sessions in their own collection")?;
+            match rest.split_once('/') {
+                Some((host, project)) if !host.is_empty() && !project.is_empty() => {
+                    Ok(Arc::new(FirestoreStore::connect(&format!("http://{host}"), project, "sessions")?))
+                }
+                _ => Err(unknown()),
             }
-            (Some((host, project)), None) if !project.is_empty() => {
-                Ok(Arc::new(FirestoreStore::connect(&format!("http://{host}"), project, "sessions")?))
-            }
-            _ => Err(unknown()),
-        },
+        }
         _ => Err(unknown()),
     }
+}
+
+/// `text` (a driver's error message about `url`) with `url`'s password,
+/// should the driver have quoted it, replaced by `***`.
+pub(crate) fn scrub(text: &str, url: &str) -> String {
+    let password = url
+        .split_once("://")
+        .map(|(_, rest)| &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())])
+        .and_then(|authority| authority.rsplit_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password)
+        .filter(|p| !p.is_empty());
+    match password {
+        Some(password) => text.replace(password, "***"),
+        None => text.to_owned(),
+    }
+}
+
+/// The URL schemes [`open`] knows in this build, with the form each takes.
+pub(crate) const SCHEMES: &[(&str, &str)] = &[
+    ("memory", "memory://"),
+    #[cfg(feature = "sqlite")]
+    ("sqlite", "sqlite://PATH"),
+    #[cfg(feature = "postgres")]
+    ("postgres", "postgres://…"),
+    #[cfg(feature = "postgres")]
+    ("postgresql", "postgresql://…"),
+    #[cfg(feature = "mysql")]
+    ("mysql", "mysql://…"),
+    #[cfg(feature = "mysql")]
+    ("mariadb", "mariadb://…"),
+    #[cfg(feature = "redis")]
+    ("redis", "redis://HOST:PORT"),
+    #[cfg(feature = "redis")]
+    ("rediss", "rediss://HOST:PORT"),
+    #[cfg(feature = "redis")]
+    ("redis+cluster", "redis+cluster://HOST:PORT,…"),
+    #[cfg(feature = "memcached")]
+    ("memcached", "memcached://HOST:PORT,…"),
+    #[cfg(feature = "mongodb")]
+    ("mongodb", "mongodb://…/DATABASE"),
+    #[cfg(feature = "firestore")]
+    ("firestore", "firestore://EMULATOR_HOST:PORT/PROJECT"),
+];
+
+/// `url` with its password (and any `password=` query value) replaced by
+/// `***`, for messages and logs.
+///
+/// ```
+/// use multisession::store::redacted;
+/// assert_eq!(redacted("postgres://app:s3cret@db:5432/app"), "postgres://app:***@db:5432/app");
+/// assert_eq!(redacted("redis://:s3cret@cache:6379/0"), "redis://:***@cache:6379/0");
+/// assert_eq!(redacted("mysql://db/app?user=app&password=s3cret"), "mysql://db/app?user=app&password=***");
+/// assert_eq!(redacted("sqlite://sessions.db"), "sqlite://sessions.db");
+/// ```
+pub fn redacted(url: &str) -> String {
+    redact(url)
+}
+
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _)) if ["password", "pass", "pwd"].contains(&name.to_ascii_lowercase().as_str()) => {
+                        format!("{name}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// [`Store::create_login`] by counting, then creating, then deleting: for
+/// stores that cannot do it in one step.
+pub(crate) async fn counted_login<S: Store + ?Sized>(
+    store: &S,
+    key: &StoreKey,
+    record: &Record,
+    replaces: Option<&StoreKey>,
+    limit: Option<SessionLimit>,
+) -> Result<Vec<SessionInfo>> {
+    if let Some(old) = replaces
+        && store.load(old).await?.is_none()
+    {
+        return Err(crate::Error::gone());
+    }
+    let (Some(user), Some(limit)) = (record.meta.user_id.as_deref(), limit) else {
+        store.create(key, record).await?;
+        return Ok(Vec::new());
+    };
+    let others = store.user_sessions(user).await?.into_iter().filter(|s| s.key != *key && Some(&s.key) != replaces);
+    let evict = limit.evictions(others.collect())?;
+    store.create(key, record).await?;
+    for info in &evict {
+        store.delete(&info.key).await?;
+    }
+    Ok(evict)
 }
 
 /// A store shared behind an `Arc` is a store too, so `Arc<dyn Store>` goes
@@ -191,6 +320,15 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<()> {
         (**self).create(key, record).await
+    }
+    async fn create_login(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+        replaces: Option<&StoreKey>,
+        limit: Option<SessionLimit>,
+    ) -> Result<Vec<SessionInfo>> {
+        (**self).create_login(key, record, replaces, limit).await
     }
     async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {
         (**self).apply(key, change).await
@@ -276,6 +414,8 @@ pub struct SessionInfo {
     pub expires_at: OffsetDateTime,
     /// Whether the session is permanent.
     pub permanent: bool,
+    /// The device's other server-side session parts (see [`Meta::siblings`]).
+    pub siblings: std::collections::BTreeMap<String, StoreKey>,
 }
 
 impl SessionInfo {
@@ -286,7 +426,8 @@ impl SessionInfo {
     /// # let now = time::OffsetDateTime::now_utc();
     /// let key = multisession::SessionId::generate()?.store_key();
     /// let meta = Meta { user_id: Some("23".into()), created_at: now, last_active_at: now,
-    ///     expires_at: now, absolute_expires_at: None, permanent: false, device: Device::default() };
+    ///     expires_at: now, absolute_expires_at: None, permanent: false, device: Device::default(),
+    ///     siblings: Default::default() };
     /// assert_eq!(SessionInfo::from_meta(key, &meta).map(|i| i.user_id), Some("23".into()));
     /// # Ok::<(), multisession::Error>(())
     /// ```
@@ -299,6 +440,7 @@ impl SessionInfo {
             last_active_at: meta.last_active_at,
             expires_at: meta.expires_at,
             permanent: meta.permanent,
+            siblings: meta.siblings.clone(),
         })
     }
 }

@@ -22,7 +22,7 @@ const LAYOUT_VERSION: i32 = 1;
 /// ```text
 /// { _id: <store key>, v: 1, user_id, data: { <key>: <JSON text>, … },
 ///   created_ms, last_active_ms, expires_ms, absolute_ms, expires_at: <date>,
-///   permanent: 0 | 1, device: { user_agent, ip } }
+///   permanent: 0 | 1, device: { user_agent, ip }, siblings: <JSON text> }
 /// ```
 ///
 /// The store creates an index on `user_id` and a TTL index on `expires_at`,
@@ -57,8 +57,26 @@ fn encode_key(key: &str) -> String {
     super::field_name::encode(key, &['.', '\0'], &['$'])
 }
 
+/// The store's error for a driver error. A server's message may quote the
+/// document it refused (a duplicate-key error holds the `_id`, the store
+/// key), so write and command errors keep only their code; connection and
+/// server-selection errors keep their cause.
 fn unavailable(e: mongodb::error::Error) -> Error {
-    Error::unavailable("the MongoDB session store failed", e)
+    use mongodb::error::{ErrorKind as Kind, WriteFailure};
+    let code = match &*e.kind {
+        Kind::Write(WriteFailure::WriteError(w)) => Some(w.code),
+        Kind::Write(WriteFailure::WriteConcernError(w)) => Some(w.code),
+        Kind::Command(c) => Some(c.code),
+        Kind::InsertMany(_) | Kind::BulkWrite(_) => Some(-1),
+        _ => None,
+    };
+    match code {
+        Some(code) => Error::new(
+            ErrorKind::Unavailable,
+            format!("the MongoDB session store failed: the server refused an operation with code {code}"),
+        ),
+        None => Error::unavailable("the MongoDB session store failed", e),
+    }
 }
 
 fn now_ms() -> i64 {
@@ -83,11 +101,12 @@ impl MongoStore {
     pub async fn connect(url: &str, collection: &str) -> Result<Self> {
         let mut options = mongodb::options::ClientOptions::parse(url)
             .await
-            .map_err(|e| Error::config(format!("mongodb url: {e}")))?;
+            .map_err(|e| Error::config(format!("mongodb url: {}", super::scrub(&e.to_string(), url))))?;
         options.server_selection_timeout = Some(std::time::Duration::from_secs(2));
         options.connect_timeout = Some(std::time::Duration::from_secs(2));
         let database = options.default_database.clone().unwrap_or_else(|| "sessions".to_owned());
-        let client = Client::with_options(options).map_err(|e| Error::config(format!("mongodb url: {e}")))?;
+        let client = Client::with_options(options)
+            .map_err(|e| Error::config(format!("mongodb url: {}", super::scrub(&e.to_string(), url))))?;
         Self::from_database(&client.database(&database), collection).await
     }
 
@@ -154,6 +173,10 @@ fn meta(doc: &Document) -> Result<Meta> {
         },
         permanent: doc.get_i32("permanent").map_err(|_| corrupt("permanent"))? != 0,
         device: Device { user_agent: text(device, "user_agent"), ip },
+        siblings: match doc.get_str("siblings") {
+            Ok(text) => serde_json::from_str(text)?,
+            Err(_) => Default::default(),
+        },
     })
 }
 
@@ -208,11 +231,12 @@ impl Store for MongoStore {
             "expires_at": DateTime::from_millis(to_millis(meta.expires_at)),
             "permanent": i32::from(meta.permanent),
             "device": device,
+            "siblings": serde_json::to_string(&meta.siblings)?,
         };
         match self.sessions.insert_one(document).await {
             Ok(_) => Ok(()),
             Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(ref w)) if w.code == 11000) => {
-                Err(Error::new(ErrorKind::Conflict, "a session with this key exists").with_source(e))
+                Err(Error::new(ErrorKind::Conflict, "a session with this key exists"))
             }
             Err(e) => Err(unavailable(e)),
         }
@@ -226,6 +250,9 @@ impl Store for MongoStore {
         };
         if let Some(permanent) = change.permanent {
             set.insert("permanent", i32::from(permanent));
+        }
+        if let Some(siblings) = &change.siblings {
+            set.insert("siblings", serde_json::to_string(siblings)?);
         }
         let mut unset = Document::new();
         if change.clear {
@@ -252,8 +279,13 @@ impl Store for MongoStore {
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<bool> {
-        let done = self.sessions.delete_one(doc! { "_id": key.to_string() }).await.map_err(unavailable)?;
-        Ok(done.deleted_count > 0)
+        let deleted = self
+            .sessions
+            .find_one_and_delete(doc! { "_id": key.to_string() })
+            .projection(doc! { "expires_ms": 1 })
+            .await
+            .map_err(unavailable)?;
+        Ok(deleted.is_some_and(|doc| doc.get_i64("expires_ms").is_ok_and(|ms| ms > now_ms())))
     }
 
     async fn user_sessions(&self, user: &str) -> Result<Vec<SessionInfo>> {
@@ -261,7 +293,7 @@ impl Store for MongoStore {
         let mut cursor = self.sessions.find(filter).projection(doc! { "data": 0 }).await.map_err(unavailable)?;
         let mut sessions = Vec::new();
         while cursor.advance().await.map_err(unavailable)? {
-            let doc = cursor.deserialize_current().map_err(|e| Error::corrupt("a session document").with_source(e))?;
+            let doc = cursor.deserialize_current().map_err(|_| Error::corrupt("a session document does not decode"))?;
             let key: StoreKey = doc.get_str("_id").map_err(|_| Error::corrupt("a session _id"))?.parse()?;
             sessions.extend(SessionInfo::from_meta(key, &meta(&doc)?));
         }

@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 
 use super::{SessionInfo, Store};
 use crate::record::{from_millis, to_millis};
-use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result, StoreKey};
+use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result, SessionLimit, StoreKey};
 
 /// How long a connection attempt or a reply may take before the store
 /// answers `Unavailable`.
@@ -31,9 +31,9 @@ const LAYOUT_VERSION: &str = "1";
 /// Layout, under a key prefix (default `session`):
 /// - `{prefix}:s:{store key}` — a hash: `_v` (layout version), `_user`,
 ///   `_meta` (creation time, absolute expiry, device, as JSON), `_la` and
-///   `_exp` (last activity and expiry, Unix ms), `_perm`, and one field
-///   `.{name}` per session key holding its JSON value. `PEXPIREAT` is the
-///   session's expiry.
+///   `_exp` (last activity and expiry, Unix ms), `_perm`, `_sib` (the
+///   device's other session parts, as JSON), and one field `.{name}` per
+///   session key holding its JSON value. `PEXPIREAT` is the session's expiry.
 /// - `{prefix}:u:{user}` — a sorted set of the user's store keys, each
 ///   scored by its session's expiry, itself expiring with its last session.
 ///
@@ -45,13 +45,18 @@ const LAYOUT_VERSION: &str = "1";
 /// clearing a user reads that user's sorted set and hashes: a fixed number
 /// of round trips whatever the size of the store, never a `SCAN`.
 ///
+/// A login counts the user's sessions, evicts and creates in one script on a
+/// standalone Redis, so the session cap holds under concurrent logins.
+///
 /// On Redis Cluster a session's hash and its user's index live in different
 /// hash slots, so they cannot change in one atomic step: the index is
 /// written first (a login is indexed before its session exists; a touch
-/// raises the score before the session's expiry), commands for several slots
-/// go out concurrently, and an index entry left behind by a failure between
-/// the two steps is pruned when met. No session is ever missing from its
-/// user's index.
+/// raises the score before the session's expiry) and, for a new session,
+/// again once it exists (a logout-all that ran in between and dropped the
+/// entry cannot leave the session unlisted); commands for several slots go
+/// out concurrently, and an index entry left behind by a failure is pruned
+/// when met. The session cap is counted, then applied, so concurrent logins
+/// may pass it briefly.
 ///
 /// A Redis that is down answers `Unavailable` within two seconds; the
 /// connection is re-established on the next call once Redis is back.
@@ -167,11 +172,61 @@ static INDEX_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(INDEX));
 static CREATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CREATE));
 static APPLY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPLY));
 static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE));
+static LOGIN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LOGIN));
 
-/// KEYS: session. Deletes it; returns whether it existed and its user.
+/// KEYS: session. ARGV: now (ms). Deletes it; returns whether a live
+/// session was deleted, and its user.
 const DELETE: &str = "local u = redis.call('HGET', KEYS[1], '_user')\n\
+                      local exp = redis.call('HGET', KEYS[1], '_exp')\n\
                       local n = redis.call('DEL', KEYS[1])\n\
-                      return {n, u or ''}";
+                      local live = 0\n\
+                      if n == 1 and exp and tonumber(exp) > tonumber(ARGV[1]) then live = 1 end\n\
+                      return {live, u or ''}";
+
+/// The fields a listing reads of each session hash.
+const INFO_FIELDS: [&str; 7] = ["_v", "_meta", "_user", "_la", "_exp", "_perm", "_sib"];
+
+/// A login within the user's session cap, on one node. KEYS: session, index.
+/// ARGV: expiry, member, now, max, `refuse` or `evict`, the member it
+/// replaces (or ''), the session key prefix, then field/value pairs.
+/// Returns {0} if the session exists, {-2} if the one it replaces is gone,
+/// {-1, count} if refused, else {1, evicted sessions' info fields (member
+/// first), ...}. It reads the hashes its index names, which only a single
+/// node allows.
+const LOGIN: &str = concat!(
+    "if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end\n",
+    "if ARGV[6] ~= '' then\n",
+    "  local exp = redis.call('HGET', ARGV[7] .. ARGV[6], '_exp')\n",
+    "  if not exp or tonumber(exp) <= tonumber(ARGV[3]) then return {-2} end\n",
+    "end\n",
+    "redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])\n",
+    "local live = {}\n",
+    "for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do\n",
+    "  if m ~= ARGV[2] and m ~= ARGV[6] then\n",
+    "    local f = redis.call('HMGET', ARGV[7] .. m, '_la', '_exp')\n",
+    "    if not f[1] then redis.call('ZREM', KEYS[2], m)\n",
+    "    elseif tonumber(f[2]) > tonumber(ARGV[3]) then table.insert(live, {m, tonumber(f[1])}) end\n",
+    "  end\n",
+    "end\n",
+    "local max = tonumber(ARGV[4])\n",
+    "local out = {1}\n",
+    "if #live >= max then\n",
+    "  if ARGV[5] == 'refuse' then return {-1, #live} end\n",
+    "  table.sort(live, function(a, b) return a[2] < b[2] end)\n",
+    "  for i = 1, #live + 1 - max do\n",
+    "    local h = ARGV[7] .. live[i][1]\n",
+    "    local f = redis.call('HMGET', h, '_v', '_meta', '_user', '_la', '_exp', '_perm', '_sib')\n",
+    "    table.insert(f, 1, live[i][1])\n",
+    "    table.insert(out, f)\n",
+    "    redis.call('DEL', h)\n",
+    "    redis.call('ZREM', KEYS[2], live[i][1])\n",
+    "  end\n",
+    "end\n",
+    index_upsert!("KEYS[2]", "ARGV[1]", "ARGV[2]", "''"),
+    "redis.call('HSET', KEYS[1], unpack(ARGV, 8))\n",
+    "redis.call('PEXPIREAT', KEYS[1], ARGV[1])\n",
+    "return out"
+);
 
 impl RedisStore {
     /// Connects to a standalone Redis (`redis://[:password@]host:port[/db]`,
@@ -189,7 +244,8 @@ impl RedisStore {
     /// # Ok(()) }
     /// ```
     pub async fn connect(url: &str) -> Result<Self> {
-        let client = redis::Client::open(url).map_err(|e| Error::config(format!("redis url: {e}")))?;
+        let client = redis::Client::open(url)
+            .map_err(|e| Error::config(format!("redis url: {}", super::scrub(&e.to_string(), url))))?;
         Self::managed(client).await
     }
 
@@ -213,8 +269,9 @@ impl RedisStore {
     #[cfg(feature = "redis-tls")]
     pub async fn connect_tls(url: &str, root_ca_pem: &[u8]) -> Result<Self> {
         let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(root_ca_pem.to_vec()) };
-        let client = redis::Client::build_with_tls(url, certificates)
-            .map_err(|e| Error::config(format!("redis TLS url or certificate: {e}")))?;
+        let client = redis::Client::build_with_tls(url, certificates).map_err(|e| {
+            Error::config(format!("redis TLS url or certificate: {}", super::scrub(&e.to_string(), url)))
+        })?;
         Self::managed(client).await
     }
 
@@ -249,12 +306,15 @@ impl RedisStore {
         if urls.is_empty() {
             return Err(Error::config("redis cluster: give at least one node URL"));
         }
-        let client = ClusterClientBuilder::new(urls)
+        let client = ClusterClientBuilder::new(urls.clone())
             .connection_timeout(TIMEOUT)
             .response_timeout(TIMEOUT)
             .retries(1)
             .build()
-            .map_err(|e| Error::config(format!("redis cluster url: {e}")))?;
+            .map_err(|e| {
+                let text = urls.iter().fold(e.to_string(), |text, url| super::scrub(&text, url));
+                Error::config(format!("redis cluster url: {text}"))
+            })?;
         let conn = client.get_async_connection().await.map_err(unavailable)?;
         Ok(Self { conn: Conn::Cluster(conn), prefix: "session".to_owned() })
     }
@@ -391,6 +451,38 @@ fn unavailable(e: RedisError) -> Error {
     Error::unavailable("the Redis session store failed", e)
 }
 
+/// The arguments of [`CREATE`]: expiry, member, then the hash's fields.
+fn create_args(key: &StoreKey, record: &Record) -> Result<Vec<Vec<u8>>> {
+    let meta = &record.meta;
+    let fixed = Fixed {
+        created_at: meta.created_at,
+        absolute_expires_at: meta.absolute_expires_at.map(to_millis),
+        user_agent: meta.device.user_agent.clone(),
+        ip: meta.device.ip,
+    };
+    let expires = to_millis(meta.expires_at).to_string();
+    let mut args: Vec<Vec<u8>> = vec![expires.clone().into_bytes(), key.to_string().into_bytes()];
+    let mut field = |name: &str, value: Vec<u8>| {
+        args.push(name.as_bytes().to_vec());
+        args.push(value);
+    };
+    field("_v", LAYOUT_VERSION.into());
+    field("_meta", serde_json::to_vec(&fixed)?);
+    field("_la", to_millis(meta.last_active_at).to_string().into_bytes());
+    field("_exp", expires.into_bytes());
+    field("_perm", if meta.permanent { b"1".to_vec() } else { b"0".to_vec() });
+    if let Some(user) = &meta.user_id {
+        field("_user", user.clone().into_bytes());
+    }
+    if !meta.siblings.is_empty() {
+        field("_sib", serde_json::to_vec(&meta.siblings)?);
+    }
+    for (name, value) in &record.data {
+        field(&format!(".{name}"), serde_json::to_vec(value)?);
+    }
+    Ok(args)
+}
+
 /// A session hash as field → value.
 type Fields = HashMap<String, Vec<u8>>;
 
@@ -425,12 +517,29 @@ fn meta(fields: &Fields) -> Result<Meta> {
             .transpose()?,
         permanent: text(fields, "_perm")?.as_deref() == Some("1"),
         device: Device { user_agent: fixed.user_agent, ip: fixed.ip },
+        siblings: match text(fields, "_sib")? {
+            Some(json) => serde_json::from_str(&json)?,
+            None => Default::default(),
+        },
     })
 }
 
+/// A reply as a session hash. redis-rs's conversion error quotes the reply,
+/// which may hold session data, so it is not kept.
 fn fields_of(reply: Reply) -> Result<Fields> {
-    redis::from_redis_value::<HashMap<String, Vec<u8>>>(reply)
-        .map_err(|e| Error::corrupt("a session hash").with_source(e))
+    redis::from_redis_value::<HashMap<String, Vec<u8>>>(reply).map_err(|_| Error::corrupt("a session hash"))
+}
+
+/// One session's [`INFO_FIELDS`] values, as `HMGET` answers them, as a
+/// listing entry; `None` if the hash is gone.
+fn info_of(member: &str, reply: Reply) -> Result<Option<SessionInfo>> {
+    let values: Vec<Option<Vec<u8>>> = redis::from_redis_value(reply).map_err(|_| Error::corrupt("a session hash"))?;
+    let fields: Fields =
+        INFO_FIELDS.iter().zip(values).filter_map(|(name, value)| value.map(|v| ((*name).to_owned(), v))).collect();
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    Ok(SessionInfo::from_meta(member.parse()?, &meta(&fields)?))
 }
 
 #[async_trait]
@@ -456,35 +565,66 @@ impl Store for RedisStore {
 
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<()> {
         let meta = &record.meta;
-        let fixed = Fixed {
-            created_at: meta.created_at,
-            absolute_expires_at: meta.absolute_expires_at.map(to_millis),
-            user_agent: meta.device.user_agent.clone(),
-            ip: meta.device.ip,
-        };
-        let expires = to_millis(meta.expires_at).to_string();
-        let mut args: Vec<Vec<u8>> = vec![expires.clone().into_bytes(), key.to_string().into_bytes()];
-        let mut field = |name: &str, value: Vec<u8>| {
-            args.push(name.as_bytes().to_vec());
-            args.push(value);
-        };
-        field("_v", LAYOUT_VERSION.into());
-        field("_meta", serde_json::to_vec(&fixed)?);
-        field("_la", to_millis(meta.last_active_at).to_string().into_bytes());
-        field("_exp", expires.into_bytes());
-        field("_perm", if meta.permanent { b"1".to_vec() } else { b"0".to_vec() });
-        if let Some(user) = &meta.user_id {
-            field("_user", user.clone().into_bytes());
-        }
-        for (name, value) in &record.data {
-            field(&format!(".{name}"), serde_json::to_vec(value)?);
-        }
         let user = meta.user_id.as_deref();
-        let created = self.indexed(&CREATE_SCRIPT, key, user, meta.expires_at, "", &args).await?;
+        let created = self.indexed(&CREATE_SCRIPT, key, user, meta.expires_at, "", &create_args(key, record)?).await?;
         if created == 0 {
             return Err(Error::new(ErrorKind::Conflict, "a session with this key exists"));
         }
+        if let Some(user) = user.filter(|_| self.is_cluster()) {
+            // Again, now that the session exists: see the type's docs.
+            self.index(user, meta.expires_at, &key.to_string(), "").await?;
+        }
         Ok(())
+    }
+
+    async fn create_login(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+        replaces: Option<&StoreKey>,
+        limit: Option<SessionLimit>,
+    ) -> Result<Vec<SessionInfo>> {
+        let (Some(user), Some(limit)) = (record.meta.user_id.as_deref().filter(|_| !self.is_cluster()), limit) else {
+            return super::counted_login(self, key, record, replaces, limit).await;
+        };
+        let mut args = create_args(key, record)?;
+        let rest = args.split_off(2);
+        args.extend([
+            to_millis(OffsetDateTime::now_utc()).to_string().into_bytes(),
+            limit.max.to_string().into_bytes(),
+            match limit.on_limit {
+                crate::OnLimit::RefuseLogin => b"refuse".to_vec(),
+                crate::OnLimit::EvictLeastRecent => b"evict".to_vec(),
+            },
+            replaces.map(|k| k.to_string()).unwrap_or_default().into_bytes(),
+            format!("{}:s:", self.prefix).into_bytes(),
+        ]);
+        args.extend(rest);
+        let reply: Vec<Reply> =
+            self.run(&LOGIN_SCRIPT, &[&self.session_key(key), &self.index_key(user)], &args).await?;
+        let mut replies = reply.into_iter();
+        match replies.next().map(redis::from_redis_value::<i64>) {
+            Some(Ok(1)) => {}
+            Some(Ok(0)) => return Err(Error::new(ErrorKind::Conflict, "a session with this key exists")),
+            Some(Ok(-2)) => return Err(Error::gone()),
+            Some(Ok(-1)) => {
+                let count = replies.next().and_then(|r| redis::from_redis_value::<usize>(r).ok()).unwrap_or(limit.max);
+                return Err(limit.refusal(count));
+            }
+            _ => return Err(Error::corrupt("an unexpected reply from the login script")),
+        }
+        let mut evicted = Vec::new();
+        for reply in replies {
+            let mut values: Vec<Reply> =
+                redis::from_redis_value(reply).map_err(|_| Error::corrupt("a session hash"))?;
+            if values.is_empty() {
+                continue;
+            }
+            let member: String =
+                redis::from_redis_value(values.remove(0)).map_err(|_| Error::corrupt("a session index entry"))?;
+            evicted.extend(info_of(&member, Reply::Array(values))?);
+        }
+        Ok(evicted)
     }
 
     async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {
@@ -505,6 +645,9 @@ impl Store for RedisStore {
         if let Some(permanent) = change.permanent {
             args.extend([b"_perm".to_vec(), if permanent { b"1".to_vec() } else { b"0".to_vec() }]);
         }
+        if let Some(siblings) = &change.siblings {
+            args.extend([b"_sib".to_vec(), serde_json::to_vec(siblings)?]);
+        }
         // `XX`: a change never re-adds an index entry a logout removed.
         let user = change.user_id.as_deref();
         let applied = self.indexed(&APPLY_SCRIPT, key, user, change.expires_at, "XX", &args).await?;
@@ -512,7 +655,8 @@ impl Store for RedisStore {
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<bool> {
-        let (deleted, user): (i64, String) = self.run(&DELETE_SCRIPT, &[&self.session_key(key)], &[]).await?;
+        let now = to_millis(OffsetDateTime::now_utc()).to_string().into_bytes();
+        let (deleted, user): (i64, String) = self.run(&DELETE_SCRIPT, &[&self.session_key(key)], &[now]).await?;
         if !user.is_empty() {
             self.query::<i64>(redis::cmd("ZREM").arg(self.index_key(&user)).arg(key.to_string())).await?;
         }
@@ -525,7 +669,7 @@ impl Store for RedisStore {
             .iter()
             .map(|m| {
                 let mut cmd = redis::cmd("HMGET");
-                cmd.arg(format!("{}:s:{m}", self.prefix)).arg(&["_v", "_meta", "_user", "_la", "_exp", "_perm"]);
+                cmd.arg(format!("{}:s:{m}", self.prefix)).arg(&INFO_FIELDS);
                 cmd
             })
             .collect();
@@ -534,20 +678,10 @@ impl Store for RedisStore {
         let mut sessions = Vec::with_capacity(members.len());
         let mut dangling = Vec::new();
         for (member, reply) in members.iter().zip(replies) {
-            let values: Vec<Option<Vec<u8>>> =
-                redis::from_redis_value(reply).map_err(|e| Error::corrupt("a session hash").with_source(e))?;
-            let fields: Fields = ["_v", "_meta", "_user", "_la", "_exp", "_perm"]
-                .iter()
-                .zip(values)
-                .filter_map(|(name, value)| value.map(|v| ((*name).to_owned(), v)))
-                .collect();
-            if fields.is_empty() {
-                dangling.push(member.clone());
-                continue;
-            }
-            let meta = meta(&fields)?;
-            if meta.user_id.as_deref() == Some(user) && !meta.is_expired(now) {
-                sessions.extend(SessionInfo::from_meta(member.parse()?, &meta));
+            match info_of(member, reply)? {
+                None => dangling.push(member.clone()),
+                Some(info) if info.user_id == user && info.expires_at > now => sessions.push(info),
+                Some(_) => {}
             }
         }
         if !dangling.is_empty() {

@@ -1,6 +1,8 @@
 //! Sessions in SQL: SQLite (the embedded default), PostgreSQL and
 //! MySQL/MariaDB, from one implementation with per-dialect statements.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::str::FromStr;
@@ -14,7 +16,7 @@ use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
 
 use super::{SessionInfo, Store};
-use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result, StoreKey};
+use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result, SessionLimit, StoreKey};
 
 /// Rows removed per statement by [`Store::delete_expired`], so cleanup never
 /// holds locks for long.
@@ -106,6 +108,15 @@ fn identifier(field: &str, name: &str) -> Result<()> {
 /// serialises writers anyway. Every change is conditional on the row being
 /// live, so a write after a logout finds no row and reports `Gone`.
 ///
+/// A login's session cap is held in one transaction that counts, evicts and
+/// inserts while logins of that user wait: SQLite's `BEGIN IMMEDIATE`,
+/// PostgreSQL's transaction-scoped advisory lock, MySQL's named lock
+/// (`GET_LOCK`, two seconds at most).
+///
+/// PostgreSQL's `jsonb` cannot hold U+0000, so on PostgreSQL strings and
+/// keys of session data are stored with U+0000 written as U+0001 `0` (and
+/// U+0001 as U+0001 `1`), and read back as they were.
+///
 /// `key_prefix` (default `session`) separates applications sharing a table;
 /// user ids are compared exactly (binary collation on MySQL, where they are at
 /// most 255 characters).
@@ -130,8 +141,8 @@ pub struct SqlStore {
     prefix: String,
 }
 
-const COLUMNS: &str =
-    "session_key, user_id, created_at, last_active_at, expires_at, absolute_expires_at, permanent, user_agent, ip";
+const COLUMNS: &str = "session_key, user_id, created_at, last_active_at, expires_at, absolute_expires_at, permanent, \
+                       user_agent, ip, siblings";
 
 impl SqlStore {
     /// Opens (creating if needed) the SQLite database file at `path`, in WAL
@@ -208,7 +219,10 @@ impl SqlStore {
             Some("mysql") => (Dialect::MySql, url.to_owned()),
             Some("mariadb") => (Dialect::MySql, url.replacen("mariadb", "mysql", 1)),
             _ => {
-                return Err(Error::config(format!("backend: {url:?} is not a sqlite://, postgres:// or mysql:// URL")));
+                return Err(Error::config(format!(
+                    "backend: {:?} is not a sqlite://, postgres:// or mysql:// URL",
+                    super::redacted(url)
+                )));
             }
         };
         if dialect == Dialect::Sqlite && options.schema.is_some() {
@@ -221,8 +235,13 @@ impl SqlStore {
             .connect(&url)
             .await
             .map_err(|e| match e {
-                sqlx::Error::Configuration(_) => Error::config(format!("backend: {e}")),
-                e => Error::unavailable("cannot connect to the SQL session store", e),
+                sqlx::Error::Configuration(_) => {
+                    Error::config(format!("backend: {}", super::scrub(&e.to_string(), &url)))
+                }
+                e => Error::new(
+                    ErrorKind::Unavailable,
+                    format!("cannot connect to the SQL session store: {}", super::scrub(&e.to_string(), &url)),
+                ),
             })?;
         let table = match &options.schema {
             Some(schema) => format!("{schema}.{}", options.table),
@@ -329,7 +348,7 @@ impl SqlStore {
                     "CREATE TABLE IF NOT EXISTS {t} (namespace TEXT NOT NULL, session_key TEXT NOT NULL, user_id TEXT,
                      data TEXT NOT NULL, created_at INTEGER NOT NULL, last_active_at INTEGER NOT NULL,
                      expires_at INTEGER NOT NULL, absolute_expires_at INTEGER, permanent INTEGER NOT NULL,
-                     user_agent TEXT, ip TEXT, PRIMARY KEY (namespace, session_key))"
+                     user_agent TEXT, ip TEXT, siblings TEXT, PRIMARY KEY (namespace, session_key))"
                         .to_owned(),
                 );
                 statements.push("CREATE INDEX IF NOT EXISTS {n}_user ON {t} (namespace, user_id)".to_owned());
@@ -343,7 +362,7 @@ impl SqlStore {
                     "CREATE TABLE IF NOT EXISTS {t} (namespace TEXT NOT NULL, session_key TEXT NOT NULL, user_id TEXT,
                      data JSONB NOT NULL, created_at BIGINT NOT NULL, last_active_at BIGINT NOT NULL,
                      expires_at BIGINT NOT NULL, absolute_expires_at BIGINT, permanent BIGINT NOT NULL,
-                     user_agent TEXT, ip TEXT, PRIMARY KEY (namespace, session_key))"
+                     user_agent TEXT, ip TEXT, siblings TEXT, PRIMARY KEY (namespace, session_key))"
                         .to_owned(),
                 );
                 statements.push("CREATE INDEX IF NOT EXISTS {n}_user ON {t} (namespace, user_id)".to_owned());
@@ -353,7 +372,7 @@ impl SqlStore {
                 "CREATE TABLE IF NOT EXISTS {{t}} (namespace VARCHAR(191) NOT NULL, session_key CHAR(64) NOT NULL,
                  user_id VARCHAR(255) NULL, data JSON NOT NULL, created_at BIGINT NOT NULL,
                  last_active_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, absolute_expires_at BIGINT NULL,
-                 permanent BIGINT NOT NULL, user_agent VARCHAR(512) NULL, ip VARCHAR(45) NULL,
+                 permanent BIGINT NOT NULL, user_agent VARCHAR(512) NULL, ip VARCHAR(45) NULL, siblings TEXT NULL,
                  PRIMARY KEY (namespace, session_key), INDEX {{n}}_user (namespace, user_id),
                  INDEX {{n}}_expires (expires_at)) DEFAULT CHARSET = utf8mb4 COLLATE = {}",
                 self.exact_collation().await?
@@ -365,17 +384,24 @@ impl SqlStore {
         for statement in &tables {
             sqlx::query(self.sql(statement)).execute(&self.pool).await.map_err(db_error)?;
         }
-        // A table of the same name made by something else (or an older
-        // layout) fails here, at start-up, not as 503s on every request.
-        let probe = format!("SELECT {COLUMNS}, data FROM {{t}} WHERE 1 = 0");
-        sqlx::query(self.sql(&probe)).fetch_all(&self.pool).await.map_err(|e| {
-            Error::config(format!(
-                "table: {} exists but does not have the session columns ({COLUMNS}, data); use another table \
-                 name or drop it",
-                self.table
-            ))
-            .with_source(e)
-        })?;
+        // A table of the same name made by something else fails here, at
+        // start-up, not as 503s on every request. The layout before the
+        // `siblings` column gains it.
+        let probe = |columns: &str| format!("SELECT {columns}, data FROM {{t}} WHERE 1 = 0");
+        if sqlx::query(self.sql(&probe(COLUMNS))).fetch_all(&self.pool).await.is_err() {
+            let earlier = COLUMNS.replace(", siblings", "");
+            sqlx::query(self.sql(&probe(&earlier))).fetch_all(&self.pool).await.map_err(|_| {
+                Error::config(format!(
+                    "table: {} exists but does not have the session columns ({COLUMNS}, data); use another table \
+                     name or drop it",
+                    self.table
+                ))
+            })?;
+            sqlx::query(self.sql("ALTER TABLE {t} ADD COLUMN siblings TEXT"))
+                .execute(&self.pool)
+                .await
+                .map_err(db_error)?;
+        }
         for statement in &indexes {
             sqlx::query(self.sql(statement)).execute(&self.pool).await.map_err(db_error)?;
         }
@@ -479,8 +505,9 @@ impl SqlStore {
     /// what follows the expression's own parameters.
     fn update_sql(&self, data_expression: &str) -> AssertSqlSafe<String> {
         self.sql(&format!(
-            "UPDATE {{t}} SET data = {data_expression}, permanent = COALESCE(?, permanent), last_active_at = ?,
-             expires_at = ? WHERE namespace = ? AND session_key = ? AND expires_at > ?"
+            "UPDATE {{t}} SET data = {data_expression}, permanent = COALESCE(?, permanent),
+             siblings = COALESCE(?, siblings), last_active_at = ?, expires_at = ?
+             WHERE namespace = ? AND session_key = ? AND expires_at > ?"
         ))
     }
 
@@ -492,6 +519,8 @@ impl SqlStore {
     ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
         query
             .bind(change.permanent.map(i64::from))
+            // `{}` rather than NULL for none, which COALESCE would keep.
+            .bind(change.siblings.as_ref().map(|s| serde_json::to_string(s).unwrap_or_default()))
             .bind(millis(change.last_active_at))
             .bind(millis(change.expires_at))
             .bind(self.prefix.clone())
@@ -521,12 +550,14 @@ impl SqlStore {
 
     /// PostgreSQL: `(data || $set) - $remove` in one UPDATE.
     async fn apply_postgres(&self, key: &str, change: &Change) -> Result<u64> {
-        let removed: Vec<&String> = change.remove.iter().collect();
+        let removed: Vec<Cow<'_, str>> = change.remove.iter().map(|k| pg_escape(k)).collect();
+        let set: Map<String, Value> =
+            change.set.iter().map(|(k, v)| (pg_escape(k).into_owned(), pg_value(v, pg_escape))).collect();
         let data = "(CASE WHEN ? = 1 THEN '{}'::jsonb ELSE data END || ?::jsonb)
                     - ARRAY(SELECT jsonb_array_elements_text(?::jsonb))";
         let query = sqlx::query(self.update_sql(data))
             .bind(i64::from(change.clear))
-            .bind(serde_json::to_string(&change.set)?)
+            .bind(serde_json::to_string(&set)?)
             .bind(serde_json::to_string(&removed)?);
         let done = self.bind_tail(query, key, change).execute(&self.pool).await.map_err(db_error)?;
         Ok(done.rows_affected())
@@ -553,13 +584,27 @@ impl SqlStore {
     }
 }
 
-/// A MySQL JSON path naming one top-level key, whatever its characters.
+/// A MySQL JSON path naming one top-level key, whatever its characters:
+/// quoted, with `"`, `\` and control characters (NUL among them) escaped as
+/// in a JSON string.
 fn json_path(key: &str) -> String {
-    format!("$.\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""))
+    let mut path = String::with_capacity(key.len() + 4);
+    path.push_str("$.\"");
+    for c in key.chars() {
+        match c {
+            '"' => path.push_str("\\\""),
+            '\\' => path.push_str("\\\\"),
+            c if (c as u32) < 0x20 => path.push_str(&format!("\\u{:04x}", c as u32)),
+            c => path.push(c),
+        }
+    }
+    path.push('"');
+    path
 }
 
 const USER_SESSIONS_SQL: &str = "SELECT session_key, user_id, created_at, last_active_at, expires_at,
-    absolute_expires_at, permanent, user_agent, ip FROM {t} WHERE namespace = ? AND user_id = ? AND expires_at > ?";
+    absolute_expires_at, permanent, user_agent, ip, siblings FROM {t}
+    WHERE namespace = ? AND user_id = ? AND expires_at > ?";
 const DELETE_USER_SQL: &str =
     "DELETE FROM {t} WHERE namespace = ? AND user_id = ? AND expires_at > ? AND session_key <> ?";
 
@@ -571,15 +616,81 @@ fn from_millis(ms: i64) -> Result<OffsetDateTime> {
     crate::record::from_millis(ms).ok_or_else(|| Error::corrupt("a stored timestamp is out of range"))
 }
 
+/// The store's error for a database error. A database's own message may
+/// quote the row it refused (MySQL's "Duplicate entry '…'" holds the store
+/// key), so only its SQLSTATE code is kept; connection-level errors keep
+/// their cause.
 fn db_error(e: sqlx::Error) -> Error {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
-            Error::new(ErrorKind::Conflict, "a session with this key exists").with_source(e)
+            Error::new(ErrorKind::Conflict, "a session with this key exists")
         }
+        sqlx::Error::Database(db) => Error::new(
+            ErrorKind::Unavailable,
+            format!(
+                "the SQL session store failed: the database refused a statement with SQLSTATE {}; its log says why",
+                db.code().as_deref().unwrap_or("unknown")
+            ),
+        ),
         sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_) => {
-            Error::corrupt("a stored session row does not decode").with_source(e)
+            Error::corrupt("a stored session row does not decode")
         }
         _ => Error::unavailable("the SQL session store failed", e),
+    }
+}
+
+/// `Meta::siblings` as its column's JSON text, or NULL when empty.
+fn siblings_text(siblings: &BTreeMap<String, StoreKey>) -> Option<String> {
+    (!siblings.is_empty()).then(|| serde_json::to_string(siblings).unwrap_or_default())
+}
+
+/// On PostgreSQL, U+0000 as U+0001 `0` and U+0001 as U+0001 `1`: `jsonb`
+/// refuses U+0000 in strings and keys.
+fn pg_escape(text: &str) -> Cow<'_, str> {
+    if !text.contains(['\0', '\u{1}']) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 2);
+    for c in text.chars() {
+        match c {
+            '\0' => out.push_str("\u{1}0"),
+            '\u{1}' => out.push_str("\u{1}1"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// What [`pg_escape`] made `text` from.
+fn pg_unescape(text: &str) -> Cow<'_, str> {
+    if !text.contains('\u{1}') {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\u{1}' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('0') => out.push('\0'),
+            Some('1') => out.push('\u{1}'),
+            // Not written by this store: kept as found.
+            Some(other) => out.extend([c, other]),
+            None => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// `value` with every string and key passed through `f`.
+fn pg_value(value: &Value, f: fn(&str) -> Cow<'_, str>) -> Value {
+    match value {
+        Value::String(s) => Value::String(f(s).into_owned()),
+        Value::Array(items) => Value::Array(items.iter().map(|v| pg_value(v, f)).collect()),
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (f(k).into_owned(), pg_value(v, f))).collect()),
+        other => other.clone(),
     }
 }
 
@@ -587,11 +698,11 @@ fn meta(row: &AnyRow) -> Result<Meta> {
     let get_ms = |column: &str| -> Result<i64> { row.try_get(column).map_err(db_error) };
     let ip: Option<String> = row.try_get("ip").map_err(db_error)?;
     let ip = ip
-        .map(|ip| {
-            IpAddr::from_str(&ip).map_err(|e| Error::corrupt("a stored client address does not parse").with_source(e))
-        })
+        .map(|ip| IpAddr::from_str(&ip).map_err(|_| Error::corrupt("a stored client address does not parse")))
         .transpose()?;
     let absolute: Option<i64> = row.try_get("absolute_expires_at").map_err(db_error)?;
+    let siblings: Option<String> = row.try_get("siblings").map_err(db_error)?;
+    let siblings = siblings.map(|text| serde_json::from_str(&text)).transpose()?.unwrap_or_default();
     Ok(Meta {
         user_id: row.try_get("user_id").map_err(db_error)?,
         created_at: from_millis(get_ms("created_at")?)?,
@@ -600,6 +711,7 @@ fn meta(row: &AnyRow) -> Result<Meta> {
         absolute_expires_at: absolute.map(from_millis).transpose()?,
         permanent: get_ms("permanent")? != 0,
         device: Device { user_agent: row.try_get("user_agent").map_err(db_error)?, ip },
+        siblings,
     })
 }
 
@@ -614,6 +726,100 @@ fn info(row: &AnyRow) -> Result<SessionInfo> {
     let meta = meta(row)?;
     let key: String = row.try_get("session_key").map_err(db_error)?;
     SessionInfo::from_meta(key.trim().parse()?, &meta).ok_or_else(|| Error::corrupt("a user's session row has no user"))
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+impl SqlStore {
+    /// The INSERT of a new session.
+    fn insert(&self, key: &StoreKey, record: &Record) -> Result<AnyQuery<'_>> {
+        let meta = &record.meta;
+        let json = if self.dialect == Dialect::Postgres { "?::jsonb" } else { "?" };
+        let sql = format!(
+            "INSERT INTO {{t}} (namespace, session_key, user_id, data, created_at, last_active_at, expires_at,
+                absolute_expires_at, permanent, user_agent, ip, siblings) VALUES (?, ?, ?, {json}, ?, ?, ?, ?, ?, ?, ?, ?)"
+        );
+        let data = match self.dialect {
+            Dialect::Postgres => serde_json::to_string(&pg_value(&Value::Object(record.data.clone()), pg_escape))?,
+            _ => serde_json::to_string(&record.data)?,
+        };
+        Ok(sqlx::query(self.sql(&sql))
+            .bind(self.prefix.clone())
+            .bind(key.to_string())
+            .bind(meta.user_id.clone())
+            .bind(data)
+            .bind(millis(meta.created_at))
+            .bind(millis(meta.last_active_at))
+            .bind(millis(meta.expires_at))
+            .bind(meta.absolute_expires_at.map(millis))
+            .bind(i64::from(meta.permanent))
+            .bind(meta.device.user_agent.clone())
+            .bind(meta.device.ip.map(|ip| ip.to_string()))
+            .bind(siblings_text(&meta.siblings)))
+    }
+
+    /// A login's count, evictions and insert, on a connection that holds the
+    /// user's lock (or SQLite's write lock).
+    async fn login_locked(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        key: &StoreKey,
+        record: &Record,
+        user: &str,
+        replaces: Option<&StoreKey>,
+        limit: Option<SessionLimit>,
+    ) -> Result<Vec<SessionInfo>> {
+        if let Some(old) = replaces {
+            let live =
+                sqlx::query(self.sql("SELECT 1 FROM {t} WHERE namespace = ? AND session_key = ? AND expires_at > ?"))
+                    .bind(&self.prefix)
+                    .bind(old.to_string())
+                    .bind(millis(OffsetDateTime::now_utc()))
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(db_error)?;
+            if live.is_none() {
+                return Err(Error::gone());
+            }
+        }
+        let Some(limit) = limit else {
+            self.insert(key, record)?.execute(&mut *conn).await.map_err(db_error)?;
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(self.sql(USER_SESSIONS_SQL))
+            .bind(&self.prefix)
+            .bind(user)
+            .bind(millis(OffsetDateTime::now_utc()))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_error)?;
+        let others: Vec<SessionInfo> = rows
+            .iter()
+            .map(info)
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .filter(|s| Some(&s.key) != replaces)
+            .collect();
+        let evict = limit.evictions(others)?;
+        for info in &evict {
+            sqlx::query(self.sql("DELETE FROM {t} WHERE namespace = ? AND session_key = ?"))
+                .bind(&self.prefix)
+                .bind(info.key.to_string())
+                .execute(&mut *conn)
+                .await
+                .map_err(db_error)?;
+        }
+        self.insert(key, record)?.execute(&mut *conn).await.map_err(db_error)?;
+        Ok(evict)
+    }
+
+    /// The name of a user's login lock: MySQL keeps at most 64 characters.
+    fn lock_name(&self, user: &str) -> String {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(format!("{}\0{user}", self.prefix).as_bytes());
+        let hex: String = digest.iter().take(24).map(|b| format!("{b:02x}")).collect();
+        format!("multisession:{hex}")
+    }
 }
 
 #[async_trait]
@@ -632,32 +838,84 @@ impl Store for SqlStore {
             .map_err(db_error)?;
         let Some(row) = row else { return Ok(None) };
         let text: String = row.try_get("data").map_err(db_error)?;
-        Ok(Some(Record { data: data(&text)?, meta: meta(&row)? }))
+        let mut data = data(&text)?;
+        if self.dialect == Dialect::Postgres {
+            data = data.into_iter().map(|(k, v)| (pg_unescape(&k).into_owned(), pg_value(&v, pg_unescape))).collect();
+        }
+        Ok(Some(Record { data, meta: meta(&row)? }))
     }
 
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<()> {
-        let meta = &record.meta;
-        let json = if self.dialect == Dialect::Postgres { "?::jsonb" } else { "?" };
-        let sql = format!(
-            "INSERT INTO {{t}} (namespace, session_key, user_id, data, created_at, last_active_at, expires_at,
-                absolute_expires_at, permanent, user_agent, ip) VALUES (?, ?, ?, {json}, ?, ?, ?, ?, ?, ?, ?)"
-        );
-        sqlx::query(self.sql(&sql))
-            .bind(&self.prefix)
-            .bind(key.to_string())
-            .bind(&meta.user_id)
-            .bind(serde_json::to_string(&record.data)?)
-            .bind(millis(meta.created_at))
-            .bind(millis(meta.last_active_at))
-            .bind(millis(meta.expires_at))
-            .bind(meta.absolute_expires_at.map(millis))
-            .bind(i64::from(meta.permanent))
-            .bind(&meta.device.user_agent)
-            .bind(meta.device.ip.map(|ip| ip.to_string()))
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
+        self.insert(key, record)?.execute(&self.pool).await.map_err(db_error)?;
         Ok(())
+    }
+
+    async fn create_login(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+        replaces: Option<&StoreKey>,
+        limit: Option<SessionLimit>,
+    ) -> Result<Vec<SessionInfo>> {
+        // Logins of one user under a cap wait for each other; the check of
+        // `replaces` and the insert are one transaction either way.
+        let user = record.meta.user_id.as_deref().filter(|_| limit.is_some());
+        match (self.dialect, user) {
+            (Dialect::Sqlite, _) => {
+                // One writer at a time: the count and the insert see no other login.
+                let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)?;
+                let evicted =
+                    self.login_locked(&mut tx, key, record, user.unwrap_or_default(), replaces, limit).await?;
+                tx.commit().await.map_err(db_error)?;
+                Ok(evicted)
+            }
+            (Dialect::Postgres | Dialect::MySql, None) => {
+                let mut tx = self.pool.begin().await.map_err(db_error)?;
+                let evicted = self.login_locked(&mut tx, key, record, "", replaces, None).await?;
+                tx.commit().await.map_err(db_error)?;
+                Ok(evicted)
+            }
+            (Dialect::Postgres, Some(user)) => {
+                let mut tx = self.pool.begin().await.map_err(db_error)?;
+                sqlx::query(self.sql("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))"))
+                    .bind(self.lock_name(user))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                let evicted = self.login_locked(&mut tx, key, record, user, replaces, limit).await?;
+                tx.commit().await.map_err(db_error)?;
+                Ok(evicted)
+            }
+            (Dialect::MySql, Some(user)) => {
+                let mut conn = self.pool.acquire().await.map_err(db_error)?;
+                let name = self.lock_name(user);
+                let locked: Option<i64> = sqlx::query_scalar(self.sql("SELECT GET_LOCK(?, 2)"))
+                    .bind(&name)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(db_error)?;
+                if locked != Some(1) {
+                    return Err(Error::new(
+                        ErrorKind::Unavailable,
+                        "the SQL session store failed: another login of this user held its lock for 2 seconds",
+                    ));
+                }
+                let result = async {
+                    let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(db_error)?;
+                    let evicted = self.login_locked(&mut tx, key, record, user, replaces, limit).await?;
+                    tx.commit().await.map_err(db_error)?;
+                    Ok(evicted)
+                }
+                .await;
+                let released = sqlx::query(self.sql("SELECT RELEASE_LOCK(?)")).bind(&name).execute(&mut *conn).await;
+                if released.is_err() {
+                    // A connection still holding the lock must not go back to
+                    // the pool: closing it releases the lock.
+                    drop(conn.detach());
+                }
+                result
+            }
+        }
     }
 
     async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {
@@ -674,13 +932,24 @@ impl Store for SqlStore {
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<bool> {
-        let done = sqlx::query(self.sql("DELETE FROM {t} WHERE namespace = ? AND session_key = ?"))
-            .bind(&self.prefix)
-            .bind(key.to_string())
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
-        Ok(done.rows_affected() > 0)
+        let delete = |live: bool| {
+            let sql = if live {
+                "DELETE FROM {t} WHERE namespace = ? AND session_key = ? AND expires_at > ?"
+            } else {
+                "DELETE FROM {t} WHERE namespace = ? AND session_key = ?"
+            };
+            let mut query = sqlx::query(self.sql(sql)).bind(&self.prefix).bind(key.to_string());
+            if live {
+                query = query.bind(millis(OffsetDateTime::now_utc()));
+            }
+            query.execute(&self.pool)
+        };
+        if delete(true).await.map_err(db_error)?.rows_affected() > 0 {
+            return Ok(true);
+        }
+        // An expired row is no session, but it goes too.
+        delete(false).await.map_err(db_error)?;
+        Ok(false)
     }
 
     async fn user_sessions(&self, user: &str) -> Result<Vec<SessionInfo>> {

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use tracing::Instrument as _;
 
 use super::{SessionInfo, Store};
-use crate::{Change, Record, Result, StoreKey};
+use crate::{Change, Record, Result, SessionLimit, StoreKey};
 
 /// Wraps the store a [`Sessions`](crate::Sessions) uses, so that each call
 /// runs in a `store` span named for the operation. Keys, ids and data are
@@ -24,6 +24,15 @@ impl Store for Traced {
     }
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<()> {
         self.0.create(key, record).instrument(span("create")).await
+    }
+    async fn create_login(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+        replaces: Option<&StoreKey>,
+        limit: Option<SessionLimit>,
+    ) -> Result<Vec<SessionInfo>> {
+        self.0.create_login(key, record, replaces, limit).instrument(span("create_login")).await
     }
     async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {
         let op = if change.alters() { "apply" } else { "touch" };

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::response::{IntoResponse, Response};
-use http::header::{COOKIE, SET_COOKIE, USER_AGENT, VARY};
+use http::header::{COOKIE, HOST, ORIGIN, SET_COOKIE, USER_AGENT, VARY};
 use http::request::Parts;
 use http::{HeaderValue, Request, StatusCode};
 use tower_layer::Layer;
@@ -24,6 +24,15 @@ use crate::{Device, Error, ErrorKind, Session, Sessions};
 ///
 /// The client address comes from axum's `ConnectInfo<SocketAddr>` (serve with
 /// `into_make_service_with_connect_info`); without it, devices have no address.
+///
+/// It also refuses cross-origin browser requests that could change state
+/// (`POST`, `PUT`, `PATCH`, `DELETE`, ...) with `403 Forbidden`: those whose
+/// `Sec-Fetch-Site` is not `same-origin` or `none`, or, from browsers that
+/// send no `Sec-Fetch-Site`, whose `Origin` is not the request's own host.
+/// Requests without either header (not from a browser) pass, as do safe
+/// methods. Forms still need a CSRF token ([`Session::csrf_token`]) for
+/// older browsers; [`SessionLayer::allow_cross_origin`] turns the check off
+/// for an application that serves other origins on purpose.
 ///
 /// ```
 /// use axum::{Router, routing::get};
@@ -43,6 +52,7 @@ use crate::{Device, Error, ErrorKind, Session, Sessions};
 #[derive(Clone, Debug)]
 pub struct SessionLayer {
     sessions: Sessions,
+    cross_origin: bool,
 }
 
 impl SessionLayer {
@@ -55,7 +65,22 @@ impl SessionLayer {
     /// # Ok::<(), multisession::Error>(())
     /// ```
     pub fn new(sessions: Sessions) -> Self {
-        Self { sessions }
+        Self { sessions, cross_origin: false }
+    }
+
+    /// Lets cross-origin browser requests through, for an application whose
+    /// pages on other origins post to it with credentials on purpose. Its
+    /// forms then rely on CSRF tokens alone.
+    ///
+    /// ```
+    /// let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// let layer = multisession::SessionLayer::new(sessions).allow_cross_origin();
+    /// # let _ = layer;
+    /// # Ok::<(), multisession::Error>(())
+    /// ```
+    pub fn allow_cross_origin(mut self) -> Self {
+        self.cross_origin = true;
+        self
     }
 }
 
@@ -63,7 +88,7 @@ impl<S> Layer<S> for SessionLayer {
     type Service = SessionService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        SessionService { inner, sessions: self.sessions.clone() }
+        SessionService { inner, sessions: self.sessions.clone(), cross_origin: self.cross_origin }
     }
 }
 
@@ -72,6 +97,7 @@ impl<S> Layer<S> for SessionLayer {
 pub struct SessionService<S> {
     inner: S,
     sessions: Sessions,
+    cross_origin: bool,
 }
 
 impl<S, B> Service<Request<B>> for SessionService<S>
@@ -90,7 +116,18 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let headers = request.headers();
-        let cookies = headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok());
+        let bytes = |name: &str| headers.get(name).map(HeaderValue::as_bytes);
+        let cross_site = !self.cross_origin
+            && crate::csrf::is_cross_origin(
+                request.method().is_safe(),
+                bytes(HOST.as_str()),
+                bytes(ORIGIN.as_str()),
+                bytes("sec-fetch-site"),
+            );
+        if cross_site {
+            return Box::pin(std::future::ready(Ok(crate::csrf::refusal().into_response())));
+        }
+        let cookies = headers.get_all(COOKIE).iter().map(HeaderValue::as_bytes);
         let user_agent = headers.get(USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let ip = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
         let session = self.sessions.session(cookies, Device::new(user_agent, ip));
@@ -142,20 +179,25 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
 }
 
 /// `503 Service Unavailable` when the store is down, `409 Conflict` for a
-/// refused login, `500` otherwise; the body says which, never the session id.
+/// refused login, `403 Forbidden` for a failed CSRF check, `500` otherwise;
+/// the body says which, never the session id.
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = match self.kind() {
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::TooManySessions => StatusCode::CONFLICT,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
             tracing::error!(error = %self, "session error");
+        } else if status == StatusCode::FORBIDDEN {
+            tracing::info!(error = %self, "request refused");
         }
         let body = match self.kind() {
             ErrorKind::Unavailable => "The session store is unavailable. Please try again shortly.",
             ErrorKind::TooManySessions => "Too many active sessions: log out on another device first.",
+            ErrorKind::Forbidden => "This request was refused: reload the page and try again.",
             _ => "Internal error in session handling.",
         };
         (status, body).into_response()

@@ -140,7 +140,20 @@ impl Harness for Redis {
         self.raw::<i64>(redis::cmd("HSET").arg(self.session_key(key)).arg("_meta").arg("{not json")).await;
     }
 
+    async fn holds(&self, key: &StoreKey) -> Option<bool> {
+        Some(self.raw::<i64>(redis::cmd("EXISTS").arg(self.session_key(key))).await == 1)
+    }
+
+    async fn index_entries(&self, user: &str) -> Option<u64> {
+        Some(self.raw::<u64>(redis::cmd("ZCARD").arg(format!("{}:u:{user}", self.prefix))).await)
+    }
+
     async fn work(&self) -> Option<u64> {
         Some(self.commands().await)
+    }
+
+    /// One script on one node; a cluster counts, then creates.
+    fn caps_logins_atomically(&self) -> bool {
+        matches!(self.raw, Raw::Single(_))
     }
 }

@@ -86,6 +86,16 @@ impl Harness for Sql {
             .expect("the corrupting update runs");
     }
 
+    async fn holds(&self, key: &StoreKey) -> Option<bool> {
+        let sql = self.statement("SELECT COUNT(*) FROM {t} WHERE session_key = ?");
+        let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(key.to_string())
+            .fetch_one(self.store.pool())
+            .await
+            .expect("the count runs");
+        Some(count > 0)
+    }
+
     async fn user_queries_use_index(&self) -> Option<bool> {
         Some(self.store.user_queries_use_index().await.expect("EXPLAIN runs"))
     }

@@ -2,51 +2,79 @@
 
 mod client;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use self::client::{Client, Stored};
+use self::client::{Client, Mode, Stored};
 use super::{SessionInfo, Store};
 use crate::record::to_millis;
 use crate::{Change, Error, ErrorKind, Record, Result, StoreKey};
 
-/// How often a field-level change is retried when another writer's change
-/// landed between its `gets` and its `cas`.
+/// How often a conditional write is retried when another writer's change
+/// landed between its read and its write.
 const CAS_ATTEMPTS: usize = 200;
+/// Index entries expire on this grain (seconds), rounded up, so a session
+/// touched once a minute adds to its user's index once in ten minutes.
+const GRAIN: i64 = 600;
+/// An index entry younger than this (seconds) is kept even when its session
+/// is not found: the session may be being created.
+const GRACE: i64 = 60;
+/// An index is compacted once it has grown past twice its compacted size
+/// plus this many bytes.
+const SLACK: u64 = 4096;
+/// How long an index item lives after its last write: past every session's
+/// expiry, as lifetimes are at most 400 days.
+const INDEX_LIFE: i64 = 401 * 24 * 3600;
+/// Deletes in flight at once for one call.
+const CONCURRENCY: usize = 8;
+/// Memcached reads an expiry above this many seconds as a Unix time.
+const RELATIVE_MAX: i64 = 30 * 24 * 3600;
 
 /// Sessions in Memcached: one item per session (the versioned record) and
 /// one index item per user, spread over the servers by consistent hashing.
 ///
-/// Concurrent changes to one session are serialised with `gets`/`cas`:
-/// each change re-reads and retries (up to 200 times, then `Conflict`), so
-/// requests that set different keys all survive, and a change to a session
-/// that no longer exists is `Gone` — `cas` never recreates an item.
+/// Concurrent changes to one session are serialised with CAS: each change
+/// re-reads and retries (up to 200 times, then `Conflict`), so requests that
+/// set different keys all survive, and a change to a session that no longer
+/// exists is `Gone` — a CAS write never recreates an item.
 ///
-/// The user index is a list of `store-key expiry` lines that writers
-/// `append` to before they write the session, so an entry never expires
-/// before its session does; listing or clearing a user reads the index,
-/// checks each session it names, and rewrites the index without the ones
-/// that are gone. The cost grows with that user's sessions, never with the
-/// cache.
+/// A user's index is one line per session, `key expiry written`. A session
+/// is indexed (a line appended) before it is written; a touch adds a line
+/// only when the expiry crosses a ten-minute grain, so a line's expiry is
+/// never below its session's. Whenever the index is rewritten — a delete
+/// drops its session's line, a listing the lines of sessions that are gone
+/// (older than a minute: younger ones may be mid-creation), and an append
+/// that finds the index grown past twice its last compacted size — it is
+/// compacted: one line per session, expired lines gone. Rewrites use CAS, so
+/// no concurrent append is lost. The index item expires 401 days after its
+/// last write, later than any session it lists. An index holds about 66
+/// bytes per session, so Memcached's default 1 MB item holds some 15 000 —
+/// far above the default cap of 100 sessions per user. Listing reads the
+/// sessions a hundred keys per round trip; clearing deletes at most eight at
+/// a time; each server has at most 16 connections.
+///
+/// The session cap is counted, then applied: concurrent logins may pass it
+/// briefly, and the next login trims the excess.
 ///
 /// **Memcached may evict any item at any time.** A session can vanish (its
 /// user is logged out, as with any expiry); "log out all devices" still ends
 /// every session that exists, because a vanished session is already gone.
 /// An evicted *index* is rebuilt as each of the user's sessions is next
-/// written or touched (each write re-registers itself); until then, a
-/// session that has been neither may be missed by listing or logout-all.
-/// Give Memcached room enough not to evict, or use a store that does not
-/// evict (SQL, Redis without an eviction policy) for logins that must be
-/// revocable at once.
+/// created or touched across the grain; until then, such a session may be
+/// missed by listing or logout-all. Give Memcached room enough not to evict,
+/// or use a store that does not evict (SQL, Redis without an eviction
+/// policy) for logins that must be revocable at once.
 ///
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
 /// use multisession::store::MemcachedStore;
-/// let store = MemcachedStore::connect(["10.0.0.1:11211", "10.0.0.2:11211"]).with_key_prefix("shop");
+/// let store = MemcachedStore::connect(["10.0.0.1:11211", "10.0.0.2:11211"])?.with_key_prefix("shop");
 /// # let _ = store;
 /// # Ok(()) }
 /// ```
@@ -62,10 +90,77 @@ impl std::fmt::Debug for MemcachedStore {
     }
 }
 
-/// Unix seconds at or after `t`: Memcached's absolute expiry.
-fn exptime(t: OffsetDateTime) -> i64 {
+/// The expiry of an index item written now.
+fn index_ttl() -> u64 {
+    ttl(now_secs().saturating_add(INDEX_LIFE))
+}
+
+fn now_secs() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Unix seconds at or after `t`.
+fn secs_up(t: OffsetDateTime) -> i64 {
     let ms = to_millis(t);
     ms.div_euclid(1000) + i64::from(ms.rem_euclid(1000) > 0)
+}
+
+/// An index entry's expiry for a session expiring at `t`: on the grain.
+fn grained(t: OffsetDateTime) -> i64 {
+    let s = secs_up(t);
+    s.saturating_add(GRAIN - 1).div_euclid(GRAIN).saturating_mul(GRAIN)
+}
+
+/// Memcached's expiry argument for an item that must live until the Unix
+/// second `until`: relative seconds when it can be (Memcached's clock counts
+/// those itself, whatever the wall clock did since it started), a Unix time
+/// past 30 days; a second more either way, as Memcached's clock ticks once a
+/// second; never 0, which would mean "never".
+fn ttl(until: i64) -> u64 {
+    let left = until.saturating_sub(now_secs()).saturating_add(1).max(1);
+    let value = if left <= RELATIVE_MAX { left } else { until.saturating_add(1) };
+    u64::try_from(value).unwrap_or(1)
+}
+
+/// One session's line in its user's index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    /// The Unix second the entry lasts until (at or after its session's expiry).
+    until: i64,
+    /// The Unix second it was written.
+    written: i64,
+}
+
+/// A user's index: one entry per session, the latest line of each.
+type Entries = BTreeMap<StoreKey, Entry>;
+
+fn parse_index(bytes: &[u8]) -> Entries {
+    let mut entries = Entries::new();
+    for line in bytes.split(|&b| b == b'\n') {
+        let text = String::from_utf8_lossy(line);
+        let mut fields = text.split(' ');
+        let (Some(key), Some(until)) = (fields.next(), fields.next()) else { continue };
+        let written = fields.next().and_then(|w| w.parse::<i64>().ok()).unwrap_or(0);
+        let Ok(bytes) = URL_SAFE_NO_PAD.decode(key) else { continue };
+        let (Ok(key), Ok(until)) = (<[u8; 32]>::try_from(bytes), until.parse::<i64>()) else { continue };
+        let entry = entries.entry(StoreKey::from_bytes(key)).or_insert(Entry { until, written });
+        entry.until = entry.until.max(until);
+        entry.written = entry.written.max(written);
+    }
+    entries
+}
+
+fn render_line(out: &mut Vec<u8>, key: &StoreKey, entry: Entry) {
+    out.extend_from_slice(URL_SAFE_NO_PAD.encode(key.as_bytes()).as_bytes());
+    out.extend_from_slice(format!(" {} {}\n", entry.until, entry.written).as_bytes());
+}
+
+fn render_index(entries: &Entries) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * 68);
+    for (key, entry) in entries {
+        render_line(&mut out, key, *entry);
+    }
+    out
 }
 
 impl MemcachedStore {
@@ -73,17 +168,23 @@ impl MemcachedStore {
     /// made on first use; a server that does not answer makes the calls that
     /// need it `Unavailable`.
     ///
+    /// # Errors
+    ///
+    /// `Config` for no server, or one that is not `host:port`.
+    ///
     /// ```
-    /// let store = multisession::store::MemcachedStore::connect(["127.0.0.1:11211"]);
+    /// let store = multisession::store::MemcachedStore::connect(["127.0.0.1:11211"])?;
+    /// assert!(multisession::store::MemcachedStore::connect(Vec::<String>::new()).is_err());
     /// # let _ = store;
+    /// # Ok::<(), multisession::Error>(())
     /// ```
-    pub fn connect<I, S>(addrs: I) -> Self
+    pub fn connect<I, S>(addrs: I) -> Result<Self>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let addrs = addrs.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        Self { client: Arc::new(Client::new(addrs)), prefix: "session".to_owned() }
+        let addrs = addrs.into_iter().map(|a| a.as_ref().trim().to_owned()).collect();
+        Ok(Self { client: Arc::new(Client::new(addrs)?), prefix: "session".to_owned() })
     }
 
     /// The prefix of every item this store writes (default `session`).
@@ -91,8 +192,9 @@ impl MemcachedStore {
     /// is used by its hash.
     ///
     /// ```
-    /// let store = multisession::store::MemcachedStore::connect(["127.0.0.1:11211"]).with_key_prefix("shop");
+    /// let store = multisession::store::MemcachedStore::connect(["127.0.0.1:11211"])?.with_key_prefix("shop");
     /// # let _ = store;
+    /// # Ok::<(), multisession::Error>(())
     /// ```
     pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
         let prefix = prefix.into();
@@ -111,74 +213,102 @@ impl MemcachedStore {
         format!("{}:u:{}", self.prefix, hex(&Sha256::digest(user.as_bytes())))
     }
 
-    /// Records that `key`, a session of `user`, lives until `expires_at`.
-    async fn register(&self, user: &str, key: &StoreKey, expires_at: OffsetDateTime) -> Result<()> {
-        let index = self.index_key(user);
-        let line = format!("{key} {}\n", to_millis(expires_at));
-        for _ in 0..CAS_ATTEMPTS {
-            // Index items never expire by themselves: they are rewritten
-            // without their dead entries when read.
-            match self.client.store("append", &index, line.as_bytes(), 0).await? {
-                Stored::Done => return Ok(()),
-                _ => match self.client.store("add", &index, line.as_bytes(), 0).await? {
-                    Stored::Done => return Ok(()),
-                    _ => continue,
-                },
-            }
-        }
-        Err(Error::new(ErrorKind::Conflict, "the user index kept changing"))
-    }
-
-    /// The live entries of a user's index (latest expiry per session) and
-    /// the index's CAS token, if it exists.
-    async fn entries(&self, user: &str) -> Result<(HashMap<StoreKey, i64>, Option<u64>)> {
-        let Some(item) = self.client.gets(&self.index_key(user)).await? else { return Ok((HashMap::new(), None)) };
-        let now = to_millis(OffsetDateTime::now_utc());
-        let mut entries = HashMap::new();
-        for line in String::from_utf8_lossy(&item.value).lines() {
-            let Some((key, expires)) = line.split_once(' ') else { continue };
-            let (Ok(key), Ok(expires)) = (key.parse::<StoreKey>(), expires.parse::<i64>()) else { continue };
-            let latest = entries.entry(key).or_insert(expires);
-            *latest = (*latest).max(expires);
-        }
-        entries.retain(|_, expires| *expires > now);
+    /// The unexpired entries of a user's index and its CAS token, if it
+    /// exists.
+    async fn entries(&self, user: &str) -> Result<(Entries, Option<u64>)> {
+        let Some(item) = self.client.get(&self.index_key(user)).await? else { return Ok((Entries::new(), None)) };
+        let now = now_secs();
+        let mut entries = parse_index(&item.value);
+        entries.retain(|_, entry| entry.until > now);
         Ok((entries, Some(item.cas)))
     }
 
-    /// Rewrites a user's index to `keep`, unless someone appended meanwhile
-    /// (then the next reader prunes).
-    async fn rewrite(&self, user: &str, keep: &HashMap<StoreKey, i64>, cas: Option<u64>) -> Result<()> {
-        let Some(cas) = cas else { return Ok(()) };
+    /// Rewrites a user's index compacted, with `edit` applied, unless
+    /// `edit` says nothing changed and `force` is off; retries when another
+    /// writer came between.
+    async fn rewrite_index(&self, user: &str, force: bool, edit: impl Fn(&mut Entries) -> bool) -> Result<()> {
         let index = self.index_key(user);
-        if keep.is_empty() {
-            // A delete could drop an entry appended since the read; a cas of
-            // an empty list cannot.
-            self.client.store(&format!("cas {cas}"), &index, b"", 0).await?;
-            return Ok(());
-        }
-        let text: String = keep.iter().map(|(key, expires)| format!("{key} {expires}\n")).collect();
-        self.client.store(&format!("cas {cas}"), &index, text.as_bytes(), 0).await?;
-        Ok(())
-    }
-
-    /// The records of `keys`, read concurrently; `None` for those gone.
-    async fn records(&self, keys: Vec<StoreKey>) -> Result<Vec<(StoreKey, Option<Record>)>> {
-        let mut reads = tokio::task::JoinSet::new();
-        for key in keys {
-            let store = self.clone();
-            reads.spawn(async move { (key, store.load(&key).await) });
-        }
-        let mut out = Vec::new();
-        while let Some(done) = reads.join_next().await {
-            let (key, record) = done.map_err(|e| Error::unavailable("a memcached read task failed", e))?;
-            match record {
-                Ok(record) => out.push((key, record)),
-                // A record that no longer decodes is no session of this user.
-                Err(e) if e.kind() == ErrorKind::Corrupt => out.push((key, None)),
-                Err(e) => return Err(e),
+        for attempt in 0..CAS_ATTEMPTS {
+            let (mut entries, cas) = self.entries(user).await?;
+            if !edit(&mut entries) && !force {
+                return Ok(());
+            }
+            let Some(cas) = cas else {
+                if entries.is_empty() {
+                    return Ok(());
+                }
+                let text = render_index(&entries);
+                let size = u32::try_from(text.len()).unwrap_or(u32::MAX);
+                match self.client.store(&index, &text, Mode::Add, index_ttl(), size).await? {
+                    Stored::Done => return Ok(()),
+                    _ => continue,
+                }
+            };
+            let text = render_index(&entries);
+            let size = u32::try_from(text.len()).unwrap_or(u32::MAX);
+            match self.client.store(&index, &text, Mode::Cas(cas), index_ttl(), size).await? {
+                Stored::Done => return Ok(()),
+                Stored::Exists | Stored::NotFound => {
+                    if attempt > 8 {
+                        tokio::time::sleep(std::time::Duration::from_millis(attempt as u64 % 7)).await;
+                    }
+                }
             }
         }
-        Ok(out)
+        Err(Error::new(ErrorKind::Conflict, "the user index kept changing under concurrent writers"))
+    }
+
+    /// Records that `key`, a session of `user`, lives until `expires_at`:
+    /// one appended line, or a compacting rewrite when the index has grown
+    /// past twice its compacted size (or does not exist yet).
+    async fn register(&self, user: &str, key: &StoreKey, expires_at: OffsetDateTime) -> Result<()> {
+        let index = self.index_key(user);
+        let entry = Entry { until: grained(expires_at), written: now_secs() };
+        let mut line = Vec::with_capacity(68);
+        render_line(&mut line, key, entry);
+        for _ in 0..CAS_ATTEMPTS {
+            let compacted = match self.client.probe(&index, index_ttl()).await? {
+                Some((size, compacted)) if size <= 2 * u64::from(compacted) + SLACK => {
+                    if self.client.append(&index, &line).await? {
+                        return Ok(());
+                    }
+                    // The index vanished between the two: start it anew.
+                    continue;
+                }
+                Some(_) => true,
+                None => false,
+            };
+            let add = |entries: &mut Entries| {
+                let e = entries.entry(*key).or_insert(entry);
+                e.until = e.until.max(entry.until);
+                e.written = entry.written;
+                true
+            };
+            return self.rewrite_index(user, compacted, add).await;
+        }
+        Err(Error::new(ErrorKind::Conflict, "the user index kept changing under concurrent writers"))
+    }
+
+    /// Drops from `user`'s index the entries `drop` picks.
+    async fn unregister(&self, user: &str, drop: impl Fn(&StoreKey, &Entry) -> bool) -> Result<()> {
+        self.rewrite_index(user, false, |entries| {
+            let before = entries.len();
+            entries.retain(|key, entry| !drop(key, entry));
+            entries.len() < before
+        })
+        .await
+    }
+
+    /// The records of `keys` that exist and decode (corrupt ones are no
+    /// session of anyone's), a hundred keys per round trip.
+    async fn records(&self, keys: &[StoreKey]) -> Result<Vec<(StoreKey, Record)>> {
+        let names: Vec<String> = keys.iter().map(|k| self.session_key(k)).collect();
+        let mut found = self.client.get_many(&names).await?;
+        Ok(keys
+            .iter()
+            .zip(&names)
+            .filter_map(|(key, name)| Some((*key, Record::from_bytes(&found.remove(name)?).ok()?)))
+            .collect())
     }
 }
 
@@ -189,38 +319,47 @@ fn hex(bytes: &[u8]) -> String {
 #[async_trait]
 impl Store for MemcachedStore {
     async fn load(&self, key: &StoreKey) -> Result<Option<Record>> {
-        let Some(item) = self.client.gets(&self.session_key(key)).await? else { return Ok(None) };
+        let Some(item) = self.client.get(&self.session_key(key)).await? else { return Ok(None) };
         let record = Record::from_bytes(&item.value)?;
         Ok((!record.meta.is_expired(OffsetDateTime::now_utc())).then_some(record))
     }
 
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<()> {
-        if let Some(user) = &record.meta.user_id {
+        let user = record.meta.user_id.as_deref();
+        if let Some(user) = user {
             // Indexed first: a session is never live without its entry.
             self.register(user, key, record.meta.expires_at).await?;
         }
         let bytes = record.to_bytes()?;
-        match self.client.store("add", &self.session_key(key), &bytes, exptime(record.meta.expires_at)).await? {
+        let until = secs_up(record.meta.expires_at);
+        match self.client.store(&self.session_key(key), &bytes, Mode::Add, ttl(until), 0).await? {
             Stored::Done => Ok(()),
             _ => Err(Error::new(ErrorKind::Conflict, "a session with this key exists")),
         }
     }
 
     async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {
-        if let Some(user) = &change.user_id {
-            self.register(user, key, change.expires_at).await?;
-        }
         let item_key = self.session_key(key);
+        let mut registered = false;
         for attempt in 0..CAS_ATTEMPTS {
-            let Some(item) = self.client.gets(&item_key).await? else { return Err(Error::gone()) };
+            let Some(item) = self.client.get(&item_key).await? else { return Err(Error::gone()) };
             let mut record = Record::from_bytes(&item.value)?;
             if record.meta.is_expired(OffsetDateTime::now_utc()) {
                 return Err(Error::gone());
             }
+            // The entry was written on the grain of the old expiry: only a
+            // move past it needs the index.
+            if !registered
+                && grained(change.expires_at) > grained(record.meta.expires_at)
+                && let Some(user) = record.meta.user_id.clone()
+            {
+                self.register(&user, key, change.expires_at).await?;
+                registered = true;
+            }
             record.apply(change);
             let bytes = record.to_bytes()?;
-            let command = format!("cas {}", item.cas);
-            match self.client.store(&command, &item_key, &bytes, exptime(change.expires_at)).await? {
+            let until = secs_up(change.expires_at);
+            match self.client.store(&item_key, &bytes, Mode::Cas(item.cas), ttl(until), 0).await? {
                 Stored::Done => return Ok(()),
                 Stored::NotFound => return Err(Error::gone()),
                 Stored::Exists => {
@@ -234,50 +373,99 @@ impl Store for MemcachedStore {
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<bool> {
-        // The user's index entry stays until the index is next read.
-        self.client.delete(&self.session_key(key)).await
+        let item_key = self.session_key(key);
+        // Read first: for its user's index, and because Memcached's own clock
+        // may still hold a session that has expired.
+        let Some(item) = self.client.get(&item_key).await? else { return Ok(false) };
+        let record = Record::from_bytes(&item.value).ok();
+        let deleted = self.client.delete(&item_key).await?;
+        if let Some(user) = record.as_ref().and_then(|r| r.meta.user_id.as_deref()) {
+            self.unregister(user, |k, _| k == key).await?;
+        }
+        Ok(deleted && record.is_some_and(|r| !r.meta.is_expired(OffsetDateTime::now_utc())))
     }
 
     async fn user_sessions(&self, user: &str) -> Result<Vec<SessionInfo>> {
-        let (mut entries, cas) = self.entries(user).await?;
-        let records = self.records(entries.keys().copied().collect()).await?;
+        let (entries, _) = self.entries(user).await?;
+        let keys: Vec<StoreKey> = entries.keys().copied().collect();
         let now = OffsetDateTime::now_utc();
         let mut sessions = Vec::new();
-        let before = entries.len();
-        for (key, record) in records {
-            match record.filter(|r| r.meta.user_id.as_deref() == Some(user) && !r.meta.is_expired(now)) {
-                Some(record) => sessions.extend(SessionInfo::from_meta(key, &record.meta)),
-                None => {
-                    entries.remove(&key);
-                }
+        for (key, record) in self.records(&keys).await? {
+            if record.meta.user_id.as_deref() == Some(user) && !record.meta.is_expired(now) {
+                sessions.extend(SessionInfo::from_meta(key, &record.meta));
             }
         }
-        if entries.len() < before {
-            self.rewrite(user, &entries, cas).await?;
-        }
+        // Entries of sessions that are gone, unless so young that their
+        // session may be being created.
+        let settled = now_secs().saturating_sub(GRACE);
+        let listed: Vec<StoreKey> = sessions.iter().map(|s| s.key).collect();
+        self.unregister(user, |key, entry| !listed.contains(key) && entry.written < settled).await?;
         Ok(sessions)
     }
 
     async fn delete_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> Result<u64> {
-        let (entries, cas) = self.entries(user).await?;
-        let mut deletes = tokio::task::JoinSet::new();
-        for &key in entries.keys().filter(|k| Some(*k) != keep) {
-            let store = self.clone();
-            deletes.spawn(async move { store.delete(&key).await });
-        }
+        let (entries, _) = self.entries(user).await?;
+        let targets: Vec<StoreKey> = entries.keys().filter(|k| Some(*k) != keep).copied().collect();
+        let settled = now_secs().saturating_sub(GRACE);
+        let now = OffsetDateTime::now_utc();
+        let live: Vec<StoreKey> = self
+            .records(&targets)
+            .await?
+            .into_iter()
+            .filter(|(_, r)| r.meta.user_id.as_deref() == Some(user) && !r.meta.is_expired(now))
+            .map(|(key, _)| key)
+            .collect();
         let mut deleted = 0;
-        while let Some(done) = deletes.join_next().await {
-            if done.map_err(|e| Error::unavailable("a memcached delete task failed", e))?? {
-                deleted += 1;
+        let mut tasks = tokio::task::JoinSet::new();
+        for &key in &targets {
+            if tasks.len() >= CONCURRENCY
+                && let Some(done) = tasks.join_next().await
+            {
+                deleted += done.map_err(|e| Error::unavailable("a memcached delete task failed", e))??;
             }
+            let (client, name, counts) = (self.client.clone(), self.session_key(&key), live.contains(&key));
+            tasks.spawn(async move { Ok::<u64, Error>(u64::from(client.delete(&name).await? && counts)) });
         }
-        let kept: HashMap<StoreKey, i64> = entries.into_iter().filter(|(k, _)| Some(k) == keep).collect();
-        self.rewrite(user, &kept, cas).await?;
+        while let Some(done) = tasks.join_next().await {
+            deleted += done.map_err(|e| Error::unavailable("a memcached delete task failed", e))??;
+        }
+        // A young entry whose session was not there may belong to a login
+        // still being written: it stays, to be listed or pruned later.
+        let young: Vec<StoreKey> =
+            entries.iter().filter(|(k, e)| e.written >= settled && !live.contains(k)).map(|(k, _)| *k).collect();
+        self.unregister(user, |key, _| targets.contains(key) && !young.contains(key)).await?;
         Ok(deleted)
     }
 
     async fn delete_expired(&self) -> Result<u64> {
         // Items expire natively.
         Ok(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_keeps_each_session_once_at_its_latest_expiry() {
+        let (a, b) = (StoreKey::from_bytes([1; 32]), StoreKey::from_bytes([2; 32]));
+        let at = |until, written| Entry { until, written };
+        let entries = Entries::from([(a, at(100, 1)), (b, at(200, 2))]);
+        let mut text = render_index(&entries);
+        text.extend_from_slice(&render_index(&Entries::from([(a, at(300, 3))])));
+        text.extend_from_slice(b"garbage\n\xff\xfe x\n");
+        assert_eq!(parse_index(&text), Entries::from([(a, at(300, 3)), (b, at(200, 2))]));
+        assert!(render_index(&entries).len() <= 2 * 68, "an entry takes about 66 bytes");
+    }
+
+    #[test]
+    fn expiries_round_up_to_the_grain_and_never_ask_for_forever() {
+        let t = OffsetDateTime::from_unix_timestamp(1_800_000_001).expect("a time");
+        assert_eq!(grained(t) % GRAIN, 0);
+        assert!(grained(t) >= 1_800_000_001 && grained(t) < 1_800_000_001 + GRAIN);
+        assert_eq!(ttl(0), 1, "an item already expired still gets a finite life");
+        assert!(ttl(now_secs() + 10) <= 11);
+        assert!(ttl(now_secs() + 40 * 24 * 3600) > RELATIVE_MAX as u64, "past 30 days it is a Unix time");
     }
 }

@@ -9,6 +9,9 @@
 #   scripts/services.sh env      print the variables the tests read
 set -euo pipefail
 
+# Every start waits for its server to answer, for up to a minute: a bound
+# against a hang, never a guess at how long a start takes.
+
 DIR="${MULTISESSION_SERVICES_DIR:-/tmp/multisession-services}"
 REDIS_PORT="${MULTISESSION_REDIS_PORT:-6390}"
 CLUSTER_PORTS=(6391 6392 6393)   # each also needs its port + 10000 free
@@ -49,7 +52,7 @@ start_redis() { # PORT [extra redis-server options]
   mkdir -p "$dir"
   redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
     --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --daemonize yes "$@"
-  for _ in $(seq 50); do redis_up "$port" && return 0; sleep 0.1; done
+  for _ in $(seq 600); do redis_up "$port" && return 0; sleep 0.1; done
   fail "redis on port $port did not start; see $dir/redis.log"
 }
 
@@ -89,7 +92,7 @@ start_cluster() {
   for port in "${CLUSTER_PORTS[@]:1}"; do
     redis-cli -p "${CLUSTER_PORTS[0]}" cluster meet 127.0.0.1 "$port" >/dev/null
   done
-  for _ in $(seq 150); do cluster_ok && return 0; sleep 0.1; done
+  for _ in $(seq 600); do cluster_ok && return 0; sleep 0.1; done
   fail "the Redis Cluster did not reach cluster_state:ok; see $DIR/redis-*/redis.log"
 }
 
@@ -132,7 +135,7 @@ start_mariadb() {
       --skip-test-db --datadir="$dir/data" >"$dir/install.log" 2>&1 || fail "mariadb-install-db failed; see $dir/install.log"
     mariadbd --no-defaults --user=root --datadir="$dir/data" --socket="$dir/sock" --pid-file="$dir/pid" \
       --port="$port" --bind-address=127.0.0.1 --log-error="$dir/error.log" >/dev/null 2>&1 &
-    for _ in $(seq 100); do my_up "$port" && break; sleep 0.1; done
+    for _ in $(seq 600); do my_up "$port" && break; sleep 0.1; done
     my_up "$port" || fail "MariaDB did not start; see $dir/error.log"
   fi
   mariadb -h 127.0.0.1 -P "$port" -u root -e "DROP DATABASE IF EXISTS $TEST_DB; CREATE DATABASE $TEST_DB" \
@@ -161,7 +164,7 @@ start_memcached() {
     mc_up "$port" && continue
     mkdir -p "$DIR/memcached-$port"
     memcached -d -u root -l 127.0.0.1 -p "$port" -U 0 -m 64 -P "$DIR/memcached-$port/pid"
-    for _ in $(seq 50); do mc_up "$port" && break; sleep 0.1; done
+    for _ in $(seq 600); do mc_up "$port" && break; sleep 0.1; done
     mc_up "$port" || fail "memcached on port $port did not start"
   done
 }
@@ -189,7 +192,7 @@ start_nx() {
   nohup "$venv/bin/nx-27017" --host 127.0.0.1 -p "$MONGO_PORT" --db memory --threaded \
     --pid-file "$DIR/nx-27017.own.pid" >"$DIR/nx-27017.log" 2>&1 &
   echo $! >"$DIR/nx-27017.pid"
-  for _ in $(seq 100); do nx_up "$MONGO_PORT" && return 0; sleep 0.1; done
+  for _ in $(seq 600); do nx_up "$MONGO_PORT" && return 0; sleep 0.1; done
   fail "nx-27017 did not start; see $DIR/nx-27017.log"
 }
 
@@ -209,7 +212,7 @@ start_firestore() {
   nohup java -Duser.language=en -cp "$FIRESTORE_JAR" com.google.cloud.datastore.emulator.firestore.CloudFirestore \
     start --host=127.0.0.1 --port="$FIRESTORE_PORT" >"$DIR/firestore.log" 2>&1 &
   echo $! >"$DIR/firestore.pid"
-  for _ in $(seq 150); do fs_up && return 0; sleep 0.2; done
+  for _ in $(seq 300); do fs_up && return 0; sleep 0.2; done
   fail "the Firestore emulator did not start; see $DIR/firestore.log"
 }
 

@@ -11,16 +11,21 @@
 //!
 //! and open <http://127.0.0.1:3000>. Log in as the same user in a second
 //! browser (or a private window) and both show up under "Your devices".
-//! `MULTISESSION_DEMO_ADDR` changes the address (default `127.0.0.1:3000`),
-//! `MULTISESSION_STORE` the store, as a URL (default
-//! `sqlite://multisession-demo.db`, in the current directory; also
+//! `MULTISESSION_DEMO_ADDR` changes the address (default `127.0.0.1:3000`;
+//! port 0 picks a free one), `MULTISESSION_STORE` the store, as a URL
+//! (default `sqlite://multisession-demo.db`, in the current directory; also
 //! `memory://`, `redis://127.0.0.1:6379`, `redis+cluster://HOST:PORT,…`),
 //! `RUST_LOG` the log filter (default `info`).
 //!
+//! Every form that changes something is a POST carrying a CSRF token, kept
+//! in a session part of its own: an encrypted cookie (`csrf`), so handing
+//! out a token writes nothing to the store. [`SessionLayer`] refuses POSTs
+//! a browser marks as coming from another origin, and each handler checks
+//! the token with [`Session::verify_csrf_token`]. The cookie's key is made
+//! anew at each start, so forms rendered before a restart must be reloaded.
+//!
 //! There are no passwords: the demo trusts whatever user id is typed in, and
-//! it serves plain http, so its cookie is not `Secure`. The forms carry no
-//! CSRF token; the session cookie's default `SameSite=Lax` keeps other sites
-//! from posting them with it.
+//! it serves plain http, so its cookies are not `Secure`.
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;
@@ -30,8 +35,11 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use multisession::store::spawn_cleanup;
-use multisession::{DeviceSession, Result, Session, SessionConfig, SessionHandle, SessionLayer, Sessions};
+use multisession::store::{CookieStore, Store, spawn_cleanup};
+use multisession::{
+    CSRF_TOKEN_KEY, DeviceSession, ErrorKind, Fields, Key, KeyRing, Result, Session, SessionConfig, SessionHandle,
+    SessionLayer, SessionSpec, Sessions,
+};
 use serde::Deserialize;
 use time::{OffsetDateTime, UtcOffset};
 
@@ -40,12 +48,26 @@ const MAX_USER_ID: usize = 64;
 
 /// The demo's router, every route behind [`SessionLayer`].
 ///
+/// The demo's sessions: the login and everything else in `store`, and the
+/// CSRF token in an encrypted cookie of its own, under a key made now.
+pub(crate) fn sessions(store: impl Into<multisession::store::Backend>, config: SessionConfig) -> Result<Sessions> {
+    let csrf = CookieStore::new(KeyRing::new(vec![Key::generate()])?);
+    Sessions::from_specs([
+        SessionSpec::new(csrf, config.clone().with_cookie_name("csrf")).with_fields(Fields::include([CSRF_TOKEN_KEY])),
+        SessionSpec::new(store, config).with_fields(Fields::Auto),
+    ])
+}
+
+/// The demo's router, every route behind [`SessionLayer`]. Everything that
+/// changes state is a POST with a CSRF token; a GET of those routes is
+/// `405 Method Not Allowed`.
+///
 /// | Route                         | What it does                                   |
 /// |-------------------------------|------------------------------------------------|
 /// | `GET /`                       | who is logged in, or a link to log in          |
 /// | `GET /login`, `POST /login`   | the login form; logs in, optionally remembered |
-/// | `POST /logout` (and `GET`)    | logs this device out                           |
-/// | `POST /logout_all_devices` (and `GET`) | logs the user out everywhere          |
+/// | `POST /logout`                | logs this device out                           |
+/// | `POST /logout_all_devices`    | logs the user out everywhere                   |
 /// | `POST /logout_other_devices`  | logs the user out everywhere but here          |
 /// | `GET /devices`                | the user's sessions, one row per device        |
 /// | `POST /devices/revoke`        | logs out the device a `handle` names           |
@@ -53,10 +75,8 @@ pub(crate) fn app(sessions: Sessions) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/login", get(login_form).post(login))
-        // GET as well, as Flask-Multi-Session's example linked to it; the
-        // pages themselves use POST buttons, which other sites cannot trigger.
-        .route("/logout", get(logout).post(logout))
-        .route("/logout_all_devices", get(logout_all_devices).post(logout_all_devices))
+        .route("/logout", post(logout))
+        .route("/logout_all_devices", post(logout_all_devices))
         .route("/logout_other_devices", post(logout_other_devices))
         .route("/devices", get(devices))
         .route("/devices/revoke", post(revoke))
@@ -76,20 +96,22 @@ async fn main() -> std::result::Result<(), Box<dyn StdError>> {
         Err(e) => return Err(fatal(format!("MULTISESSION_DEMO_ADDR: {e}"))),
     };
     let url = std::env::var("MULTISESSION_STORE").unwrap_or_else(|_| "sqlite://multisession-demo.db".to_owned());
-    let store = multisession::store::open(&url, None)
+    let shown = multisession::store::redacted(&url);
+    let store: std::sync::Arc<dyn Store> = multisession::store::open(&url, None)
         .await
-        .map_err(|e| fatal(format!("cannot open the session store {url}: {e}")))?;
+        .map_err(|e| fatal(format!("cannot open the session store {shown}: {e}")))?;
     // The demo serves plain http on localhost, where browsers would drop a
     // `Secure` cookie; keep the default (`Secure`) behind https.
     let config = SessionConfig::default().with_secure(false);
-    let sessions = Sessions::new(store.clone(), config).map_err(|e| fatal(e.to_string()))?;
+    let sessions = sessions(store.clone(), config).map_err(|e| fatal(e.to_string()))?;
     // Expired sessions are never served; this only reclaims their rows.
     let _cleanup = spawn_cleanup(store, multisession::Duration::minutes(1));
 
     let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| fatal(format!("cannot bind {addr}: {e}")))?;
     let local = listener.local_addr().map_err(|e| fatal(format!("cannot bind {addr}: {e}")))?;
-    println!("multisession demo listening on http://{local} (sessions in {url})");
-    println!("note: the session cookie is sent without `Secure` because the demo serves plain http");
+    println!("multisession demo listening on http://{local} (sessions in {shown})");
+    println!("note: the cookies are sent without `Secure` because the demo serves plain http");
+    println!("note: the CSRF cookie's key was generated at start: forms from before a restart must be reloaded");
 
     let service = app(sessions).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, service)
@@ -142,17 +164,47 @@ async fn index(session: Session) -> Result<Html<String>> {
         "You stay logged in until you close the browser."
     };
     let shown = escape(&user);
+    let token = token_field(&session).await?;
     let body = format!(
         r#"<h1>Hello, you are logged in as {shown}</h1>
 <p class="muted">{remembered}</p>
 <div class="actions">
   <a class="button primary" href="/devices">Your devices</a>
-  <form method="post" action="/logout"><button type="submit">Log out</button></form>
-  <form method="post" action="/logout_all_devices"><button type="submit" class="danger">Log out from all devices</button></form>
+  <form method="post" action="/logout">{token}<button type="submit">Log out</button></form>
+  <form method="post" action="/logout_all_devices">{token}<button type="submit" class="danger">Log out from all devices</button></form>
 </div>
 <p class="hint">Sign in as {shown} from another browser or a private window too, then open <a href="/devices">Your devices</a>.</p>"#
     );
     Ok(page("Home", Some(&user), &body))
+}
+
+/// The hidden field that carries the session's CSRF token in a form.
+async fn token_field(session: &Session) -> Result<String> {
+    let token = session.csrf_token().await?;
+    Ok(format!(r#"<input type="hidden" name="csrf_token" value="{}">"#, escape(&token)))
+}
+
+/// What every state-changing form sends besides its own fields.
+#[derive(Debug, Deserialize)]
+struct Token {
+    #[serde(default)]
+    csrf_token: String,
+}
+
+/// Checks a form's CSRF token: `None` if it is this session's, else the
+/// page that says the form was refused.
+async fn refused(session: &Session, token: &str) -> Result<Option<Response>> {
+    match session.verify_csrf_token(token).await {
+        Ok(()) => Ok(None),
+        Err(e) if e.kind() == ErrorKind::Forbidden => {
+            let user = session.user().await?;
+            let body = r#"<h1>That form has expired</h1>
+<p>It was sent from an old page or from another site, so nothing was changed.</p>
+<p><a class="button" href="/">Back to the start</a></p>"#;
+            Ok(Some((StatusCode::FORBIDDEN, page("Refused", user.as_deref(), body)).into_response()))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The login form's fields.
@@ -162,14 +214,19 @@ struct LoginForm {
     user_id: String,
     /// Present (as `on`) when "Remember me" is checked.
     remember: Option<String>,
+    #[serde(default)]
+    csrf_token: String,
 }
 
 async fn login_form(session: Session) -> Result<Html<String>> {
     let user = session.user().await?;
-    Ok(login_page(user.as_deref(), None, "", false))
+    login_page(&session, user.as_deref(), None, "", false).await
 }
 
 async fn login(session: Session, Form(form): Form<LoginForm>) -> Result<Response> {
+    if let Some(refusal) = refused(&session, &form.csrf_token).await? {
+        return Ok(refusal);
+    }
     let user_id = form.user_id.trim();
     let remember = form.remember.is_some();
     let problem = if user_id.is_empty() {
@@ -183,7 +240,7 @@ async fn login(session: Session, Form(form): Form<LoginForm>) -> Result<Response
     };
     if let Some(problem) = problem {
         let current = session.user().await?;
-        let page = login_page(current.as_deref(), Some(&problem), user_id, remember);
+        let page = login_page(&session, current.as_deref(), Some(&problem), user_id, remember).await?;
         return Ok((StatusCode::BAD_REQUEST, page).into_response());
     }
     session.login(user_id).await?;
@@ -191,17 +248,26 @@ async fn login(session: Session, Form(form): Form<LoginForm>) -> Result<Response
     Ok(Redirect::to("/").into_response())
 }
 
-async fn logout(session: Session) -> Result<Redirect> {
+async fn logout(session: Session, Form(form): Form<Token>) -> Result<Response> {
+    if let Some(refusal) = refused(&session, &form.csrf_token).await? {
+        return Ok(refusal);
+    }
     session.logout().await?;
-    Ok(Redirect::to("/"))
+    Ok(Redirect::to("/").into_response())
 }
 
-async fn logout_all_devices(session: Session) -> Result<Redirect> {
+async fn logout_all_devices(session: Session, Form(form): Form<Token>) -> Result<Response> {
+    if let Some(refusal) = refused(&session, &form.csrf_token).await? {
+        return Ok(refusal);
+    }
     session.logout_all_devices().await?;
-    Ok(Redirect::to("/"))
+    Ok(Redirect::to("/").into_response())
 }
 
-async fn logout_other_devices(session: Session) -> Result<Redirect> {
+async fn logout_other_devices(session: Session, Form(form): Form<Token>) -> Result<Response> {
+    if let Some(refusal) = refused(&session, &form.csrf_token).await? {
+        return Ok(refusal);
+    }
     let ended = session.logout_other_devices().await?;
     if session.user().await?.is_some() {
         let message = match ended {
@@ -211,7 +277,7 @@ async fn logout_other_devices(session: Session) -> Result<Redirect> {
         };
         session.insert(FLASH, message).await?;
     }
-    Ok(Redirect::to("/devices"))
+    Ok(Redirect::to("/devices").into_response())
 }
 
 /// The session key of a one-time message for the devices page.
@@ -226,6 +292,7 @@ async fn devices(session: Session) -> Result<Response> {
     devices.sort_by_key(|d| !d.current);
     let flash = session.remove(FLASH).await?;
     let now = OffsetDateTime::now_utc();
+    let token = token_field(&session).await?;
 
     let shown = escape(&user);
     let count = match devices.len() {
@@ -241,22 +308,22 @@ async fn devices(session: Session) -> Result<Response> {
          <th class=\"when\">Signed in</th><th class=\"when\">Last active</th><th><span class=\"sr-only\">Action</span></th></tr></thead>\n<tbody>\n",
     );
     for device in &devices {
-        body.push_str(&device_row(device, now));
+        body.push_str(&device_row(device, now, &token));
     }
     body.push_str("</tbody>\n</table></div>\n");
     let others = devices.iter().any(|d| !d.current);
     let disabled = if others { "" } else { " disabled" };
     body.push_str(&format!(
         r#"<div class="actions">
-  <form method="post" action="/logout_other_devices"><button type="submit" class="danger"{disabled}>Log out other devices</button></form>
+  <form method="post" action="/logout_other_devices">{token}<button type="submit" class="danger"{disabled}>Log out other devices</button></form>
   <a class="button" href="/">Back</a>
 </div>"#
     ));
     Ok(page("Your devices", Some(&user), &body).into_response())
 }
 
-/// One row of the devices table.
-fn device_row(device: &DeviceSession, now: OffsetDateTime) -> String {
+/// One row of the devices table; `token` is the forms' CSRF field.
+fn device_row(device: &DeviceSession, now: OffsetDateTime, token: &str) -> String {
     let agent = device.device.user_agent.as_deref();
     let name = escape(&describe_user_agent(agent));
     let full = escape(agent.unwrap_or("no User-Agent sent"));
@@ -275,7 +342,7 @@ fn device_row(device: &DeviceSession, now: OffsetDateTime) -> String {
         String::new()
     } else {
         format!(
-            r#"<form method="post" action="/devices/revoke"><input type="hidden" name="handle" value="{}"><button type="submit" class="small">Revoke</button></form>"#,
+            r#"<form method="post" action="/devices/revoke">{token}<input type="hidden" name="handle" value="{}"><button type="submit" class="small">Revoke</button></form>"#,
             escape(&device.handle.to_string())
         )
     };
@@ -289,14 +356,19 @@ fn device_row(device: &DeviceSession, now: OffsetDateTime) -> String {
     )
 }
 
-/// The revoke button's field.
+/// The revoke button's fields.
 #[derive(Debug, Deserialize)]
 struct RevokeForm {
     #[serde(default)]
     handle: String,
+    #[serde(default)]
+    csrf_token: String,
 }
 
 async fn revoke(session: Session, Form(form): Form<RevokeForm>) -> Result<Response> {
+    if let Some(refusal) = refused(&session, &form.csrf_token).await? {
+        return Ok(refusal);
+    }
     let Ok(handle) = form.handle.parse::<SessionHandle>() else {
         let user = session.user().await?;
         let body = r#"<h1>Bad request</h1>
@@ -322,7 +394,14 @@ async fn not_found() -> (StatusCode, Html<String>) {
 // HTML
 
 /// The login page, with an error `message` and the values to re-show.
-fn login_page(current: Option<&str>, message: Option<&str>, user_id: &str, remember: bool) -> Html<String> {
+async fn login_page(
+    session: &Session,
+    current: Option<&str>,
+    message: Option<&str>,
+    user_id: &str,
+    remember: bool,
+) -> Result<Html<String>> {
+    let token = token_field(session).await?;
     let mut body = String::from("<h1>Log in</h1>\n");
     if let Some(current) = current {
         body.push_str(&format!(
@@ -336,6 +415,7 @@ fn login_page(current: Option<&str>, message: Option<&str>, user_id: &str, remem
     let checked = if remember { " checked" } else { "" };
     body.push_str(&format!(
         r#"<form method="post" action="/login" class="stack">
+  {token}
   <label for="user_id">User id</label>
   <input id="user_id" name="user_id" type="text" value="{}" maxlength="{MAX_USER_ID}" required autofocus autocomplete="username">
   <label class="check"><input type="checkbox" name="remember"{checked}> Remember me</label>
@@ -344,7 +424,7 @@ fn login_page(current: Option<&str>, message: Option<&str>, user_id: &str, remem
 <p class="hint">There is no password: any id will do, such as <code>23</code>.</p>"#,
         escape(user_id)
     ));
-    page("Log in", current, &body)
+    Ok(page("Log in", current, &body))
 }
 
 /// The shared layout around `body` (HTML); `title` and the logged-in `user`

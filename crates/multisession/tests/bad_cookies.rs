@@ -121,3 +121,60 @@ async fn corrupt_stored_data_is_no_session_not_an_error() {
     let reply = device.get("/read").await;
     assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "user=anonymous n=0"));
 }
+
+/// Sends `/read` (or `path`) with a raw `Cookie` header of any bytes.
+async fn with_header(router: &axum::Router, path: &str, header: &[u8]) -> common::Reply {
+    let mut request = Request::get(path).body(Body::empty()).expect("a request");
+    request.headers_mut().insert(header::COOKIE, HeaderValue::from_bytes(header).expect("a header value"));
+    send_raw(router, request).await
+}
+
+#[tokio::test]
+async fn another_apps_non_ascii_cookie_beside_ours_hides_nothing() {
+    let (store, router, valid) = logged_in(SessionConfig::default()).await;
+    for foreign in [&b"theme=caf\xc3\xa9"[..], b"latin1=caf\xe9", b"\xff\xfe=\x80"] {
+        let mut header = foreign.to_vec();
+        header.extend_from_slice(format!("; session={valid}").as_bytes());
+        let reply = with_header(&router, "/read", &header).await;
+        assert_eq!(reply.body, "user=23 n=0", "{:?} hid the session", String::from_utf8_lossy(foreign));
+    }
+    let mut header = b"latin1=caf\xe9; session=".to_vec();
+    header.extend_from_slice(valid.as_bytes());
+    assert_eq!(with_header(&router, "/logout", &header).await.body, "logged out");
+    assert!(store.inner().user_sessions("23").await.expect("listed").is_empty(), "logout left the session alive");
+}
+
+#[tokio::test]
+async fn a_shadowing_cookie_of_the_same_name_neither_hides_the_session_nor_defeats_logout() {
+    let (store, router, valid) = logged_in(SessionConfig::default()).await;
+    let shadow = "A".repeat(43);
+    let header = format!("session={shadow}; session={valid}");
+    assert_eq!(with_header(&router, "/read", header.as_bytes()).await.body, "user=23 n=0");
+    assert_eq!(with_header(&router, "/logout", header.as_bytes()).await.body, "logged out");
+    assert!(store.inner().user_sessions("23").await.expect("listed").is_empty(), "logout deleted nothing");
+}
+
+#[tokio::test]
+async fn a_logout_that_never_read_the_session_ends_every_id_it_was_sent() {
+    let (store, router, valid) = logged_in(SessionConfig::default()).await;
+    let before = store.counts();
+    let header = format!("session={}; session={valid}", "B".repeat(43));
+    let request = Request::get("/logout").header(header::COOKIE, header).body(Body::empty()).expect("a request");
+    let app = router.clone();
+    send_raw(&app, request).await;
+    assert!(store.inner().user_sessions("23").await.expect("listed").is_empty());
+    assert!(store.counts().deletes - before.deletes <= 2, "more deletes than ids sent");
+}
+
+#[tokio::test]
+async fn at_most_three_ids_of_one_name_are_tried_first_come_first_served() {
+    let (store, router, valid) = logged_in(SessionConfig::default()).await;
+    // Well-formed ids no session has (43 characters whose last is canonical).
+    let fakes: Vec<String> = ["C", "D", "E"].iter().map(|c| format!("session={}A", c.repeat(42))).collect();
+    let before = store.counts().loads;
+    let header = format!("{}; session={valid}", fakes.join("; "));
+    assert_eq!(with_header(&router, "/read", header.as_bytes()).await.body, "user=anonymous n=0");
+    assert_eq!(store.counts().loads - before, 3, "a request made more than three store reads for its cookie");
+    let header = format!("{}; session={valid}", fakes[..2].join("; "));
+    assert_eq!(with_header(&router, "/read", header.as_bytes()).await.body, "user=23 n=0");
+}

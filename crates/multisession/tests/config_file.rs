@@ -159,3 +159,80 @@ async fn the_shipped_example_configuration_loads() {
     assert_ne!(keys, "");
     folder.load(&example).await.expect("examples/multisession.toml loads");
 }
+
+#[tokio::test]
+async fn durations_too_long_for_any_session_are_refused_naming_the_field() {
+    let folder = Folder::new();
+    for (value, field) in [
+        ("\"99999999999999999w\"", "lifetime"),
+        ("\"9223372036854775807d\"", "lifetime"),
+        ("\"401d\"", "lifetime"),
+        ("99999999999999", "lifetime"),
+    ] {
+        let toml = format!("[[session]]\ncookie_name = \"s\"\nbackend = \"memory://\"\n{field} = {value}\n");
+        let err = folder.load(&toml).await.expect_err("an impossible lifetime was accepted");
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains(field), "{err} does not name {field}");
+    }
+    let toml = "[[session]]\ncookie_name = \"s\"\nbackend = \"memory://\"\nlifetime = \"400d\"\n";
+    let sessions = folder.load(toml).await.expect("400 days load");
+    let mut browser = Device::new(common::app(sessions), "ua", "127.0.0.1:1");
+    assert_eq!(browser.get("/login/23").await.status, 200);
+    assert_eq!(browser.get("/read").await.body, "user=23 n=0");
+}
+
+/// A store URL for each scheme `store::open` knows, at the servers
+/// `scripts/services.sh` starts.
+fn store_urls(folder: &Folder) -> Vec<String> {
+    let env = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    let cluster = env("MULTISESSION_REDIS_CLUSTER_URLS", "redis://127.0.0.1:6391").replace("redis://", "");
+    let firestore = env("MULTISESSION_FIRESTORE_URL", "http://127.0.0.1:8790").replace("http://", "");
+    vec![
+        "memory://".to_owned(),
+        format!("sqlite://{}", folder.path().join("all.db").display()),
+        env("MULTISESSION_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/multisession_test"),
+        env("MULTISESSION_MYSQL_URL", "mysql://root@127.0.0.1:3306/multisession_test"),
+        env("MULTISESSION_REDIS_URL", "redis://127.0.0.1:6390"),
+        format!("redis+cluster://{cluster}"),
+        format!("memcached://{}", env("MULTISESSION_MEMCACHED_SERVERS", "127.0.0.1:11290")),
+        env("MULTISESSION_MONGO_URL", "mongodb://127.0.0.1:27090/multisession_test?directConnection=true"),
+        format!("firestore://{firestore}/multisession-test"),
+    ]
+}
+
+#[tokio::test]
+async fn every_store_url_store_open_takes_works_in_toml() {
+    let folder = Folder::new();
+    for url in store_urls(&folder) {
+        multisession::store::open(&url, None).await.unwrap_or_else(|e| panic!("store::open({url}): {e}"));
+        let toml = format!("[[session]]\ncookie_name = \"s\"\nbackend = \"{url}\"\n");
+        let sessions = folder.load(&toml).await.unwrap_or_else(|e| panic!("{url} in TOML: {e}"));
+        let session = sessions.session([], Default::default());
+        session.insert("n", 1).await.expect("insert");
+        session.commit().await.unwrap_or_else(|e| panic!("a session on {url}: {e}"));
+    }
+}
+
+#[tokio::test]
+async fn store_passwords_never_appear_in_configuration_errors() {
+    let folder = Folder::new();
+    let password = "s3cretpw";
+    for url in [
+        format!("postgres://app:{password}@127.0.0.1:1/db"),
+        format!("mysql://app:{password}@127.0.0.1:1/db"),
+        format!("redis://:{password}@127.0.0.1:1"),
+        format!("mongodb://app:{password}@127.0.0.1:1/db?serverSelectionTimeoutMS=100"),
+        format!("carrier-pigeon://app:{password}@loft"),
+        format!("postgres://app:{password}@127.0.0.1:notaport/db"),
+    ] {
+        let toml = format!("[[session]]\ncookie_name = \"s\"\nbackend = \"{url}\"\n");
+        let err = folder.load(&toml).await.expect_err("an unreachable store was accepted");
+        assert!(!format!("{err} {err:?}").contains(password), "the error shows the password: {err}");
+        let err = multisession::store::open(&url, None).await.expect_err("an unreachable store opened");
+        assert!(!format!("{err} {err:?}").contains(password), "the error shows the password: {err}");
+    }
+    // A syntax error on the line of the URL does not echo the line.
+    let toml = format!("[[session]]\ncookie_name = \"s\"\nbackend = \"postgres://app:{password}@db/app\n");
+    let err = folder.load(&toml).await.expect_err("a broken file loaded");
+    assert!(err.to_string().contains("line 3") && !err.to_string().contains(password), "{err}");
+}

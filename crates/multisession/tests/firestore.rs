@@ -90,3 +90,23 @@ async fn requests_get_503_while_the_emulator_is_down_and_succeed_once_it_is_back
     // The emulator keeps nothing across a restart: the device starts anew.
     outage::outage_gives_503_then_recovery(&mut server, sessions, false).await;
 }
+
+/// Firestore takes at most 500 writes in one commit: logging out a user
+/// with 600 sessions everywhere commits in batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_all_devices_ends_600_sessions() {
+    let db = firestore().await;
+    let sessions =
+        Sessions::new(db.store(), SessionConfig::default().with_unlimited_sessions_per_user()).expect("valid");
+    let mut cookie = String::new();
+    for _ in 0..600 {
+        let session = sessions.session([], Default::default());
+        session.login("busy").await.expect("login");
+        let set = session.commit().await.expect("commit").set_cookies;
+        cookie = set[0].split(';').next().expect("name=value").to_owned();
+    }
+    let session = sessions.session([cookie.as_bytes()], Default::default());
+    assert_eq!(session.logout_all_devices().await.expect("logout_all_devices"), 600);
+    session.commit().await.expect("commit");
+    assert!(sessions.user_sessions("busy").await.expect("listed").is_empty());
+}

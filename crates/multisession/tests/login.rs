@@ -151,3 +151,18 @@ async fn logging_in_as_another_user_does_not_inherit_the_previous_users_data() {
     device.get("/login/bob").await;
     assert_eq!(device.get("/read").await.body, "user=bob n=0", "alice's data passed to bob");
 }
+
+#[tokio::test]
+async fn by_default_a_user_holds_at_most_100_sessions_and_unlimited_is_a_choice() {
+    for (config, expected) in
+        [(SessionConfig::default(), 100), (SessionConfig::default().with_unlimited_sessions_per_user(), 130)]
+    {
+        let sessions = Sessions::new(MemoryStore::new(), config).expect("valid config");
+        for _ in 0..130 {
+            let session = sessions.session([], DeviceFacts::default());
+            session.login("23").await.expect("login");
+            session.commit().await.expect("commit");
+        }
+        assert_eq!(sessions.user_sessions("23").await.expect("listed").len(), expected);
+    }
+}

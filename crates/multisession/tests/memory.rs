@@ -49,9 +49,14 @@ async fn the_cleanup_task_sweeps_expired_sessions() {
     };
     let key = multisession::SessionId::generate().expect("rng").store_key();
     store.create(&key, &record).await.expect("created");
-    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+    assert!(store.holds(&key));
     let task = multisession::store::spawn_cleanup(store.clone(), multisession::Duration::seconds(1));
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // The task sweeps once a second; wait for it to have swept the entry
+    // (an expired one) rather than for a guess at how long that takes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while store.holds(&key) {
+        assert!(std::time::Instant::now() < deadline, "the cleanup task never swept the expired entry");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     task.abort();
-    assert!(!store.delete(&key).await.expect("delete"), "the cleanup task left the expired entry");
 }

@@ -103,10 +103,10 @@ fn tls_redis() -> TlsRedis {
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server runs (scripts/services.sh installs it)");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
+    // Up to a minute: a bound against a hang, not a guess at the start time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the TLS Redis did not answer on port {port}");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let ca = std::fs::read(d.join("ca.pem")).expect("the CA certificate");

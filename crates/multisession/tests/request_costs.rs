@@ -73,13 +73,26 @@ async fn a_new_session_is_one_create_and_a_change_is_one_apply() {
 
 #[tokio::test]
 async fn a_read_touches_only_once_the_expiry_moved_past_the_touch_interval() {
-    let (store, mut device) = setup(SessionConfig::default().with_touch_interval(time::Duration::milliseconds(50)));
+    // One store, read through two configurations: an hour's interval, which
+    // no test run outlasts, and none at all, once the clock has moved.
+    let store = Arc::new(CountingStore::new(MemoryStore::new()));
+    let through = |interval| {
+        let config = SessionConfig::default().with_touch_interval(interval);
+        app(Sessions::new(store.clone(), config).expect("valid config"))
+    };
+    let mut device = Device::new(through(time::Duration::HOUR), "test-agent", "127.0.0.1:4000");
     device.get("/write").await;
+    let written = time::OffsetDateTime::now_utc();
     let before = store.counts();
     device.get("/read").await;
     assert_eq!(delta(store.counts(), before).touches, 0, "touched within the interval");
-    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+
+    let mut later = Device::new(through(time::Duration::ZERO), "test-agent", "127.0.0.1:4000");
+    later.cookies = device.cookies.clone();
+    while time::OffsetDateTime::now_utc() - written < time::Duration::milliseconds(2) {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     let before = store.counts();
-    device.get("/read").await;
+    later.get("/read").await;
     assert_eq!(delta(store.counts(), before), Counts { loads: 1, touches: 1, ..Counts::default() });
 }

@@ -717,10 +717,31 @@ mod tests {
             (SessionConfig::default().with_secure(false).with_same_site(SameSite::None), "same_site"),
             (SessionConfig::default().with_touch_interval(Duration::DAY), "touch_interval"),
             (SessionConfig::default().with_max_sessions_per_user(0, OnLimit::RefuseLogin), "max_sessions_per_user"),
+            (SessionConfig::default().with_lifetime(Duration::MAX), "lifetime"),
+            (SessionConfig::default().with_permanent_lifetime(Duration::days(401)), "permanent_lifetime"),
+            (SessionConfig::default().with_absolute_lifetime(Duration::weeks(100_000)), "absolute_lifetime"),
+            (SessionConfig::default().with_max_age(Duration::MAX), "max_age"),
+            (SessionConfig::default().with_absolute_lifetime(Duration::MIN), "absolute_lifetime"),
         ];
         for (config, field) in cases {
             let err = config.validate().expect_err(field);
             assert!(err.to_string().contains(field), "{err} does not name {field}");
+        }
+    }
+
+    #[test]
+    fn the_longest_lifetimes_allowed_work_from_any_instant() {
+        let config = SessionConfig::default()
+            .with_lifetime(MAX_LIFETIME)
+            .with_permanent_lifetime(MAX_LIFETIME)
+            .with_absolute_lifetime(MAX_LIFETIME)
+            .with_max_age(MAX_LIFETIME);
+        config.validate().expect("400 days are allowed");
+        for at in [OffsetDateTime::now_utc(), MAX_INSTANT, OffsetDateTime::UNIX_EPOCH] {
+            let expiry = config.expiry(at, true, config.absolute_expiry(at));
+            assert!(expiry >= at, "{expiry} is before {at}");
+            let id = SessionId::generate().expect("rng");
+            assert!(config.id_cookie(&id, true, expiry).contains("Max-Age="));
         }
     }
 

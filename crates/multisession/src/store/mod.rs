@@ -200,6 +200,10 @@ pub async fn open(url: &str, key_prefix: Option<&str>) -> Result<Arc<dyn Store>>
 
 /// `text` (a driver's error message about `url`) with `url`'s password,
 /// should the driver have quoted it, replaced by `***`.
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres", feature = "mysql", feature = "redis", feature = "mongodb")),
+    allow(dead_code)
+)]
 pub(crate) fn scrub(text: &str, url: &str) -> String {
     let password = url
         .split_once("://")

@@ -26,35 +26,74 @@ pub struct OwnServer {
 }
 
 impl OwnServer {
-    /// Starts `command(port, dir)` and waits until the port answers.
+    /// Starts `command(port, dir)` on a free port and waits until it
+    /// answers there. A port someone else took between our choosing it and
+    /// the server binding it makes the server exit: then another is chosen.
     pub fn new(command: impl Fn(u16, &Path) -> Command + Send + 'static) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut server = Self { port, dir, command: Box::new(command), child: None };
-        server.start();
-        server
+        let mut server = Self { port: 0, dir, command: Box::new(command), child: None };
+        for _ in 0..5 {
+            server.port =
+                std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+            if server.try_start() {
+                return server;
+            }
+        }
+        panic!("the server did not start on any of five free ports");
+    }
+
+    /// Spawns the server and waits until it answers on its port; `false`
+    /// if it exited first.
+    fn try_start(&mut self) -> bool {
+        let mut child = (self.command)(self.port, self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the server runs (scripts/services.sh installs it)");
+        // A slow start (a JVM on a loaded machine) is waited for, up to a
+        // minute: a bound against hanging, not a guess at the start time.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if child.try_wait().ok().flatten().is_some() {
+                let _ = child.wait();
+                return false;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                self.child = Some(child);
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("nothing answered on port {} within a minute", self.port);
     }
 }
 
+/// Waits until something answers on `port`, up to a minute.
 pub fn wait_for(port: u16) {
-    for _ in 0..300 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    panic!("nothing answered on port {port}");
+    panic!("nothing answered on port {port} within a minute");
 }
 
 impl Server for OwnServer {
+    /// Starts the server again on its port (the store under test knows no
+    /// other); a start that exits at once, as while the old process's port
+    /// is still being released, is retried.
     fn start(&mut self) {
-        let child = (self.command)(self.port, self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the server runs (scripts/services.sh installs it)");
-        self.child = Some(child);
-        wait_for(self.port);
+        for _ in 0..20 {
+            if self.try_start() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        panic!("the server did not start again on port {}", self.port);
     }
 
     fn kill(&mut self) {

@@ -1,0 +1,92 @@
+//! A memory store that can be switched off like an unreachable backend,
+//! and a log writer that keeps what it is given, for the tests of outages
+//! and of what errors and logs show.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use multisession::store::{MemoryStore, SessionInfo, Store};
+use multisession::{Change, Error, Record, Result, StoreKey};
+
+/// A real memory store behind a switch that makes every call fail as an
+/// unreachable backend does.
+#[derive(Default)]
+pub struct Switchable {
+    pub inner: MemoryStore,
+    pub down: AtomicBool,
+}
+
+impl Switchable {
+    fn check(&self) -> Result<()> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(Error::unavailable("connection refused", std::io::Error::from(std::io::ErrorKind::ConnectionRefused)))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl Store for Switchable {
+    async fn load(&self, key: &StoreKey) -> Result<Option<Record>> {
+        self.check()?;
+        self.inner.load(key).await
+    }
+    async fn create(&self, key: &StoreKey, record: &Record) -> Result<()> {
+        self.check()?;
+        self.inner.create(key, record).await
+    }
+    async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {
+        self.check()?;
+        self.inner.apply(key, change).await
+    }
+    async fn delete(&self, key: &StoreKey) -> Result<bool> {
+        self.check()?;
+        self.inner.delete(key).await
+    }
+    async fn user_sessions(&self, user: &str) -> Result<Vec<SessionInfo>> {
+        self.check()?;
+        self.inner.user_sessions(user).await
+    }
+    async fn delete_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> Result<u64> {
+        self.check()?;
+        self.inner.delete_user_sessions(user, keep).await
+    }
+    async fn delete_expired(&self) -> Result<u64> {
+        self.check()?;
+        self.inner.delete_expired().await
+    }
+}
+
+/// Collects everything the subscriber writes.
+#[derive(Clone, Default)]
+pub struct Captured(pub Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+    }
+
+    /// A subscriber that writes every event, at every level, here.
+    pub fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync {
+        let writer = self.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish()
+    }
+}

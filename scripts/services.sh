@@ -22,6 +22,9 @@ PG_SYSTEM_PORT=5432; PG_OWN_PORT="${MULTISESSION_PG_PORT:-5490}"
 MY_SYSTEM_PORT=3306; MY_OWN_PORT="${MULTISESSION_MYSQL_PORT:-3390}"
 TEST_DB=multisession_test
 MEMCACHED_PORTS=(11290 11291)     # two servers, so keys spread over a hash ring
+# Room enough that the suite's 10 000-session checks never make Memcached
+# evict (an eviction mid-test would be a flake), run after run.
+MEMCACHED_MB=1024
 # No mongod can be installed here: nx-27017 (PyPI) speaks MongoDB's wire
 # protocol over SQLite. MULTISESSION_MONGO_URL points the tests at a real
 # mongod instead.
@@ -158,12 +161,23 @@ mc_up() { # a subshell, so its redirections stay its own
     _ "$1" 2>/dev/null
 }
 
+mc_megabytes() { # the memory limit of the memcached on port $1, in MB
+  timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" && printf "stats\r\nquit\r\n" >&3 && cat <&3' _ "$1" 2>/dev/null \
+    | tr -d '\r' | awk '$2 == "limit_maxbytes" { print int($3 / 1048576) }'
+}
+
 start_memcached() {
   local port
   for port in "${MEMCACHED_PORTS[@]}"; do
-    mc_up "$port" && continue
+    if mc_up "$port"; then
+      [ "$(mc_megabytes "$port")" -ge "$MEMCACHED_MB" ] 2>/dev/null && continue
+      log "restarting memcached on $port with ${MEMCACHED_MB} MB"
+      [ -f "$DIR/memcached-$port/pid" ] || fail "a memcached this script did not start holds port $port"
+      kill "$(cat "$DIR/memcached-$port/pid")"
+      for _ in $(seq 600); do mc_up "$port" || break; sleep 0.1; done
+    fi
     mkdir -p "$DIR/memcached-$port"
-    memcached -d -u root -l 127.0.0.1 -p "$port" -U 0 -m 64 -P "$DIR/memcached-$port/pid"
+    memcached -d -u root -l 127.0.0.1 -p "$port" -U 0 -m "$MEMCACHED_MB" -P "$DIR/memcached-$port/pid"
     for _ in $(seq 600); do mc_up "$port" && break; sleep 0.1; done
     mc_up "$port" || fail "memcached on port $port did not start"
   done

@@ -7,17 +7,19 @@ use crate::{Error, ErrorKind};
 
 /// Whether a request that may change state comes from another origin, as a
 /// browser says: `Sec-Fetch-Site` other than `same-origin` or `none`, or,
-/// without it, an `Origin` whose host differs from `Host`. Safe methods
-/// and requests without either header (not from a browser) are not. The
-/// rule of Go's `http.CrossOriginProtection`, which the Fetch metadata
-/// headers of every current browser make reliable.
+/// without it, an `Origin` whose host differs from the request's own
+/// (`host`: the `Host` header, or HTTP/2's `:authority`). Safe methods,
+/// requests without either header (not from a browser) and an `Origin` in
+/// `trusted` are not. The rule of Go's `http.CrossOriginProtection`, which
+/// the Fetch metadata headers of every current browser make reliable.
 pub(crate) fn is_cross_origin(
     safe_method: bool,
     host: Option<&[u8]>,
     origin: Option<&[u8]>,
     sec_fetch_site: Option<&[u8]>,
+    trusted: &[String],
 ) -> bool {
-    if safe_method {
+    if safe_method || origin.is_some_and(|o| trusted.iter().any(|t| t.as_bytes().eq_ignore_ascii_case(o))) {
         return false;
     }
     if let Some(site) = sec_fetch_site {
@@ -58,7 +60,10 @@ mod tests {
             (false, Some(b"null"), None, true),
         ];
         for (safe, origin, site, expected) in cases {
-            assert_eq!(is_cross_origin(safe, host, origin, site), expected, "{origin:?} {site:?}");
+            assert_eq!(is_cross_origin(safe, host, origin, site, &[]), expected, "{origin:?} {site:?}");
         }
+        let idp = ["https://idp.example".to_owned()];
+        assert!(!is_cross_origin(false, host, Some(b"https://idp.example"), Some(b"cross-site"), &idp));
+        assert!(is_cross_origin(false, host, Some(b"https://evil.example"), Some(b"cross-site"), &idp));
     }
 }

@@ -30,6 +30,12 @@ pub(crate) struct Part {
     pub(crate) limit: Option<SessionLimit>,
 }
 
+impl Part {
+    pub(crate) fn is_server(&self) -> bool {
+        matches!(self.backend, Backend::Server(_))
+    }
+}
+
 /// The parts, their routing, and which part keeps the login.
 pub(crate) struct Engine {
     pub(crate) parts: Vec<Part>,
@@ -174,8 +180,8 @@ impl Engine {
 
     /// Whether a device's session can span several server parts, whose keys
     /// the user part then records ([`Meta::siblings`]).
-    fn has_siblings(&self) -> bool {
-        self.parts.iter().filter(|p| matches!(p.backend, Backend::Server(_))).count() > 1
+    pub(crate) fn has_siblings(&self) -> bool {
+        self.parts.iter().filter(|p| p.is_server()).count() > 1
     }
 
     /// The server store of the part whose cookie is `name`.
@@ -196,11 +202,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Ends one device's session: its other parts, then the session that
-    /// keeps the login. Whether that one was live.
+    /// Ends one device's session: the session that keeps the login first
+    /// (a commit of that device still under way then finds it gone and
+    /// drops what it made), then its other parts. Whether it was live.
     pub(crate) async fn end_device(&self, info: &SessionInfo) -> Result<bool> {
+        let live = self.user_store()?.delete(&info.key).await?;
         self.delete_siblings(&info.siblings).await?;
-        self.user_store()?.delete(&info.key).await
+        Ok(live)
     }
 
     /// Ends every session of `user` except `keep`, with their other parts:
@@ -211,14 +219,16 @@ impl Engine {
         let part = &self.parts[self.user_part()?];
         match &part.backend {
             Backend::Server(store) => {
-                if self.has_siblings() {
-                    for info in store.user_sessions(user).await? {
-                        if Some(&info.key) != keep {
-                            self.delete_siblings(&info.siblings).await?;
-                        }
-                    }
+                if !self.has_siblings() {
+                    return Ok((store.delete_user_sessions(user, keep).await?, None));
                 }
-                Ok((store.delete_user_sessions(user, keep).await?, None))
+                // Each device's login session first, then its other parts.
+                let listed = store.user_sessions(user).await?;
+                let ended = store.delete_user_sessions(user, keep).await?;
+                for info in listed.iter().filter(|info| Some(&info.key) != keep) {
+                    self.delete_siblings(&info.siblings).await?;
+                }
+                Ok((ended, None))
             }
             Backend::Cookie(cookie) => {
                 let keep_for = part.config.lifetime.max(part.config.permanent_lifetime);
@@ -267,8 +277,10 @@ impl State {
     /// that cannot be sent fails the request before any store is written.
     /// Server parts then pick their keys (a new id for a new session or an
     /// id change), so that the part keeping the login can record where the
-    /// device's other parts live; it commits first (a refused login changes
-    /// nothing else), then the others.
+    /// device's other parts live. Those other parts are written first, the
+    /// sessions they replace kept until the login part has committed: if it
+    /// fails (a refused login) what they made is deleted again and the old
+    /// ones stay; if the device's login was ended meanwhile, all of it goes.
     pub(crate) async fn commit(&mut self, engine: &Engine, device: &Device) -> Result<Commit> {
         let mut commit = Commit { set_cookies: Vec::new(), vary_cookie: self.parts.iter().any(|p| p.loaded) };
         for (part, state) in engine.parts.iter().zip(&mut self.parts) {
@@ -276,32 +288,46 @@ impl State {
                 commit.set_cookies.extend(state.commit_cookie(&part.config, cookie)?);
             }
         }
-        let mut servers: Vec<usize> =
-            (0..self.parts.len()).filter(|&i| matches!(engine.parts[i].backend, Backend::Server(_))).collect();
+        let servers: Vec<usize> = (0..self.parts.len()).filter(|&i| engine.parts[i].is_server()).collect();
         for &i in &servers {
             self.parts[i].prepare()?;
         }
         let siblings = self.siblings(engine).await?;
-        servers.sort_by_key(|&i| Some(i) != engine.user_part);
-        for i in servers {
-            let part = &engine.parts[i];
-            let Backend::Server(store) = &part.backend else { continue };
-            let is_user_part = Some(i) == engine.user_part;
-            let links = if is_user_part { siblings.as_ref() } else { None };
-            let outcome = self.parts[i].commit_server(part, &**store, device, links).await?;
-            for info in &outcome.evicted {
-                engine.delete_siblings(&info.siblings).await?;
-            }
-            if is_user_part && outcome.ended_elsewhere {
-                // The device's login was ended by another request: so is the
-                // rest of its session.
-                for (j, state) in self.parts.iter_mut().enumerate() {
-                    if j != i && matches!(engine.parts[j].backend, Backend::Server(_)) {
-                        state.end(false);
+        let user = engine.user_part.filter(|u| servers.contains(u));
+        let mut others = Vec::new();
+        for &i in servers.iter().filter(|&&i| Some(i) != user) {
+            let outcome = self.parts[i].commit_server(&engine.parts[i], device, None, user.is_some()).await?;
+            others.push((i, outcome));
+        }
+        let mut ended = false;
+        if let Some(u) = user {
+            match self.parts[u].commit_server(&engine.parts[u], device, siblings.as_ref(), false).await {
+                Ok(outcome) => {
+                    for info in &outcome.evicted {
+                        engine.delete_siblings(&info.siblings).await?;
                     }
+                    ended = outcome.ended_elsewhere;
+                    commit.set_cookies.extend(outcome.set_cookie);
+                }
+                Err(e) => {
+                    for (i, outcome) in &others {
+                        engine.parts[*i].delete_all(outcome.minted.iter()).await?;
+                    }
+                    return Err(e);
                 }
             }
-            commit.set_cookies.extend(outcome.set_cookie);
+        }
+        for (i, outcome) in others {
+            let part = &engine.parts[i];
+            if ended {
+                // The device's login was ended by another request: so is the
+                // rest of its session, what this request made included.
+                let stored = self.parts[i].stored_key();
+                part.delete_all(outcome.minted.iter().chain(&outcome.replaced).chain(&stored)).await?;
+            } else {
+                part.delete_all(outcome.replaced.iter()).await?;
+                commit.set_cookies.extend(outcome.set_cookie);
+            }
         }
         Ok(commit)
     }
@@ -347,6 +373,31 @@ struct Outcome {
     evicted: Vec<SessionInfo>,
     /// The session this request loaded was ended by another request.
     ended_elsewhere: bool,
+    /// The key of the session this commit created, if it created one.
+    minted: Option<StoreKey>,
+    /// The session the new one replaces, left for the caller to delete.
+    replaced: Option<StoreKey>,
+}
+
+impl Part {
+    /// Deletes these keys of this part's store.
+    async fn delete_all(&self, keys: impl Iterator<Item = &StoreKey>) -> Result<()> {
+        if let Backend::Server(store) = &self.backend {
+            for key in keys {
+                store.delete(key).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of a commit whose session was ended by another request: its
+/// changes are dropped and no cookie is sent (the browser may already hold
+/// a newer one, from a request that ran beside this one; a dead cookie is
+/// cleared by the next request that meets it).
+fn ended_elsewhere() -> Outcome {
+    tracing::info!("session ended elsewhere during the request; its changes were dropped");
+    Outcome { ended_elsewhere: true, ..Outcome::default() }
 }
 
 /// The session as stored when this request loaded it.
@@ -557,14 +608,17 @@ impl PartState {
     }
 
     /// Ends this device's session on this part: forget it now, delete it at
-    /// commit unless `already_deleted`. Needs no load: an unread session is
-    /// deleted by every id its cookies carried.
+    /// commit (unless `already_deleted`) with every other id its cookies
+    /// carried. Needs no load.
     pub(crate) fn end(&mut self, already_deleted: bool) {
         if !already_deleted {
-            if self.loaded {
-                self.doomed.extend(self.stored_key());
-            } else {
-                self.doomed.extend(self.incoming.iter().map(|i| i.id.store_key()));
+            self.doomed.extend(self.stored_key());
+        }
+        // Every id the cookies carried: a stray or planted one must not keep
+        // a session alive that this logout meant to end.
+        for key in self.incoming.iter().map(|i| i.id.store_key()) {
+            if Some(key) != self.stored_key() && !self.doomed.contains(&key) {
+                self.doomed.push(key);
             }
         }
         self.loaded = true;
@@ -616,19 +670,22 @@ impl PartState {
     }
 
     /// A server part's commit: nothing, one `apply` (or a touch), or a
-    /// `create` (plus the delete of the session it replaces). `siblings`,
-    /// for the part that keeps the login, is where the device's other parts
-    /// live.
+    /// `create` (and the delete of the session it replaces, unless
+    /// `defer_old`: then the caller deletes it, from the outcome).
+    /// `siblings`, for the part that keeps the login, is where the device's
+    /// other parts live.
     async fn commit_server(
         &mut self,
         part: &Part,
-        store: &dyn Store,
         device: &Device,
         siblings: Option<&BTreeMap<String, StoreKey>>,
+        defer_old: bool,
     ) -> Result<Outcome> {
-        let nothing = |set_cookie: Option<String>| Outcome { set_cookie, ..Outcome::default() };
+        let Backend::Server(store) = &part.backend else { return Ok(Outcome::default()) };
+        let store = &**store;
+        let cookie = |set_cookie: Option<String>| Outcome { set_cookie, ..Outcome::default() };
         if !self.loaded {
-            return Ok(nothing(None));
+            return Ok(cookie(None));
         }
         let config = &part.config;
         let now = now();
@@ -636,7 +693,7 @@ impl PartState {
             store.delete(&key).await?;
         }
         if let Some(id) = self.next.take() {
-            return self.mint(part, store, device, now, id, siblings).await;
+            return self.mint(part, store, device, now, id, siblings, defer_old).await;
         }
         if self.cycle.is_some() {
             // An id change of a session holding nothing: the old one goes,
@@ -644,25 +701,22 @@ impl PartState {
             if let Some(old) = self.stored_key() {
                 store.delete(&old).await?;
             }
-            return Ok(nothing((self.cookie_present || self.ended).then(|| config.removal_cookie())));
+            return Ok(cookie((self.cookie_present || self.ended).then(|| config.removal_cookie())));
         }
         let Some(current) = &self.current else {
-            return Ok(nothing((self.cookie_present || self.ended).then(|| config.removal_cookie())));
+            return Ok(cookie((self.cookie_present || self.ended).then(|| config.removal_cookie())));
         };
-        let Some((id, key)) = &current.stored else { return Ok(nothing(None)) };
+        let Some((id, key)) = &current.stored else { return Ok(cookie(None)) };
         match self.update(config, store, key, &current.meta, now, siblings).await {
             Ok(wrote) => {
                 let permanent_changed = self.permanent != current.meta.permanent;
                 if (self.permanent && wrote) || permanent_changed || self.reissue {
                     let expires_at = config.expiry(now, self.permanent, current.meta.absolute_expires_at);
-                    return Ok(nothing(Some(config.id_cookie(id, self.permanent, expires_at))));
+                    return Ok(cookie(Some(config.id_cookie(id, self.permanent, expires_at))));
                 }
-                Ok(nothing(None))
+                Ok(cookie(None))
             }
-            Err(e) if e.kind() == ErrorKind::Gone => {
-                tracing::info!("session ended elsewhere during the request; its changes were dropped");
-                Ok(Outcome { set_cookie: Some(config.removal_cookie()), evicted: Vec::new(), ended_elsewhere: true })
-            }
+            Err(e) if e.kind() == ErrorKind::Gone => Ok(ended_elsewhere()),
             Err(e) => Err(e),
         }
     }
@@ -698,10 +752,13 @@ impl PartState {
 
     /// Creates the session under the id [`PartState::prepare`] picked —
     /// holding a login to the user's session cap — then deletes the session
-    /// it replaces. If that one was ended meanwhile (logged out everywhere,
-    /// revoked, evicted), nothing is created, or what was is deleted again:
-    /// no path brings back a session that was ended after this request
-    /// loaded it.
+    /// it replaces (or leaves that to the caller, `defer_old`). A logged-in
+    /// session ended meanwhile (logged out everywhere, revoked, evicted) is
+    /// not replaced: nothing is created, or what was is deleted again, so no
+    /// path brings back a session ended after this request loaded it. An
+    /// anonymous one ends only by this browser's own doing (a concurrent
+    /// login in another tab), and is replaced regardless.
+    #[allow(clippy::too_many_arguments)]
     async fn mint(
         &mut self,
         part: &Part,
@@ -710,34 +767,34 @@ impl PartState {
         now: OffsetDateTime,
         id: SessionId,
         siblings: Option<&BTreeMap<String, StoreKey>>,
+        defer_old: bool,
     ) -> Result<Outcome> {
-        let config = &part.config;
         let key = id.store_key();
-        let record = self.record(config, device, now, siblings);
+        let record = self.record(&part.config, device, now, siblings);
         let replaces = self.stored_key();
-        let limit = part.limit.filter(|_| record.meta.user_id.is_some());
-        let ended = || {
-            tracing::info!("session ended elsewhere during the request; its new id was dropped");
-            Outcome { set_cookie: Some(config.removal_cookie()), evicted: Vec::new(), ended_elsewhere: true }
-        };
-        let evicted = if replaces.is_some() || limit.is_some() {
-            match store.create_login(&key, &record, replaces.as_ref(), limit).await {
-                Err(e) if e.kind() == ErrorKind::Gone => return Ok(ended()),
+        let guarded = replaces.filter(|_| self.current.as_ref().is_some_and(|c| c.meta.user_id.is_some()));
+        let limit = part.limit.filter(|_| record.meta.user_id.is_some() && self.cycle == Some(Cycle::Login));
+        let evicted = if guarded.is_some() || limit.is_some() {
+            match store.create_login(&key, &record, guarded.as_ref(), limit).await {
+                Err(e) if e.kind() == ErrorKind::Gone => return Ok(ended_elsewhere()),
                 other => other?,
             }
         } else {
             store.create(&key, &record).await?;
             Vec::new()
         };
-        // Ended between the store's check and now: the new one goes too.
-        if let Some(old) = replaces
-            && !store.delete(&old).await?
-        {
-            store.delete(&key).await?;
-            return Ok(Outcome { evicted, ..ended() });
+        let set_cookie = Some(part.config.id_cookie(&id, self.permanent, record.meta.expires_at));
+        let mut outcome = Outcome { set_cookie, evicted, minted: Some(key), ..Outcome::default() };
+        match replaces {
+            Some(old) if defer_old => outcome.replaced = Some(old),
+            // Ended between the store's check and now: the new one goes too.
+            Some(old) if !store.delete(&old).await? && guarded.is_some() => {
+                store.delete(&key).await?;
+                return Ok(Outcome { evicted: outcome.evicted, ..ended_elsewhere() });
+            }
+            _ => {}
         }
-        let set_cookie = Some(config.id_cookie(&id, self.permanent, record.meta.expires_at));
-        Ok(Outcome { set_cookie, evicted, ended_elsewhere: false })
+        Ok(outcome)
     }
 
     /// Applies the request's changes to its existing session, or touches it

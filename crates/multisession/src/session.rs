@@ -296,9 +296,10 @@ impl Session {
     pub async fn logout(&self) -> Result<()> {
         let engine = self.engine();
         let mut state = self.state().await;
-        // The session that keeps the login knows where the device's other
-        // server parts live, those whose cookies this request lacks too.
-        if let Some(u) = engine.user_part.filter(|&u| matches!(engine.parts[u].backend, Backend::Server(_))) {
+        // With several server parts, the session that keeps the login knows
+        // where the device's other parts live, those whose cookies this
+        // request lacks too.
+        if let Some(u) = engine.user_part.filter(|&u| engine.has_siblings() && engine.parts[u].is_server()) {
             let siblings = state.load(engine, u).await?.current_siblings();
             engine.delete_siblings(&siblings).await?;
         }
@@ -331,7 +332,9 @@ impl Session {
         let engine = self.engine();
         let u = engine.user_part()?;
         let mut state = self.state().await;
-        let keep = state.parts[u].surviving_key();
+        // The session as stored now, even with an id change pending: the
+        // change replaces it at commit, and needs it still there.
+        let keep = state.parts[u].stored_key();
         let (ended, generation) = engine.end_user_sessions(user, keep.as_ref()).await?;
         let mine = &mut state.parts[u];
         if let Some(generation) = generation.filter(|_| mine.user.as_deref() == Some(user)) {
@@ -405,7 +408,7 @@ impl Session {
     pub async fn devices(&self) -> Result<Vec<DeviceSession>> {
         let store = self.engine().user_store()?;
         let Some(user) = self.user().await? else { return Ok(Vec::new()) };
-        let current = self.state().await.parts[self.engine().user_part()?].surviving_key();
+        let current = self.state().await.parts[self.engine().user_part()?].stored_key();
         Ok(crate::users::listing(store.user_sessions(&user).await?, current))
     }
 
@@ -430,7 +433,7 @@ impl Session {
         if self.user().await?.as_deref() != Some(handle.user()) {
             return Ok(false);
         }
-        let mine = self.state().await.parts[self.engine().user_part()?].surviving_key();
+        let mine = self.state().await.parts[self.engine().user_part()?].stored_key();
         if mine.is_some_and(|key| handle.matches(&key)) {
             self.logout().await?;
             return Ok(true);

@@ -227,13 +227,17 @@ impl FromStr for SessionHandle {
 
     fn from_str(s: &str) -> Result<Self> {
         let invalid = || Error::usage("a session handle is 16 hex digits, a dot and a base64url user id");
+        // The longest a handle of a valid user id can be: 16 + 1 + 340.
+        if s.len() > 400 {
+            return Err(invalid());
+        }
         let (prefix, user) = s.split_once('.').ok_or_else(invalid)?;
         if prefix.len() != 16 || !prefix.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(invalid());
         }
         let user = URL_SAFE_NO_PAD.decode(user).map_err(|_| invalid())?;
         let user = String::from_utf8(user).map_err(|_| invalid())?;
-        if user.is_empty() {
+        if user.is_empty() || user.len() > crate::MAX_USER_ID_BYTES || user.chars().any(char::is_control) {
             return Err(invalid());
         }
         Ok(Self { prefix: prefix.to_owned(), user })

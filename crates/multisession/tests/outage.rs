@@ -8,9 +8,10 @@ mod switchable;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use common::Captured;
 use common::{Device, app};
 use multisession::{SessionConfig, Sessions};
-use switchable::{Captured, Switchable};
+use switchable::Switchable;
 
 #[tokio::test]
 async fn an_unreachable_store_gives_503_and_recovers_without_restart() {

@@ -10,10 +10,11 @@ mod switchable;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use common::Captured;
 use common::{Device, Reply, app};
 use multisession::store::{CookieStore, Store};
 use multisession::{Fields, Key, KeyRing, SessionConfig, SessionSpec, Sessions};
-use switchable::{Captured, Switchable};
+use switchable::Switchable;
 
 const SECRET: &str = "tok-5ecr3t";
 

@@ -164,6 +164,9 @@ fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let mut total = Duration::ZERO;
     while !rest.is_empty() {
         let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
         let (number, tail) = rest.split_at(digits);
         let n: i64 = number.parse().map_err(|_| too_long())?;
         let unit_len = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());

@@ -175,7 +175,9 @@ impl CookieStore {
         for _ in 0..3 {
             match store.load(&key).await? {
                 Some(record) => {
-                    let next = read_generation(&record) + 1;
+                    let next = read_generation(&record).checked_add(1).ok_or_else(|| {
+                        Error::corrupt("the revocation counter is at its largest value; delete its record to reset it")
+                    })?;
                     let mut change = Change::new(now, expires_at);
                     change.set.insert("generation".into(), json!(next));
                     match store.apply(&key, &change).await {

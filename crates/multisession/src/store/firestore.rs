@@ -23,6 +23,19 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 const ATTEMPTS: usize = 200;
 /// Documents deleted per commit by [`Store::delete_expired`].
 const BATCH: usize = 300;
+/// The fields of a session document besides its data, which queries read.
+const META_FIELDS: [&str; 10] = [
+    "v",
+    "user_id",
+    "created_ms",
+    "last_active_ms",
+    "expires_ms",
+    "absolute_ms",
+    "permanent",
+    "user_agent",
+    "ip",
+    "siblings",
+];
 /// Firestore takes at most 500 writes in one commit.
 const MAX_WRITES: usize = 500;
 /// Documents read per page of a user's sessions.
@@ -216,10 +229,11 @@ impl FirestoreStore {
         if let Some(body) = body {
             request = request.header("content-type", "application/json").body(body.to_string());
         }
-        let mut response = request.send().await.map_err(unavailable)?;
+        // reqwest's errors name the URL, whose last segment is a store key.
+        let mut response = request.send().await.map_err(|e| unavailable(e.without_url()))?;
         let status = response.status();
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(unavailable)? {
+        while let Some(chunk) = response.chunk().await.map_err(|e| unavailable(e.without_url()))? {
             if body.len() + chunk.len() > MAX_REPLY {
                 return Err(unavailable(format!("Firestore sent a reply of more than {MAX_REPLY} bytes")));
             }
@@ -246,7 +260,11 @@ impl FirestoreStore {
         limit: usize,
         after: Option<&str>,
     ) -> Result<Vec<Value>> {
+        // The metadata only: a session's data is never needed here, and
+        // could make a page of documents large.
+        let fields: Vec<Value> = META_FIELDS.iter().map(|f| json!({ "fieldPath": f })).collect();
         let mut structured = json!({
+            "select": { "fields": fields },
             "from": [{ "collectionId": self.collection }],
             "where": { "fieldFilter": { "field": { "fieldPath": field }, "op": op, "value": value } },
             "limit": limit,

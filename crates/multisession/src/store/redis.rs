@@ -149,23 +149,39 @@ const CREATE: &str = concat!(
     "return 1"
 );
 
-/// KEYS: session[, index]. ARGV: expiry, member, clear (0/1), number of
-/// fields to remove, those fields, then field/value pairs to set.
+/// KEYS: session[, index]. ARGV: expiry, member, now (ms), clear (0/1),
+/// number of fields to remove, those fields, then field/value pairs to set.
+/// A session past its `_exp` by the application's clock is gone, whatever
+/// Redis's own clock says.
 const APPLY: &str = concat!(
-    "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n",
+    "local exp = redis.call('HGET', KEYS[1], '_exp')\n",
+    "if not exp or (tonumber(exp) or 0) <= tonumber(ARGV[3]) then return 0 end\n",
     "if KEYS[2] then\n",
     index_upsert!("KEYS[2]", "ARGV[1]", "ARGV[2]", "'XX'"),
     "end\n",
-    "if ARGV[3] == '1' then\n",
+    "if ARGV[4] == '1' then\n",
     "  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do\n",
     "    if string.sub(f, 1, 1) == '.' then redis.call('HDEL', KEYS[1], f) end\n",
     "  end\n",
     "end\n",
-    "local n = tonumber(ARGV[4])\n",
-    "if n > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, 5, 4 + n)) end\n",
-    "if #ARGV > 4 + n then redis.call('HSET', KEYS[1], unpack(ARGV, 5 + n)) end\n",
+    "local n = tonumber(ARGV[5])\n",
+    "if n > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, 6, 5 + n)) end\n",
+    "if #ARGV > 5 + n then redis.call('HSET', KEYS[1], unpack(ARGV, 6 + n)) end\n",
     "redis.call('PEXPIREAT', KEYS[1], ARGV[1])\n",
     "return 1"
+);
+
+/// KEYS: index. ARGV: member/score pairs as read. Removes each member whose
+/// score is still the one read: a session indexed again meanwhile (a
+/// cluster's new session, indexed once more once it exists) stays.
+const UNINDEX: &str = concat!(
+    "local n = 0\n",
+    "for i = 1, #ARGV, 2 do\n",
+    "  if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i])) == tonumber(ARGV[i + 1]) then\n",
+    "    n = n + redis.call('ZREM', KEYS[1], ARGV[i])\n",
+    "  end\n",
+    "end\n",
+    "return n"
 );
 
 static INDEX_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(INDEX));
@@ -173,6 +189,7 @@ static CREATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CREATE));
 static APPLY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPLY));
 static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE));
 static LOGIN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LOGIN));
+static UNINDEX_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(UNINDEX));
 
 /// KEYS: session. ARGV: now (ms). Deletes it; returns whether a live
 /// session was deleted, and its user.
@@ -197,7 +214,7 @@ const LOGIN: &str = concat!(
     "if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end\n",
     "if ARGV[6] ~= '' then\n",
     "  local exp = redis.call('HGET', ARGV[7] .. ARGV[6], '_exp')\n",
-    "  if not exp or tonumber(exp) <= tonumber(ARGV[3]) then return {-2} end\n",
+    "  if not exp or (tonumber(exp) or 0) <= tonumber(ARGV[3]) then return {-2} end\n",
     "end\n",
     "redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])\n",
     "local live = {}\n",
@@ -205,7 +222,7 @@ const LOGIN: &str = concat!(
     "  if m ~= ARGV[2] and m ~= ARGV[6] then\n",
     "    local f = redis.call('HMGET', ARGV[7] .. m, '_la', '_exp')\n",
     "    if not f[1] then redis.call('ZREM', KEYS[2], m)\n",
-    "    elseif tonumber(f[2]) > tonumber(ARGV[3]) then table.insert(live, {m, tonumber(f[1])}) end\n",
+    "    elseif (tonumber(f[2]) or 0) > tonumber(ARGV[3]) then table.insert(live, {m, tonumber(f[1]) or 0}) end\n",
     "  end\n",
     "end\n",
     "local max = tonumber(ARGV[4])\n",
@@ -431,19 +448,31 @@ impl RedisStore {
         }
     }
 
-    /// A user's index members, after pruning those whose score has passed.
-    async fn members(&self, user: &str) -> Result<Vec<String>> {
+    /// A user's index members with their scores (as Redis wrote them),
+    /// after pruning those whose score has passed.
+    async fn members(&self, user: &str) -> Result<Vec<(String, String)>> {
         let index = self.index_key(user);
         let mut pipe = redis::pipe();
         let now = to_millis(OffsetDateTime::now_utc());
         pipe.cmd("ZREMRANGEBYSCORE").arg(&index).arg("-inf").arg(now).ignore();
-        pipe.cmd("ZRANGE").arg(&index).arg(0).arg(-1);
-        let (members,): (Vec<String>,) = match &self.conn {
+        pipe.cmd("ZRANGE").arg(&index).arg(0).arg(-1).arg("WITHSCORES");
+        let (members,): (Vec<(String, String)>,) = match &self.conn {
             Conn::Single(c) => pipe.query_async(&mut c.clone()).await,
             Conn::Cluster(c) => pipe.query_async(&mut c.clone()).await,
         }
         .map_err(unavailable)?;
         Ok(members)
+    }
+
+    /// Drops `members` (as [`RedisStore::members`] read them) from `user`'s
+    /// index, each only if its score has not moved since.
+    async fn unindex(&self, user: &str, members: &[&(String, String)]) -> Result<()> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let args: Vec<Vec<u8>> =
+            members.iter().flat_map(|(m, score)| [m.clone().into_bytes(), score.clone().into_bytes()]).collect();
+        self.run::<i64>(&UNINDEX_SCRIPT, &[&self.index_key(user)], &args).await.map(drop)
     }
 }
 
@@ -571,8 +600,11 @@ impl Store for RedisStore {
             return Err(Error::new(ErrorKind::Conflict, "a session with this key exists"));
         }
         if let Some(user) = user.filter(|_| self.is_cluster()) {
-            // Again, now that the session exists: see the type's docs.
-            self.index(user, meta.expires_at, &key.to_string(), "").await?;
+            // Again, now that the session exists, a millisecond later: a
+            // listing or logout-all that read the first entry and found no
+            // session removes it only if its score has not moved.
+            let later = meta.expires_at + time::Duration::milliseconds(1);
+            self.index(user, later, &key.to_string(), "").await?;
         }
         Ok(())
     }
@@ -632,6 +664,7 @@ impl Store for RedisStore {
         let mut args: Vec<Vec<u8>> = vec![
             expires.clone().into_bytes(),
             key.to_string().into_bytes(),
+            to_millis(OffsetDateTime::now_utc()).to_string().into_bytes(),
             if change.clear { b"1".to_vec() } else { b"0".to_vec() },
             change.remove.len().to_string().into_bytes(),
         ];
@@ -667,7 +700,7 @@ impl Store for RedisStore {
         let members = self.members(user).await?;
         let cmds = members
             .iter()
-            .map(|m| {
+            .map(|(m, _)| {
                 let mut cmd = redis::cmd("HMGET");
                 cmd.arg(format!("{}:s:{m}", self.prefix)).arg(&INFO_FIELDS);
                 cmd
@@ -677,26 +710,25 @@ impl Store for RedisStore {
         let now = OffsetDateTime::now_utc();
         let mut sessions = Vec::with_capacity(members.len());
         let mut dangling = Vec::new();
-        for (member, reply) in members.iter().zip(replies) {
-            match info_of(member, reply)? {
-                None => dangling.push(member.clone()),
+        for (entry, reply) in members.iter().zip(replies) {
+            match info_of(&entry.0, reply)? {
+                None => dangling.push(entry),
                 Some(info) if info.user_id == user && info.expires_at > now => sessions.push(info),
                 Some(_) => {}
             }
         }
-        if !dangling.is_empty() {
-            self.query::<i64>(redis::cmd("ZREM").arg(self.index_key(user)).arg(&dangling)).await?;
-        }
+        self.unindex(user, &dangling).await?;
         Ok(sessions)
     }
 
     async fn delete_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> Result<u64> {
         let keep = keep.map(StoreKey::to_string);
-        let doomed: Vec<String> = self.members(user).await?.into_iter().filter(|m| Some(m) != keep.as_ref()).collect();
+        let members = self.members(user).await?;
+        let doomed: Vec<&(String, String)> = members.iter().filter(|(m, _)| Some(m) != keep.as_ref()).collect();
         if doomed.is_empty() {
             return Ok(0);
         }
-        let keys: Vec<String> = doomed.iter().map(|m| format!("{}:s:{m}", self.prefix)).collect();
+        let keys: Vec<String> = doomed.iter().map(|(m, _)| format!("{}:s:{m}", self.prefix)).collect();
         let deleted: u64 = if self.is_cluster() {
             let cmds = keys.iter().map(|k| redis::cmd("DEL").arg(k).clone()).collect();
             let replies = self.each(cmds).await?;
@@ -704,7 +736,7 @@ impl Store for RedisStore {
         } else {
             self.query(redis::cmd("DEL").arg(&keys)).await?
         };
-        self.query::<i64>(redis::cmd("ZREM").arg(self.index_key(user)).arg(&doomed)).await?;
+        self.unindex(user, &doomed).await?;
         Ok(deleted)
     }
 

@@ -813,6 +813,45 @@ impl SqlStore {
         Ok(evict)
     }
 
+    /// A login on MySQL: under the user's named lock (`GET_LOCK`, two
+    /// seconds at most), released before the connection goes back to the
+    /// pool, or the connection closed.
+    async fn mysql_login(
+        &self,
+        key: &StoreKey,
+        record: &Record,
+        user: &str,
+        replaces: Option<&StoreKey>,
+        limit: Option<SessionLimit>,
+    ) -> Result<Vec<SessionInfo>> {
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let name = self.lock_name(user);
+        let locked: Option<i64> = sqlx::query_scalar(self.sql("SELECT GET_LOCK(?, 2)"))
+            .bind(&name)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_error)?;
+        if locked != Some(1) {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                "the SQL session store failed: another login of this user held its lock for 2 seconds",
+            ));
+        }
+        let result = async {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(db_error)?;
+            let evicted = self.login_locked(&mut tx, key, record, user, replaces, limit).await?;
+            tx.commit().await.map_err(db_error)?;
+            Ok(evicted)
+        }
+        .await;
+        let released = sqlx::query(self.sql("SELECT RELEASE_LOCK(?)")).bind(&name).execute(&mut *conn).await;
+        if released.is_err() {
+            // Closing the connection releases the lock.
+            drop(conn.detach());
+        }
+        result
+    }
+
     /// The name of a user's login lock: MySQL keeps at most 64 characters.
     fn lock_name(&self, user: &str) -> String {
         use sha2::Digest as _;
@@ -876,7 +915,11 @@ impl Store for SqlStore {
                 Ok(evicted)
             }
             (Dialect::Postgres, Some(user)) => {
-                let mut tx = self.pool.begin().await.map_err(db_error)?;
+                // READ COMMITTED whatever the server's default, so the count
+                // after the lock sees the login that held it; and a bounded
+                // wait for the lock.
+                let mut tx = self.pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED").await.map_err(db_error)?;
+                sqlx::query(self.sql("SET LOCAL lock_timeout = '2s'")).execute(&mut *tx).await.map_err(db_error)?;
                 sqlx::query(self.sql("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))"))
                     .bind(self.lock_name(user))
                     .execute(&mut *tx)
@@ -887,33 +930,15 @@ impl Store for SqlStore {
                 Ok(evicted)
             }
             (Dialect::MySql, Some(user)) => {
-                let mut conn = self.pool.acquire().await.map_err(db_error)?;
-                let name = self.lock_name(user);
-                let locked: Option<i64> = sqlx::query_scalar(self.sql("SELECT GET_LOCK(?, 2)"))
-                    .bind(&name)
-                    .fetch_one(&mut *conn)
+                // A task of its own, so that a caller that gives up (a client
+                // gone, a timeout layer) cannot leave the named lock held on
+                // a pooled connection: the lock is always released or its
+                // connection closed.
+                let (store, key, record, user) = (self.clone(), *key, record.clone(), user.to_owned());
+                let replaces = replaces.copied();
+                tokio::spawn(async move { store.mysql_login(&key, &record, &user, replaces.as_ref(), limit).await })
                     .await
-                    .map_err(db_error)?;
-                if locked != Some(1) {
-                    return Err(Error::new(
-                        ErrorKind::Unavailable,
-                        "the SQL session store failed: another login of this user held its lock for 2 seconds",
-                    ));
-                }
-                let result = async {
-                    let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(db_error)?;
-                    let evicted = self.login_locked(&mut tx, key, record, user, replaces, limit).await?;
-                    tx.commit().await.map_err(db_error)?;
-                    Ok(evicted)
-                }
-                .await;
-                let released = sqlx::query(self.sql("SELECT RELEASE_LOCK(?)")).bind(&name).execute(&mut *conn).await;
-                if released.is_err() {
-                    // A connection still holding the lock must not go back to
-                    // the pool: closing it releases the lock.
-                    drop(conn.detach());
-                }
-                result
+                    .map_err(|e| Error::unavailable("a login task of the SQL session store failed", e))?
             }
         }
     }

@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -31,8 +32,9 @@ use crate::{Device, Error, ErrorKind, Session, Sessions};
 /// send no `Sec-Fetch-Site`, whose `Origin` is not the request's own host.
 /// Requests without either header (not from a browser) pass, as do safe
 /// methods. Forms still need a CSRF token ([`Session::csrf_token`]) for
-/// older browsers; [`SessionLayer::allow_cross_origin`] turns the check off
-/// for an application that serves other origins on purpose.
+/// older browsers. [`SessionLayer::trust_origin`] lets one origin through
+/// (an identity provider that posts back, as OpenID Connect's `form_post`
+/// and SAML do); [`SessionLayer::allow_cross_origin`] turns the check off.
 ///
 /// ```
 /// use axum::{Router, routing::get};
@@ -53,6 +55,7 @@ use crate::{Device, Error, ErrorKind, Session, Sessions};
 pub struct SessionLayer {
     sessions: Sessions,
     cross_origin: bool,
+    trusted: Arc<Vec<String>>,
 }
 
 impl SessionLayer {
@@ -65,7 +68,22 @@ impl SessionLayer {
     /// # Ok::<(), multisession::Error>(())
     /// ```
     pub fn new(sessions: Sessions) -> Self {
-        Self { sessions, cross_origin: false }
+        Self { sessions, cross_origin: false, trusted: Arc::default() }
+    }
+
+    /// Lets cross-origin requests from `origin` (`scheme://host[:port]`, as
+    /// browsers send it in `Origin`) through: a login provider that posts
+    /// its answer back, for example.
+    ///
+    /// ```
+    /// let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// let layer = multisession::SessionLayer::new(sessions).trust_origin("https://appleid.apple.com");
+    /// # let _ = layer;
+    /// # Ok::<(), multisession::Error>(())
+    /// ```
+    pub fn trust_origin(mut self, origin: impl Into<String>) -> Self {
+        Arc::make_mut(&mut self.trusted).push(origin.into());
+        self
     }
 
     /// Lets cross-origin browser requests through, for an application whose
@@ -88,7 +106,12 @@ impl<S> Layer<S> for SessionLayer {
     type Service = SessionService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        SessionService { inner, sessions: self.sessions.clone(), cross_origin: self.cross_origin }
+        SessionService {
+            inner,
+            sessions: self.sessions.clone(),
+            cross_origin: self.cross_origin,
+            trusted: self.trusted.clone(),
+        }
     }
 }
 
@@ -98,6 +121,7 @@ pub struct SessionService<S> {
     inner: S,
     sessions: Sessions,
     cross_origin: bool,
+    trusted: Arc<Vec<String>>,
 }
 
 impl<S, B> Service<Request<B>> for SessionService<S>
@@ -117,12 +141,15 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let headers = request.headers();
         let bytes = |name: &str| headers.get(name).map(HeaderValue::as_bytes);
+        // HTTP/2 carries the host in the URI's authority, not in `Host`.
+        let host = bytes(HOST.as_str()).or_else(|| request.uri().authority().map(|a| a.as_str().as_bytes()));
         let cross_site = !self.cross_origin
             && crate::csrf::is_cross_origin(
                 request.method().is_safe(),
-                bytes(HOST.as_str()),
+                host,
                 bytes(ORIGIN.as_str()),
                 bytes("sec-fetch-site"),
+                &self.trusted,
             );
         if cross_site {
             return Box::pin(std::future::ready(Ok(crate::csrf::refusal().into_response())));

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use super::common::{Device, app};
+use super::common::{Device, app, process_log};
 use multisession::Sessions;
 
 /// A backend a test can stop and start again.
@@ -115,6 +115,7 @@ impl Drop for OwnServer {
 /// succeed on the same `Sessions`. Whether the session itself is still
 /// there depends on whether the server keeps data across a restart.
 pub async fn outage_gives_503_then_recovery(server: &mut dyn Server, sessions: Sessions, data_survives: bool) {
+    let log = process_log();
     let mut device = Device::new(app(sessions), "ua", "127.0.0.1:1");
     let mut ready = false;
     for _ in 0..60 {
@@ -126,6 +127,13 @@ pub async fn outage_gives_503_then_recovery(server: &mut dyn Server, sessions: S
     }
     assert!(ready, "the server never answered");
     assert_eq!(device.get("/write").await.body, "n=1");
+    let id = device.cookies.get("session").cloned().expect("logged in");
+    // The store key: SHA-256 of the id's bytes.
+    let key: [u8; 32] = {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&id).expect("an id is base64url");
+        sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(bytes)).into()
+    };
 
     server.kill();
     for path in ["/read", "/write", "/login/24", "/devices"] {
@@ -149,4 +157,14 @@ pub async fn outage_gives_503_then_recovery(server: &mut dyn Server, sessions: S
     assert!(recovered, "the store did not recover after the server came back");
     let expected = if data_survives { "user=23 n=1" } else { "user=anonymous n=1" };
     assert_eq!(device.get("/read").await.body, expected);
+
+    // The outage was logged, and no line names the session.
+    use base64::Engine as _;
+    let text = log.text();
+    assert!(text.contains("unavailable"), "no log line for the outage");
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let forms = [id, hex, base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)];
+    for form in forms {
+        assert!(!text.contains(&form), "a log line names the session:\n{text}");
+    }
 }

@@ -1,9 +1,6 @@
-//! A memory store that can be switched off like an unreachable backend,
-//! and a log writer that keeps what it is given, for the tests of outages
-//! and of what errors and logs show.
+//! A memory store that can be switched off like an unreachable backend.
 #![allow(dead_code, unreachable_pub)]
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
@@ -57,36 +54,5 @@ impl Store for Switchable {
     async fn delete_expired(&self) -> Result<u64> {
         self.check()?;
         self.inner.delete_expired().await
-    }
-}
-
-/// Collects everything the subscriber writes.
-#[derive(Clone, Default)]
-pub struct Captured(pub Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    /// Everything written so far.
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
-    }
-
-    /// A subscriber that writes every event, at every level, here.
-    pub fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync {
-        let writer = self.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish()
     }
 }

@@ -168,7 +168,8 @@ impl Client {
         let found = self
             .call(self.server_of(key), async |conn| conn.meta_get(key, false, None, Some(&["v", "c"])).await)
             .await?;
-        Ok(found.and_then(|v| Some(Item { value: v.data?, cas: v.cas.unwrap_or(0) })))
+        // An empty value comes back as no data: it is an empty item, not none.
+        Ok(found.map(|v| Item { value: v.data.unwrap_or_default(), cas: v.cas.unwrap_or(0) }))
     }
 
     /// The values of those of `keys` that exist, read a batch of keys per

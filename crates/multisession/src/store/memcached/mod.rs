@@ -2,7 +2,7 @@
 
 mod client;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -26,8 +26,11 @@ const GRAIN: i64 = 600;
 /// is not found: the session may be being created.
 const GRACE: i64 = 60;
 /// An index is compacted once it has grown past twice its compacted size
-/// plus this many bytes.
+/// plus this many bytes, or past [`APPEND_LIMIT`].
 const SLACK: u64 = 4096;
+/// Past this size an index is compacted before it is written to again:
+/// Memcached's items hold 1 MB by default.
+const APPEND_LIMIT: u64 = 900 * 1024;
 /// How long an index item lives after its last write: past every session's
 /// expiry, as lifetimes are at most 400 days.
 const INDEX_LIFE: i64 = 401 * 24 * 3600;
@@ -53,9 +56,10 @@ const RELATIVE_MAX: i64 = 30 * 24 * 3600;
 /// that finds the index grown past twice its last compacted size — it is
 /// compacted: one line per session, expired lines gone. Rewrites use CAS, so
 /// no concurrent append is lost. The index item expires 401 days after its
-/// last write, later than any session it lists. An index holds about 66
-/// bytes per session, so Memcached's default 1 MB item holds some 15 000 —
-/// far above the default cap of 100 sessions per user. Listing reads the
+/// last write, later than any session it lists. An index holds about 67
+/// bytes per session, so Memcached's default 1 MB item holds some 13 000 —
+/// far above the default cap of 100 sessions per user; beyond that, the
+/// user's logins fail as `Unavailable`. Listing reads the
 /// sessions a hundred keys per round trip; clearing deletes at most eight at
 /// a time; each server has at most 16 connections.
 ///
@@ -134,9 +138,13 @@ struct Entry {
 /// A user's index: one entry per session, the latest line of each.
 type Entries = BTreeMap<StoreKey, Entry>;
 
-fn parse_index(bytes: &[u8]) -> Entries {
+/// A user's index, and how many lines it held (more than its entries when
+/// it holds duplicates or garbage).
+fn parse_index(bytes: &[u8]) -> (Entries, usize) {
     let mut entries = Entries::new();
-    for line in bytes.split(|&b| b == b'\n') {
+    let mut lines = 0;
+    for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        lines += 1;
         let text = String::from_utf8_lossy(line);
         let mut fields = text.split(' ');
         let (Some(key), Some(until)) = (fields.next(), fields.next()) else { continue };
@@ -147,7 +155,7 @@ fn parse_index(bytes: &[u8]) -> Entries {
         entry.until = entry.until.max(until);
         entry.written = entry.written.max(written);
     }
-    entries
+    (entries, lines)
 }
 
 fn render_line(out: &mut Vec<u8>, key: &StoreKey, entry: Entry) {
@@ -213,41 +221,38 @@ impl MemcachedStore {
         format!("{}:u:{}", self.prefix, hex(&Sha256::digest(user.as_bytes())))
     }
 
-    /// The unexpired entries of a user's index and its CAS token, if it
-    /// exists.
-    async fn entries(&self, user: &str) -> Result<(Entries, Option<u64>)> {
-        let Some(item) = self.client.get(&self.index_key(user)).await? else { return Ok((Entries::new(), None)) };
+    /// The unexpired entries of a user's index, its CAS token if it exists,
+    /// and whether it holds more lines than those entries (duplicates,
+    /// expired lines).
+    async fn entries(&self, user: &str) -> Result<(Entries, Option<u64>, bool)> {
+        let Some(item) = self.client.get(&self.index_key(user)).await? else {
+            return Ok((Entries::new(), None, false));
+        };
         let now = now_secs();
-        let mut entries = parse_index(&item.value);
+        let (mut entries, lines) = parse_index(&item.value);
         entries.retain(|_, entry| entry.until > now);
-        Ok((entries, Some(item.cas)))
+        let loose = lines > entries.len();
+        Ok((entries, Some(item.cas), loose))
     }
 
-    /// Rewrites a user's index compacted, with `edit` applied, unless
-    /// `edit` says nothing changed and `force` is off; retries when another
-    /// writer came between.
-    async fn rewrite_index(&self, user: &str, force: bool, edit: impl Fn(&mut Entries) -> bool) -> Result<()> {
+    /// Rewrites a user's index compacted, with `edit` applied — unless
+    /// `edit` changed nothing and the index holds nothing to compact away.
+    /// Tries up to `attempts` times when another writer came between;
+    /// whether it is done.
+    async fn rewrite_index(&self, user: &str, attempts: usize, edit: impl Fn(&mut Entries) -> bool) -> Result<bool> {
         let index = self.index_key(user);
-        for attempt in 0..CAS_ATTEMPTS {
-            let (mut entries, cas) = self.entries(user).await?;
-            if !edit(&mut entries) && !force {
-                return Ok(());
+        for attempt in 0..attempts {
+            let (mut entries, cas, loose) = self.entries(user).await?;
+            if !edit(&mut entries) && !loose {
+                return Ok(true);
             }
-            let Some(cas) = cas else {
-                if entries.is_empty() {
-                    return Ok(());
-                }
-                let text = render_index(&entries);
-                let size = u32::try_from(text.len()).unwrap_or(u32::MAX);
-                match self.client.store(&index, &text, Mode::Add, index_ttl(), size).await? {
-                    Stored::Done => return Ok(()),
-                    _ => continue,
-                }
-            };
+            if cas.is_none() && entries.is_empty() {
+                return Ok(true);
+            }
             let text = render_index(&entries);
             let size = u32::try_from(text.len()).unwrap_or(u32::MAX);
-            match self.client.store(&index, &text, Mode::Cas(cas), index_ttl(), size).await? {
-                Stored::Done => return Ok(()),
+            match self.client.store(&index, &text, cas.map_or(Mode::Add, Mode::Cas), index_ttl(), size).await? {
+                Stored::Done => return Ok(true),
                 Stored::Exists | Stored::NotFound => {
                     if attempt > 8 {
                         tokio::time::sleep(std::time::Duration::from_millis(attempt as u64 % 7)).await;
@@ -255,43 +260,62 @@ impl MemcachedStore {
                 }
             }
         }
-        Err(Error::new(ErrorKind::Conflict, "the user index kept changing under concurrent writers"))
+        Ok(false)
+    }
+
+    /// [`MemcachedStore::rewrite_index`] until it is done, or `Conflict`.
+    async fn rewrite_index_surely(&self, user: &str, edit: impl Fn(&mut Entries) -> bool) -> Result<()> {
+        if self.rewrite_index(user, CAS_ATTEMPTS, edit).await? {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::Conflict, "the user index kept changing under concurrent writers"))
+        }
     }
 
     /// Records that `key`, a session of `user`, lives until `expires_at`:
-    /// one appended line, or a compacting rewrite when the index has grown
-    /// past twice its compacted size (or does not exist yet).
+    /// one appended line. Once the index has grown past twice its compacted
+    /// size, a writer first tries one compacting rewrite (concurrent appends
+    /// may win the race: then it appends, and a later writer compacts);
+    /// past [`APPEND_LIMIT`], or with no index yet, it rewrites until one
+    /// rewrite — its own or another writer's — has made room.
     async fn register(&self, user: &str, key: &StoreKey, expires_at: OffsetDateTime) -> Result<()> {
         let index = self.index_key(user);
         let entry = Entry { until: grained(expires_at), written: now_secs() };
+        let add = |entries: &mut Entries| {
+            let e = entries.entry(*key).or_insert(entry);
+            e.until = e.until.max(entry.until);
+            e.written = entry.written;
+            true
+        };
         let mut line = Vec::with_capacity(68);
         render_line(&mut line, key, entry);
-        for _ in 0..CAS_ATTEMPTS {
-            let compacted = match self.client.probe(&index, index_ttl()).await? {
-                Some((size, compacted)) if size <= 2 * u64::from(compacted) + SLACK => {
+        for attempt in 0..CAS_ATTEMPTS {
+            match self.client.probe(&index, index_ttl()).await? {
+                Some((size, compacted)) if size <= APPEND_LIMIT => {
+                    let grown = size > 2 * u64::from(compacted) + SLACK;
+                    if grown && self.rewrite_index(user, 1, add).await? {
+                        return Ok(());
+                    }
                     if self.client.append(&index, &line).await? {
                         return Ok(());
                     }
-                    // The index vanished between the two: start it anew.
-                    continue;
                 }
-                Some(_) => true,
-                None => false,
-            };
-            let add = |entries: &mut Entries| {
-                let e = entries.entry(*key).or_insert(entry);
-                e.until = e.until.max(entry.until);
-                e.written = entry.written;
-                true
-            };
-            return self.rewrite_index(user, compacted, add).await;
+                _ => {
+                    if self.rewrite_index(user, 1, add).await? {
+                        return Ok(());
+                    }
+                }
+            }
+            if attempt > 8 {
+                tokio::time::sleep(std::time::Duration::from_millis(attempt as u64 % 7)).await;
+            }
         }
         Err(Error::new(ErrorKind::Conflict, "the user index kept changing under concurrent writers"))
     }
 
-    /// Drops from `user`'s index the entries `drop` picks.
+    /// Drops from `user`'s index the entries `drop` picks (and compacts it).
     async fn unregister(&self, user: &str, drop: impl Fn(&StoreKey, &Entry) -> bool) -> Result<()> {
-        self.rewrite_index(user, false, |entries| {
+        self.rewrite_index_surely(user, |entries| {
             let before = entries.len();
             entries.retain(|key, entry| !drop(key, entry));
             entries.len() < before
@@ -333,9 +357,17 @@ impl Store for MemcachedStore {
         let bytes = record.to_bytes()?;
         let until = secs_up(record.meta.expires_at);
         match self.client.store(&self.session_key(key), &bytes, Mode::Add, ttl(until), 0).await? {
-            Stored::Done => Ok(()),
-            _ => Err(Error::new(ErrorKind::Conflict, "a session with this key exists")),
+            Stored::Done => {}
+            _ => return Err(Error::new(ErrorKind::Conflict, "a session with this key exists")),
         }
+        if let Some(user) = user {
+            // Again, now that the session exists (one more line; the next
+            // compaction merges them): a listing or logout-all that met the
+            // first line while the session did not exist yet, and dropped
+            // it, cannot leave the session unlisted.
+            self.register(user, key, record.meta.expires_at).await?;
+        }
+        Ok(())
     }
 
     async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {
@@ -386,7 +418,7 @@ impl Store for MemcachedStore {
     }
 
     async fn user_sessions(&self, user: &str) -> Result<Vec<SessionInfo>> {
-        let (entries, _) = self.entries(user).await?;
+        let (entries, _, loose) = self.entries(user).await?;
         let keys: Vec<StoreKey> = entries.keys().copied().collect();
         let now = OffsetDateTime::now_utc();
         let mut sessions = Vec::new();
@@ -396,19 +428,23 @@ impl Store for MemcachedStore {
             }
         }
         // Entries of sessions that are gone, unless so young that their
-        // session may be being created.
+        // session may be being created; duplicates and expired lines go in
+        // the same rewrite.
         let settled = now_secs().saturating_sub(GRACE);
-        let listed: Vec<StoreKey> = sessions.iter().map(|s| s.key).collect();
-        self.unregister(user, |key, entry| !listed.contains(key) && entry.written < settled).await?;
+        let listed: HashSet<StoreKey> = sessions.iter().map(|s| s.key).collect();
+        let stale = |key: &StoreKey, entry: &Entry| !listed.contains(key) && entry.written < settled;
+        if loose || entries.iter().any(|(k, e)| stale(k, e)) {
+            self.unregister(user, stale).await?;
+        }
         Ok(sessions)
     }
 
     async fn delete_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> Result<u64> {
-        let (entries, _) = self.entries(user).await?;
+        let (entries, _, _) = self.entries(user).await?;
         let targets: Vec<StoreKey> = entries.keys().filter(|k| Some(*k) != keep).copied().collect();
         let settled = now_secs().saturating_sub(GRACE);
         let now = OffsetDateTime::now_utc();
-        let live: Vec<StoreKey> = self
+        let live: HashSet<StoreKey> = self
             .records(&targets)
             .await?
             .into_iter()
@@ -431,8 +467,9 @@ impl Store for MemcachedStore {
         }
         // A young entry whose session was not there may belong to a login
         // still being written: it stays, to be listed or pruned later.
-        let young: Vec<StoreKey> =
+        let young: HashSet<StoreKey> =
             entries.iter().filter(|(k, e)| e.written >= settled && !live.contains(k)).map(|(k, _)| *k).collect();
+        let targets: HashSet<StoreKey> = targets.into_iter().collect();
         self.unregister(user, |key, _| targets.contains(key) && !young.contains(key)).await?;
         Ok(deleted)
     }
@@ -455,7 +492,7 @@ mod tests {
         let mut text = render_index(&entries);
         text.extend_from_slice(&render_index(&Entries::from([(a, at(300, 3))])));
         text.extend_from_slice(b"garbage\n\xff\xfe x\n");
-        assert_eq!(parse_index(&text), Entries::from([(a, at(300, 3)), (b, at(200, 2))]));
+        assert_eq!(parse_index(&text), (Entries::from([(a, at(300, 3)), (b, at(200, 2))]), 5));
         assert!(render_index(&entries).len() <= 2 * 68, "an entry takes about 66 bytes");
     }
 

@@ -4,7 +4,8 @@
 //! A request's session is made of parts (one per [`SessionSpec`]); the single
 //! session of a simple application is one part that keeps every key. Each
 //! part loads on first use and commits on its own, so a request that touches
-//! only one part's keys costs only that part.
+//! only one part's keys costs only that part — unless it gives a server part
+//! a new key or ends it, which the part keeping the login then records.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

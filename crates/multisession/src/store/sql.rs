@@ -899,48 +899,39 @@ impl Store for SqlStore {
         // Logins of one user under a cap wait for each other; the check of
         // `replaces` and the insert are one transaction either way.
         let user = record.meta.user_id.as_deref().filter(|_| limit.is_some());
-        match (self.dialect, user) {
-            (Dialect::Sqlite, _) => {
-                // One writer at a time: the count and the insert see no other login.
-                let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)?;
-                let evicted =
-                    self.login_locked(&mut tx, key, record, user.unwrap_or_default(), replaces, limit).await?;
-                tx.commit().await.map_err(db_error)?;
-                Ok(evicted)
-            }
-            (Dialect::Postgres | Dialect::MySql, None) => {
-                let mut tx = self.pool.begin().await.map_err(db_error)?;
-                let evicted = self.login_locked(&mut tx, key, record, "", replaces, None).await?;
-                tx.commit().await.map_err(db_error)?;
-                Ok(evicted)
-            }
-            (Dialect::Postgres, Some(user)) => {
-                // READ COMMITTED whatever the server's default, so the count
-                // after the lock sees the login that held it; and a bounded
-                // wait for the lock.
-                let mut tx = self.pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED").await.map_err(db_error)?;
-                sqlx::query(self.sql("SET LOCAL lock_timeout = '2s'")).execute(&mut *tx).await.map_err(db_error)?;
-                sqlx::query(self.sql("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))"))
-                    .bind(self.lock_name(user))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
-                let evicted = self.login_locked(&mut tx, key, record, user, replaces, limit).await?;
-                tx.commit().await.map_err(db_error)?;
-                Ok(evicted)
-            }
-            (Dialect::MySql, Some(user)) => {
-                // A task of its own, so that a caller that gives up (a client
-                // gone, a timeout layer) cannot leave the named lock held on
-                // a pooled connection: the lock is always released or its
-                // connection closed.
-                let (store, key, record, user) = (self.clone(), *key, record.clone(), user.to_owned());
-                let replaces = replaces.copied();
-                tokio::spawn(async move { store.mysql_login(&key, &record, &user, replaces.as_ref(), limit).await })
-                    .await
-                    .map_err(|e| Error::unavailable("a login task of the SQL session store failed", e))?
-            }
+        if let (Dialect::MySql, Some(user)) = (self.dialect, user) {
+            // A task of its own, so that a caller that gives up (a client
+            // gone, a timeout layer) cannot leave the named lock held on a
+            // pooled connection: the lock is always released or its
+            // connection closed.
+            let (store, key, record, user) = (self.clone(), *key, record.clone(), user.to_owned());
+            let replaces = replaces.copied();
+            return tokio::spawn(
+                async move { store.mysql_login(&key, &record, &user, replaces.as_ref(), limit).await },
+            )
+            .await
+            .map_err(|e| Error::unavailable("a login task of the SQL session store failed", e))?;
         }
+        let begin = match self.dialect {
+            // One writer at a time: the count and the insert see no other login.
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+            // READ COMMITTED whatever the server's default, so the count
+            // after the lock sees the login that held it.
+            Dialect::Postgres => "BEGIN ISOLATION LEVEL READ COMMITTED",
+            Dialect::MySql => "BEGIN",
+        };
+        let mut tx = self.pool.begin_with(begin).await.map_err(db_error)?;
+        if let (Dialect::Postgres, Some(user)) = (self.dialect, user) {
+            sqlx::query(self.sql("SET LOCAL lock_timeout = '2s'")).execute(&mut *tx).await.map_err(db_error)?;
+            sqlx::query(self.sql("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))"))
+                .bind(self.lock_name(user))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        let evicted = self.login_locked(&mut tx, key, record, user.unwrap_or_default(), replaces, limit).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(evicted)
     }
 
     async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {

@@ -14,7 +14,7 @@ use cookie::Cookie;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
-use crate::config::{IncomingId, Limit};
+use crate::config::{IncomingId, Limit, MAX_CANDIDATES};
 use crate::fields::Routing;
 use crate::record::now;
 use crate::store::{Backend, CookieStore, SessionInfo, Store, Traced};
@@ -22,6 +22,10 @@ use crate::{
     Change, Device, Error, ErrorKind, Meta, OnLimit, Record, Result, SessionConfig, SessionId, SessionLimit,
     SessionSpec, StoreKey, USER_ID_KEY,
 };
+
+/// How many times ending a user's sessions lists them again before it gives
+/// up on sessions that keep appearing (see [`Engine::end_user_sessions`]).
+const END_ROUNDS: usize = 4;
 
 /// One configured part: its cookie and lifetimes, and its backend.
 pub(crate) struct Part {
@@ -93,6 +97,19 @@ impl Engine {
             )));
         }
         let user_part = owners.first().copied();
+        if let Some(u) = user_part.filter(|&u| matches!(specs[u].backend, Backend::Cookie(_)))
+            && let Some(server) = specs.iter().position(|s| matches!(s.backend, Backend::Server(_)))
+        {
+            // Logging out everywhere must end every part of every device, and
+            // only a server-side login part can record where they live.
+            return Err(Error::config(format!(
+                "session `{}`: fields: the login (`{USER_ID_KEY}`) is in the cookie part `{}`, so logging out \
+                 everywhere could not end this server-side part on other devices; keep `{USER_ID_KEY}` in a \
+                 server-side part",
+                name(server),
+                name(u)
+            )));
+        }
         for (i, spec) in specs.iter().enumerate() {
             let can_index = match &spec.backend {
                 Backend::Server(_) => true,
@@ -153,7 +170,9 @@ impl Engine {
                 let values = part.config.values(&cookies);
                 let (incoming, raw) = match part.backend {
                     Backend::Server(_) => (part.config.read_ids(&values), Vec::new()),
-                    Backend::Cookie(_) => (Vec::new(), values.iter().map(|v| (*v).to_owned()).collect()),
+                    Backend::Cookie(_) => {
+                        (Vec::new(), values.iter().take(MAX_CANDIDATES).map(|v| (*v).to_owned()).collect())
+                    }
                 };
                 PartState::new(incoming, raw, !values.is_empty())
             })
@@ -220,16 +239,34 @@ impl Engine {
         let part = &self.parts[self.user_part()?];
         match &part.backend {
             Backend::Server(store) => {
-                if !self.has_siblings() {
-                    return Ok((store.delete_user_sessions(user, keep).await?, None));
+                // A store that lists, then deletes, can miss a session that
+                // an id change made in between (the change found its old
+                // session still live, so it keeps the new one); a device's
+                // other parts can move the same way. So the sessions are
+                // listed again after each round, until none but `keep` is
+                // left: a change that lands later finds its old session gone
+                // and takes its new one back (`PartState::mint`).
+                let others = |listed: Vec<SessionInfo>| -> Vec<SessionInfo> {
+                    listed.into_iter().filter(|info| Some(&info.key) != keep).collect()
+                };
+                let mut listed =
+                    if self.has_siblings() { others(store.user_sessions(user).await?) } else { Vec::new() };
+                let mut ended = 0u64;
+                for _ in 0..END_ROUNDS {
+                    // Each device's login session first, then its other parts.
+                    ended = ended.saturating_add(store.delete_user_sessions(user, keep).await?);
+                    for info in &listed {
+                        self.delete_siblings(&info.siblings).await?;
+                    }
+                    listed = others(store.user_sessions(user).await?);
+                    if listed.is_empty() {
+                        return Ok((ended, None));
+                    }
                 }
-                // Each device's login session first, then its other parts.
-                let listed = store.user_sessions(user).await?;
-                let ended = store.delete_user_sessions(user, keep).await?;
-                for info in listed.iter().filter(|info| Some(&info.key) != keep) {
-                    self.delete_siblings(&info.siblings).await?;
-                }
-                Ok((ended, None))
+                Err(Error::new(
+                    ErrorKind::Conflict,
+                    "the user's sessions kept changing while they were being ended; try again",
+                ))
             }
             Backend::Cookie(cookie) => {
                 let keep_for = part.config.lifetime.max(part.config.permanent_lifetime);
@@ -239,18 +276,29 @@ impl Engine {
     }
 }
 
-/// What an adapter must do to the response after the handler ran.
+/// What an adapter must do to the response after the handler ran. Its
+/// `Debug` names the cookies but never shows their values.
 ///
 /// ```
-/// let commit = multisession::Commit::default();
-/// assert!(commit.set_cookies.is_empty() && !commit.vary_cookie);
+/// let commit = multisession::Commit { set_cookies: vec!["session=s3cret; Path=/".into()], vary_cookie: true };
+/// assert!(!format!("{commit:?}").contains("s3cret"));
+/// assert!(!multisession::Commit::default().vary_cookie);
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Commit {
     /// `Set-Cookie` header values to add, one per part whose cookie changed.
     pub set_cookies: Vec<String>,
     /// Whether the response depended on the session: add `Vary: Cookie`.
     pub vary_cookie: bool,
+}
+
+/// Names the cookies only: their values are session ids and sealed sessions.
+impl std::fmt::Debug for Commit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> =
+            self.set_cookies.iter().map(|c| c.split_once('=').map_or("", |(name, _)| name)).collect();
+        f.debug_struct("Commit").field("set_cookies", &names).field("vary_cookie", &self.vary_cookie).finish()
+    }
 }
 
 /// One request's parts.
@@ -518,23 +566,19 @@ impl PartState {
         cookie: &CookieStore,
     ) -> Result<Option<(Record, Option<(SessionId, StoreKey)>)>> {
         let now = now();
-        let Some(opened) = self
-            .raw
-            .iter()
-            .filter_map(|raw| cookie.open(&config.cookie_name, raw))
-            .find(|o| !o.record.meta.is_expired(now))
-        else {
-            return Ok(None);
-        };
-        if let Some(user) = &opened.record.meta.user_id
-            && opened.generation < cookie.generation(user).await?
-        {
-            tracing::debug!("cookie session minted before its user logged out everywhere; ignoring it");
-            return Ok(None);
+        let opened = self.raw.iter().filter_map(|raw| cookie.open(&config.cookie_name, raw));
+        for opened in opened.filter(|o| !o.record.meta.is_expired(now)) {
+            if let Some(user) = &opened.record.meta.user_id
+                && opened.generation < cookie.generation(user).await?
+            {
+                tracing::debug!("cookie session minted before its user logged out everywhere; ignoring it");
+                continue;
+            }
+            self.generation = opened.generation;
+            self.reissue |= opened.stale_key;
+            return Ok(Some((opened.record, None)));
         }
-        self.generation = opened.generation;
-        self.reissue |= opened.stale_key;
-        Ok(Some((opened.record, None)))
+        Ok(None)
     }
 
     pub(crate) fn set(&mut self, key: &str, value: Value) {
@@ -753,12 +797,11 @@ impl PartState {
 
     /// Creates the session under the id [`PartState::prepare`] picked —
     /// holding a login to the user's session cap — then deletes the session
-    /// it replaces (or leaves that to the caller, `defer_old`). A logged-in
-    /// session ended meanwhile (logged out everywhere, revoked, evicted) is
-    /// not replaced: nothing is created, or what was is deleted again, so no
-    /// path brings back a session ended after this request loaded it. An
-    /// anonymous one ends only by this browser's own doing (a concurrent
-    /// login in another tab), and is replaced regardless.
+    /// it replaces (or leaves that to the caller, `defer_old`). A session
+    /// ended meanwhile (logged out everywhere, revoked, evicted, or replaced
+    /// by a login in another tab) is not replaced: nothing is created, or
+    /// what was is deleted again, so no path brings back a session ended
+    /// after this request loaded it, on any part.
     #[allow(clippy::too_many_arguments)]
     async fn mint(
         &mut self,
@@ -773,10 +816,9 @@ impl PartState {
         let key = id.store_key();
         let record = self.record(&part.config, device, now, siblings);
         let replaces = self.stored_key();
-        let guarded = replaces.filter(|_| self.current.as_ref().is_some_and(|c| c.meta.user_id.is_some()));
         let limit = part.limit.filter(|_| record.meta.user_id.is_some() && self.cycle == Some(Cycle::Login));
-        let evicted = if guarded.is_some() || limit.is_some() {
-            match store.create_login(&key, &record, guarded.as_ref(), limit).await {
+        let evicted = if replaces.is_some() || limit.is_some() {
+            match store.create_login(&key, &record, replaces.as_ref(), limit).await {
                 Err(e) if e.kind() == ErrorKind::Gone => return Ok(ended_elsewhere()),
                 other => other?,
             }
@@ -785,17 +827,27 @@ impl PartState {
             Vec::new()
         };
         let set_cookie = Some(part.config.id_cookie(&id, self.permanent, record.meta.expires_at));
-        let mut outcome = Outcome { set_cookie, evicted, minted: Some(key), ..Outcome::default() };
-        match replaces {
-            Some(old) if defer_old => outcome.replaced = Some(old),
-            // Ended between the store's check and now: the new one goes too.
-            Some(old) if !store.delete(&old).await? && guarded.is_some() => {
-                store.delete(&key).await?;
-                return Ok(Outcome { evicted: outcome.evicted, ..ended_elsewhere() });
-            }
-            _ => {}
+        let outcome = Outcome { set_cookie, evicted, minted: Some(key), ..Outcome::default() };
+        let Some(old) = replaces else { return Ok(outcome) };
+        if defer_old {
+            return Ok(Outcome { replaced: Some(old), ..outcome });
         }
-        Ok(outcome)
+        match store.delete(&old).await {
+            Ok(true) => Ok(outcome),
+            // Ended between the store's check and now: the new one goes too.
+            Ok(false) => {
+                store.delete(&key).await?;
+                Ok(Outcome { evicted: outcome.evicted, ..ended_elsewhere() })
+            }
+            // Unknown whether the old one still lives: the new one must not
+            // outlive it, and the request fails.
+            Err(e) => {
+                if let Err(cleanup) = store.delete(&key).await {
+                    tracing::warn!(error = %cleanup, "a session made for an id change could not be deleted again");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Applies the request's changes to its existing session, or touches it

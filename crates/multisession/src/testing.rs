@@ -117,6 +117,9 @@ macro_rules! store_conformance_tests {
             no_path_brings_back_a_session_ended_after_its_request_loaded_it,
             logins_refuse_user_ids_no_store_can_hold,
             concurrent_logins_hold_the_session_cap,
+            login_gives_every_server_part_of_the_device_a_new_id,
+            ending_a_device_ends_every_server_part_it_has,
+            no_path_brings_back_another_part_of_a_device_ended_after_its_request_loaded_it,
         );
     };
     (@tests $harness:expr; $($check:ident),* $(,)?) => {
@@ -946,7 +949,7 @@ pub mod checks {
     /// Concurrent logins of one user never pass the session cap on a store
     /// that says it holds it in one step: with a cap of 2, of ten logins at
     /// once exactly two succeed, or, evicting, two sessions are left. On
-    /// other stores the next login trims the excess.
+    /// other stores the next evicting login trims the excess.
     pub async fn concurrent_logins_hold_the_session_cap(h: &dyn Harness) {
         if !h.has_user_index() {
             return;
@@ -957,14 +960,17 @@ pub mod checks {
             }
             let sessions = sessions(h, crate::SessionConfig::default().with_max_sessions_per_user(2, on_limit));
             let u = user("capped");
-            let mut logins = tokio::task::JoinSet::new();
+            // Every login passes its early check before any commits, so the
+            // commits alone must hold the cap, however they interleave.
+            let mut pending = Vec::new();
             for _ in 0..10 {
-                let (sessions, u) = (sessions.clone(), u.clone());
-                logins.spawn(async move {
-                    let session = sessions.session([], Device::default());
-                    session.login(&u).await?;
-                    session.commit().await
-                });
+                let session = sessions.session([], Device::default());
+                session.login(&u).await.expect("no session is stored yet");
+                pending.push(session);
+            }
+            let mut logins = tokio::task::JoinSet::new();
+            for session in pending {
+                logins.spawn(async move { session.commit().await });
             }
             let mut succeeded = 0;
             while let Some(done) = logins.join_next().await {
@@ -983,6 +989,232 @@ pub mod checks {
                 logged_in(&sessions, &u).await;
                 let live = h.store().user_sessions(&u).await.expect("listed").len();
                 assert_eq!(live, 2, "the next login left {live} sessions under a cap of 2");
+            }
+        }
+    }
+
+    /// A browser's cookies for the multi-part checks: what each commit set
+    /// or expired.
+    #[derive(Clone, Default)]
+    struct Jar(BTreeMap<String, String>);
+
+    impl Jar {
+        fn request(&self, sessions: &crate::Sessions) -> crate::Session {
+            let header: Vec<String> = self.0.iter().map(|(name, value)| format!("{name}={value}")).collect();
+            sessions.session([header.join("; ").as_bytes()], Device::default())
+        }
+
+        fn absorb(&mut self, commit: &crate::Commit) {
+            for set in &commit.set_cookies {
+                let pair = set.split(';').next().unwrap_or_default();
+                let Some((name, value)) = pair.split_once('=') else { continue };
+                if value.is_empty() {
+                    self.0.remove(name);
+                } else {
+                    self.0.insert(name.to_owned(), value.to_owned());
+                }
+            }
+        }
+
+        /// Commits `session`, a request of this browser's.
+        async fn commit(&mut self, session: &crate::Session) {
+            self.absorb(&session.commit().await.expect("the commit succeeds"));
+        }
+
+        /// One request that sets `key`.
+        async fn set(&mut self, sessions: &crate::Sessions, key: &str, value: &str) {
+            let session = self.request(sessions);
+            session.insert(key, value).await.expect("insert succeeds");
+            self.commit(&session).await;
+        }
+
+        /// One request that logs `user` in.
+        async fn login(&mut self, sessions: &crate::Sessions, user: &str) {
+            let session = self.request(sessions);
+            session.login(user).await.expect("login succeeds");
+            self.commit(&session).await;
+        }
+    }
+
+    /// A device's session in `n` server-side parts, all in the store under
+    /// test: `session` keeps the login and `user_data`, `data` everything
+    /// else, and with three parts `prefs` keeps `prefs`.
+    fn server_parts(h: &dyn Harness, n: usize, config: crate::SessionConfig) -> crate::Sessions {
+        use crate::{Fields, SessionConfig, SessionSpec};
+        let named = |name: &str| SessionConfig::default().with_cookie_name(name);
+        let mut specs = vec![
+            SessionSpec::new(h.store(), config.with_cookie_name("session"))
+                .with_fields(Fields::include(["user_id", "user_data"])),
+            SessionSpec::new(h.store(), named("data")).with_fields(Fields::Auto),
+        ];
+        if n == 3 {
+            specs.push(SessionSpec::new(h.store(), named("prefs")).with_fields(Fields::include(["prefs"])));
+        }
+        crate::Sessions::from_specs(specs).expect("a valid configuration")
+    }
+
+    /// Each part's cookie name with a key it keeps.
+    fn part_keys(n: usize) -> &'static [(&'static str, &'static str)] {
+        let all = &[("session", "user_data"), ("data", "theme"), ("prefs", "prefs")];
+        &all[..n]
+    }
+
+    /// What each part's cookie in `jar` reads on its own, as someone who
+    /// stole that one cookie would.
+    async fn stolen_reads(sessions: &crate::Sessions, jar: &Jar, n: usize) -> Vec<String> {
+        let mut found = Vec::new();
+        for (cookie, key) in part_keys(n) {
+            let Some(value) = jar.0.get(*cookie) else { continue };
+            let thief = Jar(BTreeMap::from([((*cookie).to_owned(), value.clone())])).request(sessions);
+            if let Some(read) = thief.get::<Value>(key).await.expect("a stolen cookie reads") {
+                found.push(format!("{cookie} reads {key} = {read}"));
+            }
+        }
+        found
+    }
+
+    /// Login gives every server-side part of the device a new id: with two
+    /// and three parts, cookies captured while the visitor was anonymous
+    /// read nothing stored after the login.
+    pub async fn login_gives_every_server_part_of_the_device_a_new_id(h: &dyn Harness) {
+        if !h.has_user_index() {
+            return;
+        }
+        for n in [2, 3] {
+            let sessions = server_parts(h, n, crate::SessionConfig::default());
+            let mut victim = Jar::default();
+            for (_, key) in &part_keys(n)[1..] {
+                victim.set(&sessions, key, "anonymous").await;
+            }
+            let captured = victim.clone();
+            assert_eq!(captured.0.len(), n - 1, "{n} parts: the visitor has a cookie per data part");
+            victim.login(&sessions, &user("rotated")).await;
+            for (cookie, key) in part_keys(n) {
+                assert_ne!(victim.0.get(*cookie), captured.0.get(*cookie), "{n} parts: login kept the id of {cookie}");
+                victim.set(&sessions, key, "after-login").await;
+            }
+            assert_eq!(stolen_reads(&sessions, &captured, n).await, Vec::<String>::new(), "{n} parts");
+            let session = victim.request(&sessions);
+            assert_eq!(session.get::<String>("theme").await.expect("reads").as_deref(), Some("after-login"));
+        }
+    }
+
+    /// Ending a device's session (logout, logout-all, logout-others, revoke,
+    /// admin clear, eviction by the cap) ends every server-side part of it:
+    /// none of its cookies reads anything afterwards.
+    pub async fn ending_a_device_ends_every_server_part_it_has(h: &dyn Harness) {
+        if !h.has_user_index() {
+            return;
+        }
+        for n in [2, 3] {
+            for ender in ["logout", "logout_all", "logout_others", "revoke", "admin_clear", "eviction"] {
+                let config =
+                    crate::SessionConfig::default().with_max_sessions_per_user(2, crate::OnLimit::EvictLeastRecent);
+                let sessions = server_parts(h, n, config);
+                let u = user(ender);
+                let (mut victim, mut other) = (Jar::default(), Jar::default());
+                victim.login(&sessions, &u).await;
+                for (_, key) in part_keys(n) {
+                    victim.set(&sessions, key, "secret").await;
+                }
+                // The other device is the more recently active: an eviction
+                // picks the victim.
+                wait_past(now()).await;
+                other.login(&sessions, &u).await;
+                let stolen = victim.clone();
+                assert_eq!(stolen.0.len(), n, "{n} parts: the victim has a cookie per part");
+                let request = match ender {
+                    "logout" => {
+                        let session = victim.request(&sessions);
+                        session.logout().await.expect("logout");
+                        session
+                    }
+                    "logout_all" => {
+                        let session = other.request(&sessions);
+                        assert_eq!(session.logout_all_devices().await.expect("logout_all"), 2);
+                        session
+                    }
+                    "logout_others" => {
+                        let session = other.request(&sessions);
+                        assert_eq!(session.logout_other_devices().await.expect("logout_others"), 1);
+                        session
+                    }
+                    "revoke" => {
+                        let session = other.request(&sessions);
+                        let devices = session.devices().await.expect("devices");
+                        let victim = devices.iter().find(|d| !d.current).expect("the victim is listed");
+                        assert!(session.revoke(&victim.handle).await.expect("revoke"));
+                        session
+                    }
+                    "admin_clear" => {
+                        assert_eq!(sessions.clear_user_sessions(&u).await.expect("cleared"), 2);
+                        other.request(&sessions)
+                    }
+                    _ => {
+                        let third = Jar::default().request(&sessions);
+                        third.login(&u).await.expect("login");
+                        third
+                    }
+                };
+                request.commit().await.expect("the commit succeeds");
+                let leftovers = stolen_reads(&sessions, &stolen, n).await;
+                assert!(leftovers.is_empty(), "{n} parts, after {ender}: {leftovers:?}");
+            }
+        }
+    }
+
+    /// A request loads a device's `data` part; another request or admin
+    /// code ends the device; then the first request writes, touches,
+    /// changes its id, makes the session permanent or logs in, and commits.
+    /// None of this brings back what the ended device stored, under any id:
+    /// neither its old cookies nor those the commit sent read it.
+    pub async fn no_path_brings_back_another_part_of_a_device_ended_after_its_request_loaded_it(h: &dyn Harness) {
+        if !h.has_user_index() {
+            return;
+        }
+        let config = crate::SessionConfig::default()
+            .with_touch_interval(Duration::ZERO)
+            .with_max_sessions_per_user(1, crate::OnLimit::EvictLeastRecent);
+        let sessions = server_parts(h, 2, config);
+        for ender in ["logout_all", "clear", "revoke", "evict"] {
+            for path in ["write", "touch", "cycle_id", "set_permanent", "login"] {
+                let u = user(&format!("{ender}-{path}"));
+                let mut victim = Jar::default();
+                victim.login(&sessions, &u).await;
+                victim.set(&sessions, "user_data", "secret").await;
+                victim.set(&sessions, "theme", "secret").await;
+                let request = victim.request(&sessions);
+                assert_eq!(request.get::<String>("theme").await.expect("loads").as_deref(), Some("secret"));
+                let loaded_at = now();
+                match ender {
+                    "logout_all" => {
+                        let device = victim.request(&sessions);
+                        device.logout_all_devices().await.expect("logout_all succeeds");
+                        device.commit().await.expect("commit succeeds");
+                    }
+                    "clear" => {
+                        sessions.clear_user_sessions(&u).await.expect("clear succeeds");
+                    }
+                    "revoke" => {
+                        let listed = sessions.user_sessions(&u).await.expect("listed");
+                        assert!(sessions.revoke(&listed[0].handle).await.expect("revoke succeeds"));
+                    }
+                    _ => Jar::default().login(&sessions, &u).await,
+                }
+                wait_past(loaded_at).await;
+                match path {
+                    "write" => request.insert("cart", json!([1, 2])).await.expect("insert"),
+                    "touch" => {}
+                    "cycle_id" => request.cycle_id().await.expect("cycle_id"),
+                    "set_permanent" => request.set_permanent(true).await.expect("set_permanent"),
+                    _ => request.login(&u).await.expect("login"),
+                }
+                let mut after = victim.clone();
+                after.commit(&request).await;
+                for jar in [&victim, &after] {
+                    let leftovers = stolen_reads(&sessions, jar, 2).await;
+                    assert!(leftovers.is_empty(), "after {ender}, a request's {path} brought back {leftovers:?}");
+                }
             }
         }
     }

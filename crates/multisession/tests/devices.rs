@@ -6,8 +6,8 @@ mod common;
 use std::sync::Arc;
 
 use common::{Device, app, session_cookie};
-use multisession::store::{MemoryStore, Store};
-use multisession::{SessionConfig, Sessions};
+use multisession::store::{MemoryStore, SessionInfo, Store};
+use multisession::{Change, Record, SessionConfig, Sessions, StoreKey};
 
 fn setup() -> (Sessions, Device, Device) {
     let sessions = Sessions::new(MemoryStore::new(), SessionConfig::default()).expect("valid config");
@@ -160,4 +160,66 @@ async fn cycle_id_then_logout_other_devices_keeps_the_caller() {
     laptop.cookies.insert("session".into(), cookie.trim_start_matches("session=").to_owned());
     assert_eq!(laptop.get("/read").await.body, "user=23 n=0", "the caller was logged out");
     assert_eq!(phone.get("/read").await.body, "user=anonymous n=0");
+}
+
+/// A store that lists a user's sessions, then deletes them one by one, as
+/// stores without a single "delete this user's sessions" step do; between
+/// the two, the request waiting in `beside` commits.
+struct ListsThenDeletes {
+    inner: MemoryStore,
+    beside: tokio::sync::Mutex<Option<multisession::Session>>,
+}
+
+#[async_trait::async_trait]
+impl Store for ListsThenDeletes {
+    async fn load(&self, key: &StoreKey) -> multisession::Result<Option<Record>> {
+        self.inner.load(key).await
+    }
+    async fn create(&self, key: &StoreKey, record: &Record) -> multisession::Result<()> {
+        self.inner.create(key, record).await
+    }
+    async fn apply(&self, key: &StoreKey, change: &Change) -> multisession::Result<()> {
+        self.inner.apply(key, change).await
+    }
+    async fn delete(&self, key: &StoreKey) -> multisession::Result<bool> {
+        self.inner.delete(key).await
+    }
+    async fn user_sessions(&self, user: &str) -> multisession::Result<Vec<SessionInfo>> {
+        self.inner.user_sessions(user).await
+    }
+    async fn delete_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> multisession::Result<u64> {
+        let listed = self.inner.user_sessions(user).await?;
+        if let Some(request) = self.beside.lock().await.take() {
+            request.commit().await?;
+        }
+        let mut deleted = 0;
+        for info in listed.iter().filter(|info| Some(&info.key) != keep) {
+            deleted += u64::from(self.inner.delete(&info.key).await?);
+        }
+        Ok(deleted)
+    }
+    async fn delete_expired(&self) -> multisession::Result<u64> {
+        self.inner.delete_expired().await
+    }
+}
+
+/// An id change that lands between a logout-all's listing and its deletes
+/// replaces a session the logout then no longer finds; the logout lists
+/// again and ends the new one too.
+#[tokio::test]
+async fn logout_all_devices_ends_a_session_whose_id_changed_while_it_ran() {
+    let store = Arc::new(ListsThenDeletes { inner: MemoryStore::new(), beside: Default::default() });
+    let sessions = Sessions::new(store.clone(), SessionConfig::default()).expect("valid config");
+    let router = app(sessions.clone());
+    let (mut laptop, mut phone) =
+        (Device::new(router.clone(), "laptop", "192.0.2.1:1"), Device::new(router, "phone", "192.0.2.2:1"));
+    laptop.get("/login/23").await;
+    phone.get("/login/23").await;
+    let header = phone.cookie_header();
+    let rotating = sessions.session([header.as_bytes()], Default::default());
+    rotating.cycle_id().await.expect("cycle_id");
+    *store.beside.lock().await = Some(rotating);
+    laptop.get("/logout_all").await;
+    assert!(store.beside.lock().await.is_none(), "the id change did not run beside the logout");
+    assert_eq!(store.user_sessions("23").await.expect("listed"), Vec::new(), "a session outlived logout-all");
 }

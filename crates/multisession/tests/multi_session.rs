@@ -8,7 +8,7 @@ use std::sync::Arc;
 use common::{Device, app};
 use multisession::store::{CookieStore, MemoryStore, Store};
 use multisession::testing::CountingStore;
-use multisession::{ErrorKind, Fields, Key, KeyRing, OnLimit, SessionConfig, SessionSpec, Sessions};
+use multisession::{ErrorKind, Fields, Key, KeyRing, SessionConfig, SessionSpec, Sessions};
 
 fn named(name: &str) -> SessionConfig {
     SessionConfig::default().with_cookie_name(name)
@@ -257,6 +257,14 @@ fn invalid_configurations_are_refused_naming_the_cookie_and_the_key() {
             ],
             &["`auto`", "`all`"],
         ),
+        (
+            vec![
+                SessionSpec::new(cookie().with_revocation(MemoryStore::new()), named("login"))
+                    .with_fields(Fields::include(["user_id"])),
+                SessionSpec::new(server(), named("cart")).with_fields(Fields::Auto),
+            ],
+            &["`cart`", "`login`", "`user_id`"],
+        ),
     ];
     for (specs, words) in cases {
         let err = Sessions::from_specs(specs).expect_err("an invalid configuration was accepted");
@@ -272,117 +280,4 @@ fn a_cookie_part_refuses_signed_ids_it_does_not_use() {
     let keys = ring(&[&Key::generate()]);
     let err = Sessions::new(CookieStore::new(keys.clone()), named("c").with_signed_id(keys)).expect_err("accepted");
     assert!(err.to_string().contains("signed_id") && err.to_string().contains("`c`"), "{err}");
-}
-
-/// A session over `n` server parts (2 or 3), each its own memory store:
-/// `session` keeps the login and `user_data`, `data` everything else, and
-/// with three, `prefs` keeps `prefs`.
-fn server_parts(n: usize, session: SessionConfig) -> Sessions {
-    let mut specs = vec![
-        SessionSpec::new(MemoryStore::new(), session.with_cookie_name("session"))
-            .with_fields(Fields::include(["user_id", "user_data"])),
-        SessionSpec::new(MemoryStore::new(), named("data")).with_fields(Fields::Auto),
-    ];
-    if n == 3 {
-        specs.push(SessionSpec::new(MemoryStore::new(), named("prefs")).with_fields(Fields::include(["prefs"])));
-    }
-    Sessions::from_specs(specs).expect("valid configuration")
-}
-
-/// The keys each part keeps, with the cookie names of the parts.
-fn part_keys(n: usize) -> Vec<(&'static str, &'static str)> {
-    let mut keys = vec![("session", "user_data"), ("data", "theme")];
-    if n == 3 {
-        keys.push(("prefs", "prefs"));
-    }
-    keys
-}
-
-/// Reads each part's key with only that part's cookie from `cookies`, as
-/// someone who stole that one cookie would.
-async fn stolen_reads(
-    router: &axum::Router,
-    cookies: &std::collections::BTreeMap<String, String>,
-    n: usize,
-) -> Vec<String> {
-    let mut found = Vec::new();
-    for (cookie, key) in part_keys(n) {
-        let mut thief = Device::new(router.clone(), "thief", "198.51.100.1:1");
-        if let Some(value) = cookies.get(cookie) {
-            thief.cookies.insert(cookie.to_owned(), value.clone());
-        }
-        let body = thief.get(&format!("/get/{key}")).await.body;
-        if body != "none" {
-            found.push(format!("{cookie} reads {key} = {body}"));
-        }
-    }
-    found
-}
-
-#[tokio::test]
-async fn login_gives_every_server_part_a_new_id() {
-    for n in [2, 3] {
-        let router = app(server_parts(n, SessionConfig::default()));
-        let mut victim = Device::new(router.clone(), "victim", "127.0.0.1:1");
-        for (_, key) in part_keys(n).into_iter().skip(1) {
-            victim.get(&format!("/set/{key}/anonymous")).await;
-        }
-        let captured = victim.cookies.clone();
-        assert_eq!(captured.len(), n - 1, "the anonymous visitor has a cookie per data part");
-        victim.get("/login/23").await;
-        for (cookie, key) in part_keys(n) {
-            assert_ne!(victim.cookies.get(cookie), captured.get(cookie), "{n} parts: login kept the id of {cookie}");
-            victim.get(&format!("/set/{key}/after-login")).await;
-        }
-        assert_eq!(
-            stolen_reads(&router, &captured, n).await,
-            Vec::<String>::new(),
-            "{n} parts: a pre-login cookie reads on"
-        );
-        assert_eq!(victim.get("/get/theme").await.body, "\"after-login\"");
-    }
-}
-
-#[tokio::test]
-async fn ending_a_device_ends_every_server_part_it_has() {
-    for n in [2, 3] {
-        for ender in ["logout", "logout_all", "logout_others", "revoke", "admin_clear", "eviction"] {
-            let config = SessionConfig::default().with_max_sessions_per_user(2, OnLimit::EvictLeastRecent);
-            let sessions = server_parts(n, config);
-            let router = app(sessions.clone());
-            let (mut victim, mut other) = (
-                Device::new(router.clone(), "victim", "127.0.0.1:1"),
-                Device::new(router.clone(), "other", "127.0.0.1:2"),
-            );
-            victim.get("/login/23").await;
-            for (_, key) in part_keys(n) {
-                victim.get(&format!("/set/{key}/secret")).await;
-            }
-            // The other device is the more recently active one (timestamps
-            // are to the millisecond): an eviction picks the victim.
-            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
-            other.get("/login/23").await;
-            let stolen = victim.cookies.clone();
-            assert_eq!(stolen.len(), n, "{n} parts: the victim has a cookie per part");
-            match ender {
-                "logout" => assert_eq!(victim.get("/logout").await.body, "logged out"),
-                "logout_all" => assert_eq!(other.get("/logout_all").await.body, "ended 2"),
-                "logout_others" => assert_eq!(other.get("/logout_others").await.body, "ended 1"),
-                "revoke" => {
-                    let listing = other.get("/devices").await.body;
-                    let handle =
-                        listing.lines().find(|l| l.contains("current=false")).and_then(|l| l.split(' ').next());
-                    let reply = other.get(&format!("/revoke/{}", handle.expect("the victim is listed"))).await;
-                    assert_eq!(reply.body, "revoked=true");
-                }
-                "admin_clear" => assert_eq!(sessions.clear_user_sessions("23").await.expect("cleared"), 2),
-                _ => {
-                    let mut third = Device::new(router.clone(), "third", "127.0.0.1:3");
-                    third.get("/login/23").await;
-                }
-            }
-            let leftovers = stolen_reads(&router, &stolen, n).await;
-            assert!(leftovers.is_empty(), "{n} parts, after {ender}: {leftovers:?}");
-        }
-    }
 }

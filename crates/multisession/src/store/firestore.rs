@@ -74,6 +74,9 @@ pub trait TokenSource: Send + Sync + 'static {
 /// - `delete_expired` deletes expired documents in batches, for the cleanup
 ///   task; Firestore's own TTL policy on `expires_at` is a bonus, not relied
 ///   on.
+/// - The session cap is counted, then applied, so logins at the same moment
+///   may pass it (by one session each; see
+///   [`Store::create_login`](crate::store::Store::create_login)).
 ///
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {

@@ -78,11 +78,13 @@ pub trait Store: Send + Sync + 'static {
     ///   room, as [`SessionLimit::evictions`] decides.
     ///
     /// It does not delete `replaces`; the caller does, once the new session
-    /// exists. The default checks, counts, then creates, then deletes:
-    /// concurrent logins can each pass the count, so a user may briefly hold
-    /// a few sessions more than the cap (the next login trims them). Stores
-    /// that can do it in one step (a transaction, a script, one lock)
-    /// override it.
+    /// exists. The default checks, counts, then creates, then deletes, in
+    /// separate steps: of `n` logins of one user at the same moment, each
+    /// can pass the count, so the user can hold up to `n - 1` sessions more
+    /// than the cap. Evicting, the user's next login trims them back to the
+    /// cap; refusing, the excess stays until those sessions end, and logins
+    /// are refused meanwhile. Stores that can do it in one step (a
+    /// transaction, a script, one lock) override it.
     async fn create_login(
         &self,
         key: &StoreKey,

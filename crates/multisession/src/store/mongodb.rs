@@ -39,6 +39,10 @@ const LAYOUT_VERSION: i32 = 1;
 /// NUL, starting with `$`, or empty) are stored %-encoded and decoded on
 /// read.
 ///
+/// The session cap is counted, then applied, so logins at the same moment
+/// may pass it (by one session each; see
+/// [`Store::create_login`](crate::store::Store::create_login)).
+///
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
 /// use multisession::store::MongoStore;

@@ -55,8 +55,9 @@ const LAYOUT_VERSION: &str = "1";
 /// again once it exists (a logout-all that ran in between and dropped the
 /// entry cannot leave the session unlisted); commands for several slots go
 /// out concurrently, and an index entry left behind by a failure is pruned
-/// when met. The session cap is counted, then applied, so concurrent logins
-/// may pass it briefly.
+/// when met. The session cap is counted, then applied, so logins at the
+/// same moment may pass it (by one session each; see
+/// [`Store::create_login`](crate::store::Store::create_login)).
 ///
 /// A Redis that is down answers `Unavailable` within two seconds; the
 /// connection is re-established on the next call once Redis is back.

@@ -10,7 +10,12 @@ use multisession::store::{MemoryStore, SessionInfo, Store};
 use multisession::{Change, Record, SessionConfig, Sessions, StoreKey};
 
 fn setup() -> (Sessions, Device, Device) {
-    let sessions = Sessions::new(MemoryStore::new(), SessionConfig::default()).expect("valid config");
+    setup_over(MemoryStore::new())
+}
+
+/// A laptop and a phone on an app over `store`.
+fn setup_over(store: impl Store) -> (Sessions, Device, Device) {
+    let sessions = Sessions::new(store, SessionConfig::default()).expect("valid config");
     let router = app(sessions.clone());
     let laptop = Device::new(router.clone(), "laptop", "192.0.2.1:1000");
     let phone = Device::new(router, "phone", "192.0.2.2:2000");
@@ -18,7 +23,12 @@ fn setup() -> (Sessions, Device, Device) {
 }
 
 async fn both_logged_in() -> (Sessions, Device, Device) {
-    let (sessions, mut laptop, mut phone) = setup();
+    both_logged_in_over(MemoryStore::new()).await
+}
+
+/// Both devices logged in as user 23, over `store`.
+async fn both_logged_in_over(store: impl Store) -> (Sessions, Device, Device) {
+    let (sessions, mut laptop, mut phone) = setup_over(store);
     laptop.get("/login/23").await;
     phone.get("/login/23").await;
     (sessions, laptop, phone)
@@ -105,12 +115,7 @@ async fn admin_revoke_and_listing_work_without_a_request() {
 #[tokio::test]
 async fn logout_all_devices_survives_a_concurrent_request() {
     let store = Arc::new(MemoryStore::new());
-    let sessions = Sessions::new(store.clone(), SessionConfig::default()).expect("valid config");
-    let router = app(sessions.clone());
-    let (mut laptop, mut phone) =
-        (Device::new(router.clone(), "laptop", "192.0.2.1:1"), Device::new(router, "phone", "192.0.2.2:1"));
-    laptop.get("/login/23").await;
-    phone.get("/login/23").await;
+    let (sessions, mut laptop, mut phone) = both_logged_in_over(store.clone()).await;
 
     // The phone's request is in flight: it has read its session...
     let phone_header = phone.cookie_header();
@@ -209,12 +214,7 @@ impl Store for ListsThenDeletes {
 #[tokio::test]
 async fn logout_all_devices_ends_a_session_whose_id_changed_while_it_ran() {
     let store = Arc::new(ListsThenDeletes { inner: MemoryStore::new(), beside: Default::default() });
-    let sessions = Sessions::new(store.clone(), SessionConfig::default()).expect("valid config");
-    let router = app(sessions.clone());
-    let (mut laptop, mut phone) =
-        (Device::new(router.clone(), "laptop", "192.0.2.1:1"), Device::new(router, "phone", "192.0.2.2:1"));
-    laptop.get("/login/23").await;
-    phone.get("/login/23").await;
+    let (sessions, mut laptop, phone) = both_logged_in_over(store.clone()).await;
     let header = phone.cookie_header();
     let rotating = sessions.session([header.as_bytes()], Default::default());
     rotating.cycle_id().await.expect("cycle_id");

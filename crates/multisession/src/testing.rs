@@ -119,6 +119,7 @@ macro_rules! store_conformance_tests {
             concurrent_logins_hold_the_session_cap,
             login_gives_every_server_part_of_the_device_a_new_id,
             ending_a_device_ends_every_server_part_it_has,
+            a_session_of_ten_thousand_keys_round_trips,
         );
     };
     (@tests $harness:expr; $($check:ident),* $(,)?) => {
@@ -1168,5 +1169,27 @@ pub mod checks {
                 }
             }
         }
+    }
+
+    /// A session with ten thousand keys is created, has all of them changed
+    /// at once, then is cleared down to five thousand, and reads back whole
+    /// each time: no store's command or script has a limit on the keys of
+    /// one change below that (Lua's `unpack`, in Redis scripts, has one at
+    /// about 8 000 arguments).
+    pub async fn a_session_of_ten_thousand_keys_round_trips(h: &dyn Harness) {
+        let store = h.store();
+        let numbered =
+            |n: i64, sign: i64| -> Map<String, Value> { (0..n).map(|i| (format!("k{i}"), json!(sign * i))).collect() };
+        let key = create(&*store, &record(None, numbered(10_000, 1))).await;
+        let mut change = change(&[], &[]);
+        change.set = numbered(10_000, -1).into_iter().collect();
+        store.apply(&key, &change).await.expect("a change of 10 000 keys applies");
+        let loaded = load(&*store, &key).await.expect("the session is there");
+        assert!(loaded.data == numbered(10_000, -1), "10 000 changed keys did not round-trip");
+        change.clear = true;
+        change.set = numbered(5_000, 1).into_iter().collect();
+        store.apply(&key, &change).await.expect("a clear keeping 5 000 keys applies");
+        let loaded = load(&*store, &key).await.expect("the session is there");
+        assert!(loaded.data == numbered(5_000, 1), "a clear to 5 000 keys read back {} keys", loaded.data.len());
     }
 }

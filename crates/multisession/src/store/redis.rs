@@ -136,16 +136,31 @@ macro_rules! index_upsert {
     };
 }
 
+/// Lua: `chunked(cmd, key, first, last)` runs `cmd` on `key` with
+/// `ARGV[first..=last]`, 1 000 arguments at a time (an even number, so
+/// field/value pairs stay whole): Lua's `unpack` takes at most about 8 000,
+/// and a session may have more keys than that.
+macro_rules! lua_chunked {
+    () => {
+        "local function chunked(cmd, key, first, last)\n\
+           for i = first, last, 1000 do\n\
+             redis.call(cmd, key, unpack(ARGV, i, math.min(i + 999, last)))\n\
+           end\n\
+         end\n"
+    };
+}
+
 /// KEYS: index. ARGV: score, member, mode.
 const INDEX: &str = concat!(index_upsert!("KEYS[1]", "ARGV[1]", "ARGV[2]", "ARGV[3]"), "return 1");
 
 /// KEYS: session[, index]. ARGV: expiry, member, then field/value pairs.
 const CREATE: &str = concat!(
+    lua_chunked!(),
     "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n",
     "if KEYS[2] then\n",
     index_upsert!("KEYS[2]", "ARGV[1]", "ARGV[2]", "''"),
     "end\n",
-    "redis.call('HSET', KEYS[1], unpack(ARGV, 3))\n",
+    "chunked('HSET', KEYS[1], 3, #ARGV)\n",
     "redis.call('PEXPIREAT', KEYS[1], ARGV[1])\n",
     "return 1"
 );
@@ -155,6 +170,7 @@ const CREATE: &str = concat!(
 /// A session past its `_exp` by the application's clock is gone, whatever
 /// Redis's own clock says.
 const APPLY: &str = concat!(
+    lua_chunked!(),
     "local exp = redis.call('HGET', KEYS[1], '_exp')\n",
     "if not exp or (tonumber(exp) or 0) <= tonumber(ARGV[3]) then return 0 end\n",
     "if KEYS[2] then\n",
@@ -166,8 +182,8 @@ const APPLY: &str = concat!(
     "  end\n",
     "end\n",
     "local n = tonumber(ARGV[5])\n",
-    "if n > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, 6, 5 + n)) end\n",
-    "if #ARGV > 5 + n then redis.call('HSET', KEYS[1], unpack(ARGV, 6 + n)) end\n",
+    "chunked('HDEL', KEYS[1], 6, 5 + n)\n",
+    "chunked('HSET', KEYS[1], 6 + n, #ARGV)\n",
     "redis.call('PEXPIREAT', KEYS[1], ARGV[1])\n",
     "return 1"
 );
@@ -212,6 +228,7 @@ const INFO_FIELDS: [&str; 7] = ["_v", "_meta", "_user", "_la", "_exp", "_perm", 
 /// first), ...}. It reads the hashes its index names, which only a single
 /// node allows.
 const LOGIN: &str = concat!(
+    lua_chunked!(),
     "if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end\n",
     "if ARGV[6] ~= '' then\n",
     "  local exp = redis.call('HGET', ARGV[7] .. ARGV[6], '_exp')\n",
@@ -241,7 +258,7 @@ const LOGIN: &str = concat!(
     "  end\n",
     "end\n",
     index_upsert!("KEYS[2]", "ARGV[1]", "ARGV[2]", "''"),
-    "redis.call('HSET', KEYS[1], unpack(ARGV, 8))\n",
+    "chunked('HSET', KEYS[1], 8, #ARGV)\n",
     "redis.call('PEXPIREAT', KEYS[1], ARGV[1])\n",
     "return out"
 );

@@ -236,3 +236,25 @@ async fn store_passwords_never_appear_in_configuration_errors() {
     let err = folder.load(&toml).await.expect_err("a broken file loaded");
     assert!(err.to_string().contains("line 3") && !err.to_string().contains(password), "{err}");
 }
+
+#[tokio::test]
+async fn passwords_with_url_delimiters_typos_or_in_the_query_never_appear_in_errors() {
+    let folder = Folder::new();
+    let password = "s3cretpw";
+    for url in [
+        format!("postgres:/app:{password}@127.0.0.1:1/db"),
+        format!("postgres//app:{password}@127.0.0.1:1/db"),
+        format!("postgres://app:{password}/x@127.0.0.1:1/db"),
+        format!("postgres://app:{password}?x@127.0.0.1:1/db"),
+        format!("mysql://app:{password}#x@127.0.0.1:1/db"),
+        format!("redis://:{password}/x@127.0.0.1:1"),
+        format!("postgres://app@127.0.0.1:1/db?sslpassword={password}"),
+        format!("mongodb://127.0.0.1:1/db?tlsCertificateKeyFilePassword={password}&serverSelectionTimeoutMS=100"),
+    ] {
+        let toml = format!("[[session]]\ncookie_name = \"s\"\nbackend = \"{url}\"\n");
+        let err = folder.load(&toml).await.expect_err("an unreachable store was accepted");
+        assert!(!format!("{err} {err:?}").contains(password), "{url}: the error shows the password: {err}");
+        let err = multisession::store::open(&url, None).await.expect_err("an unreachable store opened");
+        assert!(!format!("{err} {err:?}").contains(password), "{url}: the error shows the password: {err}");
+    }
+}

@@ -200,24 +200,25 @@ pub async fn open(url: &str, key_prefix: Option<&str>) -> Result<Arc<dyn Store>>
     }
 }
 
-/// `text` (a driver's error message about `url`) with `url`'s password,
-/// should the driver have quoted it, replaced by `***`.
+/// `text` (a driver's error message about `url`) with every secret of
+/// `url` that [`redacted`] masks replaced by `***`, should the driver have
+/// quoted it: as written, percent-decoded, or the pieces of it that a
+/// parser cuts at `/`, `?`, `#`, `@` or `:` (as a port, a path), those of
+/// four bytes or more.
 #[cfg_attr(
     not(any(feature = "sqlite", feature = "postgres", feature = "mysql", feature = "redis", feature = "mongodb")),
     allow(dead_code)
 )]
 pub(crate) fn scrub(text: &str, url: &str) -> String {
-    let password = url
-        .split_once("://")
-        .map(|(_, rest)| &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())])
-        .and_then(|authority| authority.rsplit_once('@'))
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map(|(_, password)| password)
-        .filter(|p| !p.is_empty());
-    match password {
-        Some(password) => text.replace(password, "***"),
-        None => text.to_owned(),
+    let mut hidden = Vec::new();
+    for secret in secrets(url).into_iter().map(|span| &url[span]) {
+        let pieces = secret.split(['/', '?', '#', '@', ':']).filter(|piece| piece.len() >= 4);
+        hidden.extend([secret.to_owned(), percent_decoded(secret)].into_iter().chain(pieces.map(str::to_owned)));
     }
+    hidden.retain(|secret| !secret.is_empty());
+    // Longest first, so that a piece never splits a whole secret.
+    hidden.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+    hidden.into_iter().fold(text.to_owned(), |text, secret| text.replace(&secret, "***"))
 }
 
 /// The URL schemes [`open`] knows in this build, with the form each takes.
@@ -247,8 +248,16 @@ pub(crate) const SCHEMES: &[(&str, &str)] = &[
     ("firestore", "firestore://EMULATOR_HOST:PORT/PROJECT"),
 ];
 
-/// `url` with its password (and any `password=` query value) replaced by
-/// `***`, for messages and logs.
+/// `url` with its secrets replaced by `***`, for messages and logs: the
+/// password, and the value of every query parameter whose name holds
+/// `password`, `secret` or `token` (any case) or is `pass` or `pwd`.
+///
+/// The rule assumes nothing is well formed, as a URL with a typo or an
+/// unencoded character must not show its password: the user part runs to
+/// the *last* `@` (so a password may hold `@`, `/`, `?` or `#`) and its
+/// password from its first `:`, with or without a `://`. A URL without
+/// one (`postgres:/app:s3cret@db`) hides everything from its first `:` to
+/// the last `@`. When in doubt, more is hidden, never less.
 ///
 /// ```
 /// use multisession::store::redacted;
@@ -256,38 +265,90 @@ pub(crate) const SCHEMES: &[(&str, &str)] = &[
 /// assert_eq!(redacted("redis://:s3cret@cache:6379/0"), "redis://:***@cache:6379/0");
 /// assert_eq!(redacted("mysql://db/app?user=app&password=s3cret"), "mysql://db/app?user=app&password=***");
 /// assert_eq!(redacted("sqlite://sessions.db"), "sqlite://sessions.db");
+/// assert_eq!(redacted("postgres://app:s3/cr?et#@db/app"), "postgres://app:***@db/app");
+/// assert_eq!(redacted("postgres:/app:s3cret@db"), "postgres:***@db");
+/// assert_eq!(redacted("mongodb://db/app?tlsCertificateKeyFilePassword=s3cret"), "mongodb://db/app?tlsCertificateKeyFilePassword=***");
 /// ```
 pub fn redacted(url: &str) -> String {
     redact(url)
 }
 
 fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => format!("{userinfo}@{host}"),
-        },
-        None => authority.to_owned(),
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let query: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((name, _)) if ["password", "pass", "pwd"].contains(&name.to_ascii_lowercase().as_str()) => {
-                        format!("{name}=***")
-                    }
-                    _ => pair.to_owned(),
-                })
-                .collect();
-            format!("{path}?{}", query.join("&"))
+    let mut out = String::with_capacity(url.len());
+    let mut at = 0;
+    for span in secrets(url) {
+        out.push_str(&url[at..span.start]);
+        out.push_str("***");
+        at = span.end;
+    }
+    out.push_str(&url[at..]);
+    out
+}
+
+/// Where `url`'s secrets are, in order and apart: see [`redacted`].
+fn secrets(url: &str) -> Vec<std::ops::Range<usize>> {
+    // After `SCHEME://` when the scheme is one (letters, digits, `+-.`);
+    // otherwise the user part may start anywhere, so from the start.
+    let start = url
+        .split_once("://")
+        .filter(|(scheme, _)| {
+            scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        })
+        .map_or(0, |(scheme, _)| scheme.len() + 3);
+    let mut spans = Vec::new();
+    let mut host = start;
+    if let Some(at) = url[start..].rfind('@').map(|i| start + i) {
+        if let Some(colon) = url[start..at].find(':') {
+            spans.push(start + colon + 1..at);
         }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}://{authority}{tail}")
+        host = at + 1;
+    }
+    let Some(query) = url[host..].find('?').map(|i| host + i + 1) else { return spans };
+    let mut secret_value = false;
+    let mut pos = query;
+    for pair in url[query..].split('&') {
+        let end = pos + pair.len();
+        match pair.split_once('=') {
+            Some((name, _)) => {
+                let name = name.to_ascii_lowercase();
+                secret_value = ["password", "secret", "token"].iter().any(|word| name.contains(word))
+                    || ["pass", "pwd"].contains(&name.as_str());
+                if secret_value {
+                    spans.push(pos + name.len() + 1..end);
+                }
+            }
+            // A bare `&…` after a secret is taken for an `&` inside it.
+            None => {
+                if let Some(last) = spans.last_mut().filter(|_| secret_value) {
+                    last.end = end;
+                }
+            }
+        }
+        pos = end + 1;
+    }
+    spans
+}
+
+/// `text` with its `%XX` escapes decoded (as far as they form UTF-8).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).filter(|h| bytes[i] == b'%' && h.iter().all(u8::is_ascii_hexdigit));
+        match hex.and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()) {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// [`Store::create_login`] by counting, then creating, then deleting: for
@@ -479,4 +540,82 @@ pub fn spawn_cleanup(store: Arc<dyn Store>, period: Duration) -> tokio::task::Jo
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{redacted, scrub};
+
+    /// URLs whose password the old rule showed: no `://` (a typo), or a
+    /// password holding an unencoded `/`, `?`, `#` or `@`; and query
+    /// parameters named for secrets. Each hides `s3cr3t`.
+    const LEAKY: &[&str] = &[
+        "postgres:/app:s3cr3t@db/app",
+        "postgres:app:s3cr3t@db",
+        "postgres//app:s3cr3t@db",
+        "app:s3cr3t@db",
+        "postgres:/app:pa://s3cr3t@db",
+        "postgres://app:s3cr3t/x@db/app",
+        "postgres://app:s3cr3t?x@db/app",
+        "postgres://app:s3cr3t#x@db/app",
+        "postgres://app:s3c@r3t@db/app",
+        "mysql://app:/s3cr3t@db/app",
+        "postgres://db/app?sslmode=require&sslpassword=s3cr3t",
+        "mongodb://db/app?tlsCertificateKeyFilePassword=s3cr3t&authSource=admin",
+        "redis://db?Client_Secret=s3cr3t",
+        "firestore://db/p?access_token=s3cr3t",
+        "mysql://db/app?user=app&password=s3&cr3t",
+        "mysql://db/app?PWD=s3cr3t",
+    ];
+
+    #[test]
+    fn redacted_hides_passwords_with_delimiters_typos_and_secret_query_values() {
+        for url in LEAKY {
+            let shown = redacted(url);
+            assert!(!shown.contains("s3cr3t") && !shown.contains("cr3t"), "{url} is shown as {shown}");
+            assert!(shown.contains("***"), "{shown}");
+        }
+        assert_eq!(
+            redacted("postgres://app:s3cr3t/x@db/app?sslmode=require"),
+            "postgres://app:***@db/app?sslmode=require"
+        );
+        assert_eq!(redacted("postgres:/app:s3cr3t@db/app"), "postgres:***@db/app");
+        assert_eq!(
+            redacted("mysql://db/app?user=app&password=s3&cr3t&ssl=1"),
+            "mysql://db/app?user=app&password=***&ssl=1"
+        );
+        // Nothing secret, nothing hidden.
+        for url in
+            ["memory://", "redis+cluster://a:1,b:2", "mongodb://h1:1,h2:2/db?authSource=admin", "sqlite://C:/x.db"]
+        {
+            assert_eq!(redacted(url), url);
+        }
+    }
+
+    #[test]
+    fn scrub_hides_what_redacted_hides() {
+        for url in LEAKY {
+            // A driver may quote the URL, or the piece it took for a port.
+            let piece = if url.contains("s3cr3t") { "s3cr3t" } else { "" };
+            let scrubbed = scrub(&format!("driver: cannot parse {url}: invalid port {piece}"), url);
+            assert!(!scrubbed.contains("cr3t"), "{scrubbed}");
+        }
+        let url = "postgres://app:s3%2Fcr3t@db/app";
+        assert_eq!(scrub("auth failed for s3/cr3t and s3%2Fcr3t", url), "auth failed for *** and ***");
+    }
+
+    /// The demo prints `redacted(url)` in its start-up line and, with
+    /// `store::open`'s error, in its fatal line.
+    #[tokio::test]
+    async fn the_demos_start_up_and_fatal_lines_hide_the_password() {
+        for url in ["postgres:/app:s3cr3t@db/app", "carrier-pigeon://app:s3/cr3t@loft", "memory:/x:s3cr3t@y"] {
+            let shown = redacted(url);
+            let err = super::open(url, None).await.expect_err("not a store URL");
+            let fatal = format!("cannot open the session store {shown}: {err}");
+            let started = format!("multisession demo listening on http://127.0.0.1:3000 (sessions in {shown})");
+            for line in [fatal, started] {
+                assert!(!line.contains("s3cr3t") && !line.contains("cr3t"), "{line}");
+            }
+        }
+    }
 }

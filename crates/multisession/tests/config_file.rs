@@ -258,3 +258,24 @@ async fn passwords_with_url_delimiters_typos_or_in_the_query_never_appear_in_err
         assert!(!format!("{err} {err:?}").contains(password), "{url}: the error shows the password: {err}");
     }
 }
+
+#[tokio::test]
+async fn cookies_browsers_would_drop_and_touches_that_come_too_late_are_refused_naming_the_field() {
+    let folder = Folder::new();
+    let part =
+        |name: &str, rest: &str| format!("[[session]]\ncookie_name = \"{name}\"\nbackend = \"memory://\"\n{rest}");
+    for (toml, field) in [
+        (part("__Host-sid", "secure = false\n"), "secure"),
+        (part("__Host-sid", "domain = \"example.com\"\n"), "domain"),
+        (part("__Host-sid", "path = \"/app\"\n"), "path"),
+        (part("__Secure-sid", "secure = false\n"), "secure"),
+        (part("s", "max_age = \"0s\"\n"), "max_age"),
+        (part("s", "max_age = \"500ms\"\n"), "max_age"),
+        (part("s", "permanent_lifetime = \"1h\"\ntouch_interval = \"2h\"\n"), "touch_interval"),
+    ] {
+        let err = folder.load(&toml).await.expect_err("a configuration that cannot work was accepted");
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains(&format!("{field}:")), "{err} does not name {field}");
+    }
+    folder.load(&part("__Host-sid", "max_age = \"1s\"\n")).await.expect("a __Host- cookie with the defaults loads");
+}

@@ -168,6 +168,10 @@ pub(crate) enum Limit {
 impl SessionConfig {
     /// The cookie's name (default `session`).
     ///
+    /// Browsers drop a cookie named `__Secure-…` without `Secure`, and one
+    /// named `__Host-…` also with a `Domain` or a `Path` other than `/`; such
+    /// a configuration is refused at start-up.
+    ///
     /// ```
     /// let c = multisession::SessionConfig::default().with_cookie_name("__Host-sid");
     /// assert_eq!(c.cookie_name(), "__Host-sid");
@@ -238,9 +242,10 @@ impl SessionConfig {
         self
     }
 
-    /// A fixed `Max-Age` for the cookie. Without it, a permanent session's
-    /// cookie lasts until the session expires and any other is a browser
-    /// session cookie.
+    /// A fixed `Max-Age` for the cookie, at least one second (`Max-Age`
+    /// counts whole seconds, and 0 deletes the cookie). Without it, a
+    /// permanent session's cookie lasts until the session expires and any
+    /// other is a browser session cookie.
     ///
     /// ```
     /// let c = multisession::SessionConfig::default().with_max_age(time::Duration::hours(1));
@@ -287,8 +292,8 @@ impl SessionConfig {
     }
 
     /// How far the idle expiry must move before a read-only request writes it
-    /// back (default 1 minute). Larger means fewer store writes and a less
-    /// exact "last active".
+    /// back (default 1 minute), shorter than both lifetimes. Larger means
+    /// fewer store writes and a less exact "last active".
     ///
     /// ```
     /// let c = multisession::SessionConfig::default().with_touch_interval(time::Duration::minutes(5));
@@ -373,6 +378,7 @@ impl SessionConfig {
         if self.same_site == SameSite::None && !self.secure {
             return Err(Error::config("same_site: SameSite=None requires secure = true (browsers drop it otherwise)"));
         }
+        self.check_name_prefix()?;
         let lifetimes = [
             ("lifetime", Some(self.lifetime)),
             ("permanent_lifetime", Some(self.permanent_lifetime)),
@@ -385,10 +391,12 @@ impl SessionConfig {
                 return Err(Error::config(format!("{field}: must be positive, got {value}")));
             }
         }
+        // `Max-Age` counts whole seconds, and 0 tells the browser to drop
+        // the cookie at once: no session would survive its first response.
         if let Some(max_age) = self.max_age
-            && max_age.is_negative()
+            && max_age < Duration::SECOND
         {
-            return Err(Error::config(format!("max_age: must not be negative, got {max_age}")));
+            return Err(Error::config(format!("max_age: must be at least one second, got {max_age}")));
         }
         for (field, value) in lifetimes.into_iter().chain([("max_age", self.max_age)]) {
             if let Some(value) = value
@@ -399,14 +407,51 @@ impl SessionConfig {
                 )));
             }
         }
-        if self.touch_interval.is_negative() || self.touch_interval >= self.lifetime {
+        // A touch interval as long as a lifetime lets a session in use expire
+        // before its expiry is ever written back.
+        if self.touch_interval.is_negative()
+            || self.touch_interval >= self.lifetime
+            || self.touch_interval >= self.permanent_lifetime
+        {
             return Err(Error::config(format!(
-                "touch_interval: must be at least zero and shorter than lifetime ({}), got {}",
-                self.lifetime, self.touch_interval
+                "touch_interval: must be at least zero and shorter than lifetime ({}) and permanent_lifetime ({}), \
+                 got {}",
+                self.lifetime, self.permanent_lifetime, self.touch_interval
             )));
         }
         if matches!(self.session_limit, Limit::Set(l) if l.max == 0) {
             return Err(Error::config("max_sessions_per_user: must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The rules browsers hold a prefixed cookie name to (RFC 6265bis, the
+    /// prefix in any case): they silently drop a `__Secure-` cookie without
+    /// `Secure`, and a `__Host-` one also with a `Domain` or a `Path` other
+    /// than `/`, so such a session would never come back.
+    fn check_name_prefix(&self) -> Result<()> {
+        let name = self.cookie_name.as_bytes();
+        let has_prefix =
+            |prefix: &str| name.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes()));
+        let (host, secure) = (has_prefix("__Host-"), has_prefix("__Secure-"));
+        if (host || secure) && !self.secure {
+            return Err(Error::config(format!(
+                "secure: the cookie name {:?} has a {} prefix, which browsers accept only with secure = true",
+                self.cookie_name,
+                if host { "__Host-" } else { "__Secure-" }
+            )));
+        }
+        if host && self.domain.is_some() {
+            return Err(Error::config(format!(
+                "domain: the cookie name {:?} has the __Host- prefix, which browsers accept only without a domain",
+                self.cookie_name
+            )));
+        }
+        if host && self.path != "/" {
+            return Err(Error::config(format!(
+                "path: the cookie name {:?} has the __Host- prefix, which browsers accept only with path \"/\", got {:?}",
+                self.cookie_name, self.path
+            )));
         }
         Ok(())
     }
@@ -727,6 +772,47 @@ mod tests {
             let err = config.validate().expect_err(field);
             assert!(err.to_string().contains(field), "{err} does not name {field}");
         }
+    }
+
+    fn refused_naming(config: SessionConfig, field: &str) {
+        let err = config.validate().expect_err(field);
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains(&format!("{field}:")), "{err} does not name {field}");
+    }
+
+    #[test]
+    fn a_max_age_under_one_second_is_refused() {
+        for max_age in [Duration::ZERO, Duration::milliseconds(999), Duration::seconds(-1)] {
+            refused_naming(SessionConfig::default().with_max_age(max_age), "max_age");
+        }
+        SessionConfig::default().with_max_age(Duration::SECOND).validate().expect("one second is a Max-Age");
+    }
+
+    #[test]
+    fn a_touch_interval_not_shorter_than_the_permanent_lifetime_is_refused() {
+        let short = SessionConfig::default().with_lifetime(Duration::hours(2)).with_permanent_lifetime(Duration::HOUR);
+        refused_naming(short.clone().with_touch_interval(Duration::HOUR), "touch_interval");
+        refused_naming(short.clone().with_touch_interval(Duration::minutes(90)), "touch_interval");
+        short.with_touch_interval(Duration::minutes(59)).validate().expect("shorter than both lifetimes");
+    }
+
+    #[test]
+    fn prefixed_cookie_names_without_the_attributes_browsers_require_are_refused() {
+        let named = |name: &str| SessionConfig::default().with_cookie_name(name);
+        refused_naming(named("__Host-sid").with_secure(false), "secure");
+        refused_naming(named("__host-sid").with_secure(false), "secure");
+        refused_naming(named("__Host-sid").with_domain("example.com"), "domain");
+        refused_naming(named("__HOST-sid").with_path("/app"), "path");
+        refused_naming(named("__Secure-sid").with_secure(false), "secure");
+        refused_naming(named("__SECURE-sid").with_secure(false), "secure");
+        named("__Host-csrf").validate().expect("the defaults are what __Host- needs");
+        named("__Secure-sid")
+            .with_domain("example.com")
+            .with_path("/app")
+            .validate()
+            .expect("__Secure- needs Secure only");
+        named("__Hostess").with_secure(false).validate().expect("no prefix without the dash");
+        named("csrf").with_secure(false).validate().expect("an unprefixed name may go without Secure");
     }
 
     #[test]

@@ -279,3 +279,25 @@ async fn cookies_browsers_would_drop_and_touches_that_come_too_late_are_refused_
     }
     folder.load(&part("__Host-sid", "max_age = \"1s\"\n")).await.expect("a __Host- cookie with the defaults loads");
 }
+
+#[tokio::test]
+async fn key_prefixes_no_store_can_keep_are_refused_at_start_up_for_every_store() {
+    let folder = Folder::new();
+    // Nothing listens on port 1: the prefix is refused before any store is opened.
+    for backend in
+        ["sqlite://prefixed.db", "postgres://app@127.0.0.1:1/db", "redis://127.0.0.1:1", "memcached://127.0.0.1:1"]
+    {
+        for prefix in [String::new(), "p".repeat(65), "app\\u0000one".to_owned(), "my app".to_owned()] {
+            let toml =
+                format!("[[session]]\ncookie_name = \"s\"\nbackend = \"{backend}\"\nkey_prefix = \"{prefix}\"\n");
+            let err = folder.load(&toml).await.expect_err("an impossible prefix was accepted");
+            assert_eq!(err.kind(), ErrorKind::Config, "{backend}: {err}");
+            assert!(err.to_string().contains("`s`: key_prefix:"), "{backend}: {err}");
+        }
+    }
+    let toml = format!(
+        "[[session]]\ncookie_name = \"s\"\nbackend = \"sqlite://prefixed.db\"\nkey_prefix = \"{}\"\n",
+        "p".repeat(64)
+    );
+    folder.load(&toml).await.expect("a prefix of 64 bytes loads");
+}

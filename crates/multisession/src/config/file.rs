@@ -215,7 +215,8 @@ impl Sessions {
     /// `key_file` a file, each holding base64 keys of at least 64 bytes (the
     /// first encrypts or signs; more, separated by spaces, commas or lines,
     /// only decrypt or verify). Parts with the same backend URL share one
-    /// store.
+    /// store. A `key_prefix` (SQL, Redis and Memcached stores) is 1 to 64
+    /// printable ASCII characters without spaces.
     ///
     /// # Errors
     ///
@@ -374,6 +375,10 @@ impl Part {
             server => {
                 if self.revocation.is_some() {
                     return Err(fail("revocation", "only a cookie:// part takes a revocation store".into()));
+                }
+                // One rule for every store, checked before any is opened.
+                if let Some(prefix) = &self.key_prefix {
+                    crate::config::check_key_prefix(prefix).map_err(|e| e.context(format_args!("session `{name}`")))?;
                 }
                 if self.signed_id {
                     let keys =

@@ -606,6 +606,27 @@ impl SessionSpec {
     }
 }
 
+/// The longest `key_prefix` a store keeps as given, in bytes.
+pub(crate) const MAX_KEY_PREFIX_BYTES: usize = 64;
+
+/// Checks a store's `key_prefix`: 1 to [`MAX_KEY_PREFIX_BYTES`] printable
+/// ASCII characters, no spaces. One rule for every store that takes a
+/// prefix, the narrowest of what they can hold: MySQL keeps it in a
+/// `VARCHAR(191)`, PostgreSQL text holds no NUL, Memcached keys are printable
+/// ASCII without spaces. An empty prefix is refused too: it is most likely
+/// an unset variable, and leaving the prefix out gives the default.
+#[cfg_attr(not(any(feature = "toml", feature = "sqlite", feature = "postgres", feature = "mysql")), allow(dead_code))]
+pub(crate) fn check_key_prefix(prefix: &str) -> Result<()> {
+    if prefix.is_empty() || prefix.len() > MAX_KEY_PREFIX_BYTES || !prefix.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::config(format!(
+            "key_prefix: must be 1 to {MAX_KEY_PREFIX_BYTES} printable ASCII characters without spaces, got {} bytes{}",
+            prefix.len(),
+            if prefix.chars().any(char::is_control) { " with control characters" } else { "" }
+        )));
+    }
+    Ok(())
+}
+
 /// `at + d`, or the last instant `time` can hold.
 pub(crate) fn later(at: OffsetDateTime, d: Duration) -> OffsetDateTime {
     at.checked_add(d).unwrap_or(if d.is_negative() { OffsetDateTime::UNIX_EPOCH } else { MAX_INSTANT })
@@ -813,6 +834,19 @@ mod tests {
             .expect("__Secure- needs Secure only");
         named("__Hostess").with_secure(false).validate().expect("no prefix without the dash");
         named("csrf").with_secure(false).validate().expect("an unprefixed name may go without Secure");
+    }
+
+    #[test]
+    fn key_prefixes_no_store_can_keep_are_refused_naming_key_prefix() {
+        let longest = "p".repeat(MAX_KEY_PREFIX_BYTES);
+        for bad in ["", "nul\0", "new\nline", "with space", "caf\u{e9}", &format!("{longest}p")] {
+            let err = check_key_prefix(bad).expect_err("an impossible prefix was accepted");
+            assert_eq!(err.kind(), ErrorKind::Config);
+            assert!(err.to_string().contains("key_prefix:"), "{err}");
+        }
+        for good in ["session", "shop.v2", "a-b_c:d", longest.as_str()] {
+            check_key_prefix(good).expect("a printable prefix of at most 64 bytes");
+        }
     }
 
     #[test]

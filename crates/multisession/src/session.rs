@@ -377,7 +377,8 @@ impl Session {
     ///
     /// # Errors
     ///
-    /// `Unavailable` if the store cannot be reached.
+    /// `Unavailable` if the store cannot be reached; `Usage` for a user id
+    /// [`Session::login`] refuses (no store can hold one).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
@@ -387,6 +388,7 @@ impl Session {
     /// # Ok(()) }
     /// ```
     pub async fn clear_user_sessions(&self, user: &str) -> Result<u64> {
+        check_user_id(user)?;
         self.user().await?;
         self.end_user_sessions_but_mine(user).await
     }
@@ -590,10 +592,12 @@ impl Session {
     }
 }
 
-/// A user id every store can keep and index: see [`Session::login`].
-fn check_user_id(user: &str) -> Result<()> {
+/// A user id every store can keep and index: see [`Session::login`]. The
+/// calls that name a user check it too, so that an id no store can hold is
+/// a `Usage` error, never a store failure (PostgreSQL refuses a NUL).
+pub(crate) fn check_user_id(user: &str) -> Result<()> {
     if user.is_empty() {
-        return Err(Error::usage("login needs a non-empty user id"));
+        return Err(Error::usage("a user id cannot be empty"));
     }
     if user.len() > MAX_USER_ID_BYTES {
         return Err(Error::usage(format!(

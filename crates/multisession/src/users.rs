@@ -107,7 +107,10 @@ impl Sessions {
     /// # Errors
     ///
     /// `Unavailable` if the store cannot be reached; `Unsupported` for a store
-    /// without a user index.
+    /// without a user index; `Usage` for a user id
+    /// [`Session::login`] refuses (empty, longer than
+    /// [`MAX_USER_ID_BYTES`](crate::MAX_USER_ID_BYTES), or holding control
+    /// characters): no session can have it.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
@@ -115,9 +118,12 @@ impl Sessions {
     /// for device in sessions.user_sessions("23").await? {
     ///     println!("{} last active {}", device.handle, device.last_active_at);
     /// }
+    /// let refused = sessions.user_sessions("23\0").await.unwrap_err();
+    /// assert_eq!(refused.kind(), multisession::ErrorKind::Usage);
     /// # Ok(()) }
     /// ```
     pub async fn user_sessions(&self, user: &str) -> Result<Vec<DeviceSession>> {
+        crate::session::check_user_id(user)?;
         Ok(listing(self.engine.user_store()?.user_sessions(user).await?, None))
     }
 
@@ -128,7 +134,8 @@ impl Sessions {
     ///
     /// # Errors
     ///
-    /// `Unavailable` if the store cannot be reached.
+    /// `Unavailable` if the store cannot be reached; `Usage` for a user id
+    /// [`Session::login`] refuses.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
@@ -137,6 +144,7 @@ impl Sessions {
     /// # Ok(()) }
     /// ```
     pub async fn clear_user_sessions(&self, user: &str) -> Result<u64> {
+        crate::session::check_user_id(user)?;
         Ok(self.engine.end_user_sessions(user, None).await?.0)
     }
 

@@ -171,7 +171,7 @@ impl CookieStore {
         };
         let key = generation_key(user);
         let now = crate::record::now();
-        let expires_at = now + keep_for + Duration::DAY;
+        let expires_at = crate::config::later(now, keep_for.saturating_add(Duration::DAY));
         for _ in 0..3 {
             match store.load(&key).await? {
                 Some(record) => {
@@ -269,6 +269,13 @@ mod tests {
         let err = s.seal("data", &r, 0).expect_err("a 5 kB cookie was sealed");
         assert_eq!(err.kind(), ErrorKind::TooLarge);
         assert!(err.to_string().contains("`data`") && err.to_string().contains("4096"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_revocation_kept_longer_than_time_can_count_saturates() {
+        let s = store(vec![Key::generate()]).with_revocation(crate::store::MemoryStore::new());
+        assert_eq!(s.bump("23", Duration::MAX).await.expect("bumped"), 1);
+        assert_eq!(s.bump("23", Duration::MAX).await.expect("bumped again"), 2);
     }
 
     #[test]

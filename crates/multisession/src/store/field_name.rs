@@ -26,15 +26,39 @@ pub(crate) fn decode(field: &str) -> Result<String> {
     if field == "%" {
         return Ok(String::new());
     }
-    let bad = || Error::corrupt(format!("stored session key {field:?} is not encoded as this store encodes keys"));
+    // The key is session data, perhaps the user's: the error (logged at
+    // warn) does not quote it.
+    let bad = || Error::corrupt("a stored session key is not encoded as this store encodes keys");
     let mut out = String::with_capacity(field.len());
     let mut rest = field;
     while let Some(at) = rest.find('%') {
         out.push_str(&rest[..at]);
-        let code = rest.get(at + 1..at + 3).ok_or_else(bad)?;
+        let code =
+            rest.get(at + 1..at + 3).filter(|code| code.bytes().all(|b| b.is_ascii_hexdigit())).ok_or_else(bad)?;
         out.push(char::from(u8::from_str_radix(code, 16).map_err(|_| bad())?));
         rest = &rest[at + 3..];
     }
     out.push_str(rest);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{decode, encode};
+
+    #[test]
+    fn keys_round_trip() {
+        for key in ["", "%", "a.b", "$set", "50%", "x\0y", "é.ü"] {
+            assert_eq!(decode(&encode(key, &['.', '\0'], &['$'])).ok().as_deref(), Some(key), "{key:?}");
+        }
+    }
+
+    #[test]
+    fn a_badly_encoded_stored_key_is_corrupt_without_being_quoted() {
+        for field in ["card-4111111111111111%", "card-4111111111111111%zz", "card-4111111111111111%+A", "%é1"] {
+            let err = decode(field).expect_err("a badly encoded key decoded");
+            assert_eq!(err.kind(), crate::ErrorKind::Corrupt);
+            assert!(!err.to_string().contains("4111") && !err.to_string().contains('é'), "{err}");
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! characters without spaces), refused at start-up where configuration can
 //! fail, and never a failure on every request where it cannot.
 
-use multisession::store::{SqlOptions, SqlStore, Store};
+use multisession::store::{SqlStore, Store};
 use multisession::{Device, ErrorKind, Meta, Record};
 
 /// A SQLite file in `dir`, and the PostgreSQL and MySQL servers
@@ -65,16 +65,15 @@ async fn sql_prefixes_no_column_can_hold_still_work_and_keep_applications_apart(
 }
 
 #[tokio::test]
-async fn sql_options_refuse_a_prefix_no_store_keeps_naming_key_prefix() {
+async fn store_urls_refuse_a_prefix_no_store_keeps_naming_key_prefix() {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let url = &sql_urls(&dir)[0];
+    let url = &format!("sqlite://{}", dir.path().join("refused.db").display());
     for bad in [String::new(), "p".repeat(65), "app\0one".to_owned(), "my app".to_owned()] {
-        let err = SqlStore::connect_with(url, SqlOptions::default().key_prefix(bad)).await.expect_err("accepted");
+        let err = multisession::store::open(url, Some(&bad)).await.expect_err("accepted");
         assert_eq!(err.kind(), ErrorKind::Config);
         assert!(err.to_string().contains("key_prefix:"), "{err}");
     }
-    let longest =
-        SqlStore::connect_with(url, SqlOptions::default().key_prefix("p".repeat(64))).await.expect("64 bytes");
+    let longest = multisession::store::open(url, Some(&"p".repeat(64))).await.expect("64 bytes");
     let key = multisession::SessionId::generate().expect("rng").store_key();
     longest.create(&key, &record("u")).await.expect("created");
 }

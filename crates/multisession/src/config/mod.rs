@@ -615,7 +615,6 @@ pub(crate) const MAX_KEY_PREFIX_BYTES: usize = 64;
 /// `VARCHAR(191)`, PostgreSQL text holds no NUL, Memcached keys are printable
 /// ASCII without spaces. An empty prefix is refused too: it is most likely
 /// an unset variable, and leaving the prefix out gives the default.
-#[cfg_attr(not(any(feature = "toml", feature = "sqlite", feature = "postgres", feature = "mysql")), allow(dead_code))]
 pub(crate) fn check_key_prefix(prefix: &str) -> Result<()> {
     if prefix.is_empty() || prefix.len() > MAX_KEY_PREFIX_BYTES || !prefix.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(Error::config(format!(

@@ -127,8 +127,8 @@ pub trait Store: Send + Sync + 'static {
 ///
 /// # Errors
 ///
-/// `Config` for an unknown scheme (the message lists the ones compiled in) or
-/// a misplaced prefix; `Unavailable` if the backend does not answer. No
+/// `Config` for an unknown scheme (the message lists the ones compiled in), a
+/// misplaced prefix or one that is not 1 to 64 printable ASCII characters; `Unavailable` if the backend does not answer. No
 /// message shows the URL's password.
 ///
 /// ```
@@ -140,6 +140,9 @@ pub trait Store: Send + Sync + 'static {
 /// # Ok(()) }
 /// ```
 pub async fn open(url: &str, key_prefix: Option<&str>) -> Result<Arc<dyn Store>> {
+    if let Some(prefix) = key_prefix {
+        crate::config::check_key_prefix(prefix)?;
+    }
     let unknown = || {
         crate::Error::config(format!(
             "backend: {:?} is not a store URL this build knows: use {}",

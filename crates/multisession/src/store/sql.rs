@@ -50,12 +50,11 @@ pub enum Dialect {
 pub struct SqlOptions {
     table: String,
     schema: Option<String>,
-    key_prefix: Option<String>,
 }
 
 impl Default for SqlOptions {
     fn default() -> Self {
-        Self { table: "sessions".to_owned(), schema: None, key_prefix: None }
+        Self { table: "sessions".to_owned(), schema: None }
     }
 }
 
@@ -80,24 +79,6 @@ impl SqlOptions {
     /// ```
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = Some(schema.into());
-        self
-    }
-
-    /// Keeps the store's sessions apart from other applications' in the same
-    /// table (default `session`), as [`SqlStore::with_key_prefix`] does, but
-    /// checked when the store connects: 1 to 64 printable ASCII characters
-    /// without spaces, or [`SqlStore::connect_with`] fails with `Config`
-    /// naming `key_prefix`.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
-    /// use multisession::store::{SqlOptions, SqlStore};
-    /// let err = SqlStore::connect_with("sqlite::memory:", SqlOptions::default().key_prefix("a\0b")).await.unwrap_err();
-    /// assert!(err.to_string().contains("key_prefix"));
-    /// # Ok(()) }
-    /// ```
-    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.key_prefix = Some(prefix.into());
         self
     }
 }
@@ -232,9 +213,6 @@ impl SqlStore {
         if let Some(schema) = &options.schema {
             identifier("schema", schema)?;
         }
-        if let Some(prefix) = &options.key_prefix {
-            crate::config::check_key_prefix(prefix)?;
-        }
         let (dialect, url) = match url.split_once(':').map(|(scheme, _)| scheme) {
             Some("sqlite") => (Dialect::Sqlite, url.to_owned()),
             Some("postgres" | "postgresql") => (Dialect::Postgres, url.to_owned()),
@@ -269,8 +247,7 @@ impl SqlStore {
             Some(schema) => format!("{schema}.{}", options.table),
             None => options.table.clone(),
         };
-        let prefix = options.key_prefix.unwrap_or_else(|| "session".to_owned());
-        let store = Self { pool, dialect, table, name: options.table, prefix };
+        let store = Self { pool, dialect, table, name: options.table, prefix: "session".to_owned() };
         store.migrate(options.schema.as_deref()).await?;
         Ok(store)
     }
@@ -279,12 +256,12 @@ impl SqlStore {
     /// table (default `session`).
     ///
     /// A prefix is 1 to 64 printable ASCII characters without spaces, one
-    /// rule for every store ([`SqlOptions::key_prefix`] and the TOML loader
-    /// refuse any other at start-up). This method cannot fail, so it keeps
-    /// any other prefix as 16 hex digits of its SHA-256, as `MemcachedStore`
-    /// does: still one
-    /// namespace per prefix, where the prefix as given would fail every
-    /// request (MySQL's column holds 191 characters, PostgreSQL no NUL).
+    /// rule for every store ([`store::open`](crate::store::open) and the
+    /// TOML loader refuse any other at start-up). This method cannot fail,
+    /// so it keeps any other prefix as 16 hex digits of its SHA-256, as
+    /// `MemcachedStore` does: still one namespace per prefix, where the
+    /// prefix as given would fail every request (MySQL's column holds 191
+    /// characters, PostgreSQL no NUL).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {

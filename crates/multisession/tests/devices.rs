@@ -5,8 +5,9 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Device, app, session_cookie};
+use common::{Device, app, session_cookie, wait_past};
 use multisession::store::{MemoryStore, SessionInfo, Store};
+use multisession::testing::CountingStore;
 use multisession::{Change, Record, SessionConfig, Sessions, StoreKey};
 
 fn setup() -> (Sessions, Device, Device) {
@@ -135,7 +136,7 @@ async fn logout_all_devices_survives_a_concurrent_request() {
 
 #[tokio::test]
 async fn a_touch_after_logout_all_does_not_resurrect_either() {
-    let store = Arc::new(MemoryStore::new());
+    let store = Arc::new(CountingStore::new(MemoryStore::new()));
     let config = SessionConfig::default().with_touch_interval(time::Duration::ZERO);
     let sessions = Sessions::new(store.clone(), config).expect("valid config");
     let router = app(sessions.clone());
@@ -144,9 +145,13 @@ async fn a_touch_after_logout_all_does_not_resurrect_either() {
     let header = phone.cookie_header();
     let in_flight = sessions.session([header.as_bytes()], Default::default());
     in_flight.user().await.expect("loaded");
+    let loaded = store.user_sessions("23").await.expect("listed")[0].last_active_at;
     sessions.clear_user_sessions("23").await.expect("cleared");
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    // A touch moves the expiry by the milliseconds since the load.
+    wait_past(loaded).await;
+    let touches = store.counts().touches;
     in_flight.commit().await.expect("commit");
+    assert_eq!(store.counts().touches, touches + 1, "the commit did not touch: nothing was tested");
     assert!(store.user_sessions("23").await.expect("listed").is_empty());
 }
 

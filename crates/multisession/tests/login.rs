@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Device, app, session_cookie};
+use common::{Device, app, session_cookie, wait_past};
 use multisession::store::{MemoryStore, Store};
 use multisession::{Device as DeviceFacts, OnLimit, SessionConfig, SessionId, Sessions};
 use time::{Duration, OffsetDateTime};
@@ -96,10 +96,10 @@ async fn an_absolute_lifetime_caps_the_expiry_however_active_the_session() {
 async fn an_expired_session_is_no_session() {
     let config =
         SessionConfig::default().with_lifetime(Duration::milliseconds(200)).with_touch_interval(Duration::ZERO);
-    let (_, router) = setup(config);
+    let (store, router) = setup(config);
     let mut device = Device::new(router, "ua", "127.0.0.1:1");
     device.get("/login/23").await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    wait_past(store.user_sessions("23").await.expect("listed")[0].expires_at).await;
     assert_eq!(device.get("/read").await.body, "user=anonymous n=0");
 }
 
@@ -108,11 +108,12 @@ async fn a_session_limit_evicts_the_least_recently_active_session() {
     let (store, router) = setup(SessionConfig::default().with_max_sessions_per_user(2, OnLimit::EvictLeastRecent));
     let mut devices: Vec<Device> =
         (0..3).map(|i| Device::new(router.clone(), &format!("device-{i}"), "127.0.0.1:1")).collect();
-    devices[0].get("/login/23").await;
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    devices[1].get("/login/23").await;
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    devices[2].get("/login/23").await;
+    for device in &mut devices {
+        device.get("/login/23").await;
+        // Activity is kept to the millisecond: the next login is later.
+        let listed = store.user_sessions("23").await.expect("listed");
+        wait_past(listed.iter().map(|s| s.last_active_at).max().expect("a session")).await;
+    }
     let agents: Vec<String> =
         store.user_sessions("23").await.expect("listed").into_iter().filter_map(|s| s.device.user_agent).collect();
     assert_eq!(agents.len(), 2);

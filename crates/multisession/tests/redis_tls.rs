@@ -1,11 +1,16 @@
 //! `rediss://`: the Redis store over TLS, against a Redis server of the
 //! test's own with a certificate from a throwaway authority.
 
+mod common;
+#[path = "support/outage.rs"]
+mod outage;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use multisession::store::{RedisStore, Store};
 use multisession::{Device, SessionConfig, Sessions};
+use outage::OwnServer;
 
 fn openssl(dir: &Path, args: &[&str]) {
     let status = Command::new("openssl").args(args).current_dir(dir).stderr(Stdio::null()).status();
@@ -13,17 +18,9 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 struct TlsRedis {
-    child: Child,
-    port: u16,
+    server: OwnServer,
     ca: Vec<u8>,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn tls_redis() -> TlsRedis {
@@ -83,40 +80,38 @@ fn tls_redis() -> TlsRedis {
             "san.ext",
         ],
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            "0",
-            "--tls-port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .args(["--tls-cert-file", "redis.pem", "--tls-key-file", "redis.key", "--tls-ca-cert-file", "ca.pem"])
-        .args(["--tls-auth-clients", "no"])
-        .current_dir(d)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server runs (scripts/services.sh installs it)");
-    // Up to a minute: a bound against a hang, not a guess at the start time.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the TLS Redis did not answer on port {port}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let certs = d.to_owned();
+    let server = OwnServer::with_probe(
+        move |port, _| {
+            let mut redis = Command::new("redis-server");
+            redis.args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"]);
+            redis.args(["--save", "", "--appendonly", "no"]);
+            redis.args(["--tls-cert-file", "redis.pem", "--tls-key-file", "redis.key", "--tls-ca-cert-file", "ca.pem"]);
+            redis.args(["--tls-auth-clients", "no"]).current_dir(&certs);
+            redis
+        },
+        {
+            // A PING over TLS, trusting only the CA made above: no server but
+            // ours holds a certificate it signed.
+            let ca = d.join("ca.pem");
+            move |port| {
+                Command::new("timeout")
+                    .args(["5", "redis-cli", "--tls", "--cacert"])
+                    .arg(&ca)
+                    .args(["-h", "127.0.0.1", "-p", &port.to_string(), "ping"])
+                    .output()
+                    .is_ok_and(|out| out.stdout.starts_with(b"PONG"))
+            }
+        },
+    );
     let ca = std::fs::read(d.join("ca.pem")).expect("the CA certificate");
-    TlsRedis { child, port, ca, _dir: dir }
+    TlsRedis { server, ca, _dir: dir }
 }
 
 #[tokio::test]
 async fn sessions_round_trip_over_rediss() {
     let server = tls_redis();
-    let url = format!("rediss://127.0.0.1:{}", server.port);
+    let url = format!("rediss://127.0.0.1:{}", server.server.port);
     let store = RedisStore::connect_tls(&url, &server.ca).await.expect("a TLS connection with the private CA");
     let sessions = Sessions::new(store.clone(), SessionConfig::default()).expect("valid config");
     let session = sessions.session([], Device::default());
@@ -132,7 +127,7 @@ async fn sessions_round_trip_over_rediss() {
 #[tokio::test]
 async fn a_server_the_client_does_not_trust_is_unavailable_not_a_panic() {
     let server = tls_redis();
-    let url = format!("rediss://127.0.0.1:{}", server.port);
+    let url = format!("rediss://127.0.0.1:{}", server.server.port);
     let err = RedisStore::connect(&url).await.expect_err("trusted a private CA from the system roots");
     assert!(err.is_unavailable(), "{err}");
 }

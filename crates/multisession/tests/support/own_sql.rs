@@ -4,16 +4,12 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
-}
-
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("the command runs");
     assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-use super::outage::{OwnServer, Server, wait_for};
+use super::outage::{OwnServer, Server, answers, start_again, start_on_a_free_port};
 
 pub struct OwnPostgres {
     bin: PathBuf,
@@ -37,9 +33,37 @@ impl OwnPostgres {
             .arg("-D")
             .arg(&data)
             .args(["-A", "trust", "-U", "postgres", "--no-sync"]));
-        let mut own = Self { bin, dir, port: free_port() };
-        own.start();
+        let mut own = Self { bin, dir, port: 0 };
+        start_on_a_free_port(|port| own.try_start(port));
         own
+    }
+
+    /// Starts PostgreSQL on `port`; `false` if the port was taken. `pg_ctl
+    /// -w` returns once our postmaster reports itself ready in its pid file,
+    /// and it is ready only with the port bound; it must then answer there.
+    fn try_start(&mut self, port: u16) -> bool {
+        let log = self.dir.path().join("log");
+        let _ = std::fs::remove_file(&log);
+        let options = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.dir.path().display());
+        let started = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-o", &options, "start"])
+            .output()
+            .expect("pg_ctl runs");
+        if !started.status.success() {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(log.contains("Address already in use"), "PostgreSQL did not start: {log}");
+            return false;
+        }
+        // An SSLRequest: PostgreSQL answers `N` (this one has no TLS).
+        assert!(answers(port, &[0, 0, 0, 8, 4, 210, 22, 47], b"N"), "PostgreSQL on port {port} does not answer");
+        self.port = port;
+        true
     }
 }
 
@@ -51,17 +75,8 @@ impl OwnPostgres {
 
 impl Server for OwnPostgres {
     fn start(&mut self) {
-        let options =
-            format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.path().display());
-        run(Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(self.dir.path().join("data"))
-            .arg("-l")
-            .arg(self.dir.path().join("log"))
-            .args(["-w", "-o", &options, "start"]));
-        wait_for(self.port);
+        let port = self.port;
+        start_again(port, || self.try_start(port));
     }
 
     fn kill(&mut self) {

@@ -37,6 +37,19 @@ FIRESTORE_JAR=/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-
 log() { printf 'services: %s\n' "$*" >&2; }
 fail() { log "$*"; exit 1; }
 
+running() { # PID: alive, and not a zombie (exited, but not yet reaped by its parent)
+  local state; state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1) && [ -n "$state" ] && [ "$state" != Z ]
+}
+
+stop_pid() { # PIDFILE NAME: stop the process and wait, up to a minute, until it has exited
+  [ -f "$1" ] || return 0
+  local pid; pid=$(cat "$1")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 600); do running "$pid" || break; sleep 0.1; done
+  if running "$pid"; then fail "$2 (pid $pid) did not exit within a minute"; fi
+  rm -f "$1"
+}
+
 install() { # install PACKAGE unless BINARY exists
   command -v "$2" >/dev/null && return 0
   log "installing $1 from Debian"
@@ -150,10 +163,7 @@ stop_sql() {
   if [ -n "$bin" ] && [ -f "$DIR/postgres/data/postmaster.pid" ]; then
     runuser -u postgres -- "$bin/pg_ctl" -D "$DIR/postgres/data" -m fast stop >/dev/null 2>&1 || true
   fi
-  if [ -f "$DIR/mariadb/pid" ]; then
-    kill "$(cat "$DIR/mariadb/pid")" 2>/dev/null || true
-    for _ in $(seq 100); do my_up "$MY_OWN_PORT" || break; sleep 0.1; done
-  fi
+  stop_pid "$DIR/mariadb/pid" MariaDB
 }
 
 mc_up() { # a subshell, so its redirections stay its own
@@ -173,8 +183,8 @@ start_memcached() {
       [ "$(mc_megabytes "$port")" -ge "$MEMCACHED_MB" ] 2>/dev/null && continue
       log "restarting memcached on $port with ${MEMCACHED_MB} MB"
       [ -f "$DIR/memcached-$port/pid" ] || fail "a memcached this script did not start holds port $port"
-      kill "$(cat "$DIR/memcached-$port/pid")"
-      for _ in $(seq 600); do mc_up "$port" || break; sleep 0.1; done
+      stop_pid "$DIR/memcached-$port/pid" "memcached on $port"
+      if mc_up "$port"; then fail "port $port still answers after its memcached exited"; fi
     fi
     mkdir -p "$DIR/memcached-$port"
     memcached -d -u root -l 127.0.0.1 -p "$port" -U 0 -m "$MEMCACHED_MB" -P "$DIR/memcached-$port/pid"
@@ -185,11 +195,7 @@ start_memcached() {
 
 stop_memcached() {
   local port
-  for port in "${MEMCACHED_PORTS[@]}"; do
-    [ -f "$DIR/memcached-$port/pid" ] && kill "$(cat "$DIR/memcached-$port/pid")" 2>/dev/null
-    rm -f "$DIR/memcached-$port/pid"
-  done
-  return 0
+  for port in "${MEMCACHED_PORTS[@]}"; do stop_pid "$DIR/memcached-$port/pid" "memcached on $port"; done
 }
 
 nx_up() { timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" 2>/dev/null; }
@@ -210,11 +216,7 @@ start_nx() {
   fail "nx-27017 did not start; see $DIR/nx-27017.log"
 }
 
-stop_nx() {
-  [ -f "$DIR/nx-27017.pid" ] && kill "$(cat "$DIR/nx-27017.pid")" 2>/dev/null
-  rm -f "$DIR/nx-27017.pid"
-  return 0
-}
+stop_nx() { stop_pid "$DIR/nx-27017.pid" nx-27017; }
 
 fs_up() { curl -fs "http://127.0.0.1:$FIRESTORE_PORT/" 2>/dev/null | grep -q Ok; }
 
@@ -230,11 +232,7 @@ start_firestore() {
   fail "the Firestore emulator did not start; see $DIR/firestore.log"
 }
 
-stop_firestore() {
-  [ -f "$DIR/firestore.pid" ] && kill "$(cat "$DIR/firestore.pid")" 2>/dev/null
-  rm -f "$DIR/firestore.pid"
-  return 0
-}
+stop_firestore() { stop_pid "$DIR/firestore.pid" "the Firestore emulator"; }
 
 env_lines() {
   echo "export MULTISESSION_FIRESTORE_URL=http://127.0.0.1:$FIRESTORE_PORT"

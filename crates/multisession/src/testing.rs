@@ -133,6 +133,29 @@ macro_rules! store_conformance_tests {
     };
 }
 
+/// Waits until the clock sessions read (the wall clock, to the millisecond)
+/// has passed `t`: for a test that needs a later timestamp or an expiry
+/// behind it, a condition on that clock rather than a sleep of a guessed
+/// length on another.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let t = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(3);
+/// multisession::testing::wait_past(t).await;
+/// assert!(time::OffsetDateTime::now_utc() > t);
+/// # }
+/// ```
+pub async fn wait_past(t: OffsetDateTime) {
+    loop {
+        let left = t - crate::record::now();
+        if left.is_negative() {
+            return;
+        }
+        let left = std::time::Duration::try_from(left).unwrap_or_default();
+        tokio::time::sleep(left + std::time::Duration::from_millis(1)).await;
+    }
+}
+
 /// A wrapper that counts every call the engine makes to a store.
 ///
 /// ```
@@ -317,19 +340,6 @@ pub mod checks {
                 device: Device::new(Some("Mozilla/5.0 (conformance)".into()), "203.0.113.9".parse().ok()),
                 siblings: BTreeMap::from([("data".to_owned(), key())]),
             },
-        }
-    }
-
-    /// Waits until the clock has passed `t`: a condition on this process's
-    /// own clock, not a guess at how long something takes.
-    async fn wait_past(t: OffsetDateTime) {
-        loop {
-            let left = t - now();
-            if left.is_negative() {
-                return;
-            }
-            let left = std::time::Duration::try_from(left).unwrap_or_default();
-            tokio::time::sleep(left + std::time::Duration::from_millis(1)).await;
         }
     }
 

@@ -5,9 +5,9 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Device, app, session_cookie, wait_past};
+use common::{Device, app, session_cookie};
 use multisession::store::{MemoryStore, SessionInfo, Store};
-use multisession::testing::CountingStore;
+use multisession::testing::{CountingStore, wait_past};
 use multisession::{Change, Record, SessionConfig, Sessions, StoreKey};
 
 fn setup() -> (Sessions, Device, Device) {

@@ -5,8 +5,9 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Device, app, session_cookie, wait_past};
+use common::{Device, app, session_cookie};
 use multisession::store::{MemoryStore, Store};
+use multisession::testing::wait_past;
 use multisession::{Device as DeviceFacts, OnLimit, SessionConfig, SessionId, Sessions};
 use time::{Duration, OffsetDateTime};
 

@@ -181,16 +181,6 @@ pub fn app(sessions: multisession::Sessions) -> Router {
         .layer(multisession::SessionLayer::new(sessions))
 }
 
-/// Waits until the wall clock, read to the millisecond as sessions read it,
-/// is past `t` (a stored, millisecond timestamp): a condition on the clock
-/// the sessions compare against, not a sleep on another clock.
-pub async fn wait_past(t: time::OffsetDateTime) {
-    let past = t + time::Duration::milliseconds(1);
-    while time::OffsetDateTime::now_utc() < past {
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
-}
-
 /// The session id cookie a device holds, if any.
 pub fn session_cookie(device: &Device) -> Option<String> {
     device.cookies.get("session").cloned()

@@ -784,11 +784,28 @@ pub mod checks {
             assert!(store.delete(&device).await.expect("delete succeeds"));
             device = next;
         }
-        let listed = store.user_sessions(&u).await.expect("user_sessions succeeds");
-        assert_eq!(keys_of(&listed), BTreeSet::from([stays, device]));
+        // Read before listing, which may compact the index itself.
         if let Some(entries) = h.index_entries(&u).await {
             assert!(entries <= 2, "after 200 logins the user's index holds {entries} entries for 2 live sessions");
         }
+        let listed = store.user_sessions(&u).await.expect("user_sessions succeeds");
+        assert_eq!(keys_of(&listed), BTreeSet::from([stays, device]));
+        // A touch by half a minute from just past a whole hour stays within
+        // any grain a store rounds index entries to (of half a minute to an
+        // hour, dividing an hour), and a write of data alone leaves the
+        // expiry where it is: neither adds to the index.
+        let hour = now().replace_minute(0).and_then(|t| t.replace_second(1)).and_then(|t| t.replace_millisecond(0));
+        let mut settle = touch(Some(&u));
+        settle.expires_at = hour.expect("a valid time") + Duration::hours(3);
+        store.apply(&stays, &settle).await.expect("touch succeeds");
+        let before = h.index_entries(&u).await;
+        let mut small = touch(Some(&u));
+        small.expires_at = settle.expires_at + Duration::seconds(29);
+        store.apply(&stays, &small).await.expect("touch succeeds");
+        let mut data_only = change(&[("k", json!(1))], &[]);
+        (data_only.user_id, data_only.expires_at) = (Some(u.clone()), small.expires_at);
+        store.apply(&stays, &data_only).await.expect("write succeeds");
+        assert_eq!(h.index_entries(&u).await, before, "a touch within a grain or a write of data grew the index");
         let start = now();
         for i in 1..=1000 {
             // Each touch moves the expiry by an hour, past any grain a store

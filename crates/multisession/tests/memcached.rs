@@ -12,7 +12,7 @@ use multisession::StoreKey;
 use multisession::store::{MemcachedStore, Store};
 use multisession::testing::Harness;
 use multisession::{SessionConfig, Sessions};
-use outage::OwnServer;
+use outage::{OwnServer, Server as _};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -267,9 +267,50 @@ async fn ten_thousand_sessions_of_one_user_use_a_bounded_number_of_connections()
     assert!(peak.max(connections().await) <= before + per_server, "connections grew from {before} to {peak}");
 }
 
+/// The seconds `item` has left to live, asked of the server with
+/// `mg <item> t`; `None` if no server holds it.
+async fn time_left(item: &str) -> Option<i64> {
+    let mut found = None;
+    for addr in servers() {
+        let reply = raw(&addr, format!("mg {item} t\r\n").as_bytes()).await;
+        if let Some(t) = reply.first().and_then(|l| l.strip_prefix("HD t")) {
+            found = t.trim().parse::<i64>().ok();
+        }
+    }
+    found
+}
+
+fn index_item(prefix: &str, user: &str) -> String {
+    let digest = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(user.as_bytes()));
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}:u:{hex}")
+}
+
+/// A record of `user` expiring `lifetime` from now, holding `bytes` of data.
+fn record_of(user: &str, lifetime: time::Duration, bytes: usize) -> multisession::Record {
+    let now = time::OffsetDateTime::now_utc();
+    multisession::Record {
+        data: serde_json::Map::from_iter([("blob".to_owned(), serde_json::json!("x".repeat(bytes)))]),
+        meta: multisession::Meta {
+            user_id: Some(user.to_owned()),
+            created_at: now,
+            last_active_at: now,
+            expires_at: now + lifetime,
+            absolute_expires_at: None,
+            permanent: false,
+            device: Default::default(),
+            siblings: Default::default(),
+        },
+    }
+}
+
+/// Index entries are rounded up to this grain (seconds).
+const GRAIN: i64 = 600;
+
 /// A session item expires in Memcached when its session does (to the
-/// second, plus the one Memcached's clock may lag), and its user's index no
-/// earlier: asked of the server with `mg <key> t`.
+/// second, plus the one Memcached's clock may lag), and its user's index
+/// after it, but no more than a grain (and the rounding up to it) after:
+/// asked of the server with `mg <key> t`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn items_expire_with_their_sessions_and_the_index_outlives_them() {
     let mc = memcached().await;
@@ -278,21 +319,187 @@ async fn items_expire_with_their_sessions_and_the_index_outlives_them() {
     session.login("expiring").await.expect("login");
     session.commit().await.expect("commit");
     let key = mc.store.user_sessions("expiring").await.expect("listed")[0].key;
-    let ttl = |item: String| async move {
-        let mut found = None;
-        for addr in servers() {
-            let reply = raw(&addr, format!("mg {item} t\r\n").as_bytes()).await;
-            if let Some(t) = reply.first().and_then(|l| l.strip_prefix("HD t")) {
-                found = t.trim().parse::<i64>().ok();
-            }
-        }
-        found.expect("the item is on a server")
-    };
     let day = 24 * 3600;
-    let session_ttl = ttl(format!("{}:s:{key}", mc.prefix)).await;
+    let session_ttl = time_left(&format!("{}:s:{key}", mc.prefix)).await.expect("the session is on a server");
     assert!((day - 30..=day + 2).contains(&session_ttl), "a day's session lives {session_ttl}s in Memcached");
-    let digest = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(b"expiring"));
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    let index_ttl = ttl(format!("{}:u:{hex}", mc.prefix)).await;
+    let index_ttl = time_left(&index_item(&mc.prefix, "expiring")).await.expect("the index is on a server");
     assert!(index_ttl > session_ttl, "the index ({index_ttl}s) would expire before its session ({session_ttl}s)");
+    assert!(
+        index_ttl <= session_ttl + 2 * GRAIN + 2,
+        "the index ({index_ttl}s) outlives its only session ({session_ttl}s) by more than a grain"
+    );
+}
+
+/// The index's expiry follows its latest session: it lives a grain past
+/// the longest, shrinks when that one ends, and the index item is deleted
+/// (not kept empty) when the last one ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_expires_after_its_latest_session_and_an_empty_index_is_deleted() {
+    let mc = memcached().await;
+    let store = mc.store();
+    let index = index_item(&mc.prefix, "ending");
+    let short = multisession::SessionId::generate().expect("rng").store_key();
+    let long = multisession::SessionId::generate().expect("rng").store_key();
+    store.create(&short, &record_of("ending", time::Duration::hours(1), 0)).await.expect("created");
+    store.create(&long, &record_of("ending", time::Duration::days(3), 0)).await.expect("created");
+    let (hour, days) = (3600, 3 * 24 * 3600);
+    let ttl = time_left(&index).await.expect("an index");
+    assert!((days..=days + 2 * GRAIN + 2).contains(&ttl), "with a 3-day session the index lives {ttl}s");
+    assert!(store.delete(&long).await.expect("deleted"));
+    let ttl = time_left(&index).await.expect("an index");
+    assert!((hour..=hour + 2 * GRAIN + 2).contains(&ttl), "with a 1-hour session left the index lives {ttl}s");
+    assert!(store.delete(&short).await.expect("deleted"));
+    assert_eq!(time_left(&index).await, None, "an index with no session left is kept");
+    assert!(mc.index_lines("ending").await.is_empty());
+}
+
+/// A session created while its user's only other session is deleted is
+/// never lost from the index: the delete that empties the index is
+/// CAS-checked, and an append never recreates a deleted index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emptying_an_index_never_loses_a_concurrent_new_entry() {
+    let mc = memcached().await;
+    let store = mc.store();
+    let mut previous = multisession::SessionId::generate().expect("rng").store_key();
+    store.create(&previous, &record_of("racing", time::Duration::hours(1), 0)).await.expect("created");
+    for round in 0..200 {
+        let next = multisession::SessionId::generate().expect("rng").store_key();
+        let record = record_of("racing", time::Duration::hours(1), 0);
+        let (deleted, created) = tokio::join!(store.delete(&previous), store.create(&next, &record));
+        assert!(deleted.expect("deleted"));
+        created.expect("created");
+        let listed: Vec<_> = store.user_sessions("racing").await.expect("listed").into_iter().map(|s| s.key).collect();
+        assert_eq!(listed, [next], "round {round}: the new session is not listed");
+        previous = next;
+    }
+}
+
+/// A record over the item size limit is refused as `TooLarge` before it is
+/// sent, naming neither key nor value: never `Unavailable` (503). This holds
+/// for the default limit (Memcached's 1 MiB), for a smaller one configured,
+/// and when the server's own `-I` is below the configured limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_over_the_item_size_are_refused_as_too_large_not_unavailable() {
+    let mc = memcached().await;
+    let store = mc.store();
+    let check = |e: multisession::Error, key: &StoreKey| {
+        assert_eq!(e.kind(), multisession::ErrorKind::TooLarge, "{e}");
+        let text = format!("{e} {e:?}");
+        assert!(!text.contains(&key.to_string()) && !text.contains("xxxx"), "the error shows the key or value: {text}");
+    };
+    let key = multisession::SessionId::generate().expect("rng").store_key();
+    let err = store.create(&key, &record_of("large", time::Duration::HOUR, 2 << 20)).await.expect_err("refused");
+    check(err, &key);
+    assert!(store.load(&key).await.expect("loads").is_none(), "a refused record was stored");
+    // Growing a record past the limit is refused as well, and leaves it as it was.
+    store.create(&key, &record_of("large", time::Duration::HOUR, 10)).await.expect("a small record is stored");
+    let mut grow = multisession::Change::new(time::OffsetDateTime::now_utc(), time::OffsetDateTime::now_utc());
+    grow.expires_at += time::Duration::HOUR;
+    grow.set.insert("more".to_owned(), serde_json::json!("x".repeat(1 << 20)));
+    check(store.apply(&key, &grow).await.expect_err("refused"), &key);
+    assert!(store.load(&key).await.expect("loads").expect("still there").data.get("more").is_none());
+    // Through the engine: the commit fails as TooLarge.
+    let sessions = Sessions::new(mc.store(), SessionConfig::default()).expect("valid");
+    let session = sessions.session([], Default::default());
+    session.insert("blob", "x".repeat(2 << 20)).await.expect("inserted");
+    let err = session.commit().await.expect_err("refused");
+    assert_eq!(err.kind(), multisession::ErrorKind::TooLarge, "{err}");
+
+    // A smaller limit, configured.
+    let small = MemcachedStore::connect(servers())
+        .expect("server addresses")
+        .with_key_prefix(&mc.prefix)
+        .with_max_item_size(64 << 10)
+        .expect("a valid size");
+    let key = multisession::SessionId::generate().expect("rng").store_key();
+    check(small.create(&key, &record_of("large", time::Duration::HOUR, 100 << 10)).await.expect_err("refused"), &key);
+    small.create(&key, &record_of("large", time::Duration::HOUR, 10 << 10)).await.expect("a record that fits");
+    assert_eq!(
+        MemcachedStore::connect(servers()).expect("addresses").with_max_item_size(10).err().map(|e| e.kind()),
+        Some(multisession::ErrorKind::Config)
+    );
+
+    // A server whose -I (64 KiB) is below the store's limit (the default).
+    let server = OwnServer::new(|port, _| {
+        let mut memcached = Command::new("memcached");
+        memcached.args(["-u", "root", "-l", "127.0.0.1", "-U", "0", "-m", "16", "-p", &port.to_string()]);
+        memcached.args(["-I", "64k", "-o", "slab_chunk_max=32768"]);
+        memcached
+    });
+    let own = MemcachedStore::connect([format!("127.0.0.1:{}", server.port)]).expect("a server address");
+    let key = multisession::SessionId::generate().expect("rng").store_key();
+    check(own.create(&key, &record_of("large", time::Duration::HOUR, 100 << 10)).await.expect_err("refused"), &key);
+    // The connection is still in step: the next command works.
+    own.create(&key, &record_of("large", time::Duration::HOUR, 10)).await.expect("a small record is stored");
+    assert!(own.load(&key).await.expect("loads").is_some());
+}
+
+/// Server addresses are `host:port`, the host a name or an IPv4 address:
+/// an IPv6 address (async-memcached connects over IPv4 only) and a user or
+/// password (Memcached has none) are refused as `Config` when the store is
+/// made, and no message shows the user or password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_addresses_refuse_ipv6_and_user_information_without_showing_it() {
+    use multisession::ErrorKind::Config;
+    let ipv6 = MemcachedStore::connect(["[::1]:11211"]).expect_err("IPv6 is refused");
+    assert_eq!(ipv6.kind(), Config);
+    assert!(ipv6.to_string().contains("IPv4"), "{ipv6}");
+    let opened = multisession::store::open("memcached://[::1]:11211", None).await.expect_err("IPv6 is refused");
+    assert_eq!(opened.kind(), Config);
+    for addr in ["app:s3cret@127.0.0.1:11211", "app:s3cret@cache", "app:s3cret@[::1]:11211"] {
+        let err = MemcachedStore::connect([addr]).expect_err("user information is refused");
+        assert_eq!(err.kind(), Config);
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains("s3cret") && !text.contains("app:"), "the error shows user information: {text}");
+    }
+    let opened = multisession::store::open("memcached://app:s3cret@127.0.0.1:11211", None).await.expect_err("refused");
+    assert_eq!(opened.kind(), Config);
+    assert!(!opened.to_string().contains("s3cret"), "{opened}");
+}
+
+/// After a Memcached restart every pooled connection is dead. A read that
+/// meets one is retried once on a new connection, and the other dead
+/// ones are let go, so no request fails; before, each dead connection
+/// failed one request with 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_after_a_memcached_restart_do_not_fail_on_dead_pooled_connections() {
+    let mut server = OwnServer::new(|port, _| {
+        let mut memcached = Command::new("memcached");
+        memcached.args(["-u", "root", "-l", "127.0.0.1", "-U", "0", "-m", "16", "-p", &port.to_string()]);
+        memcached
+    });
+    let addr = format!("127.0.0.1:{}", server.port);
+    let store = Arc::new(MemcachedStore::connect([addr.as_str()]).expect("a server address"));
+    let key = multisession::SessionId::generate().expect("rng").store_key();
+    // Fill the pool: loads in parallel, each holding a connection while it runs.
+    let loads = |store: Arc<MemcachedStore>| async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let mut failed = 0;
+                for _ in 0..20 {
+                    failed += usize::from(store.load(&key).await.is_err());
+                }
+                failed
+            });
+        }
+        let mut failed = 0;
+        while let Some(done) = tasks.join_next().await {
+            failed += done.expect("a load task");
+        }
+        failed
+    };
+    assert_eq!(loads(store.clone()).await, 0);
+    let opened = raw(&addr, b"stats\r\n")
+        .await
+        .iter()
+        .find_map(|l| l.strip_prefix("STAT total_connections ").and_then(|n| n.trim().parse::<u64>().ok()))
+        .expect("a connection count");
+    assert!(opened > 2, "the pool held {opened} connections: too few to test");
+    server.kill();
+    server.start();
+    assert_eq!(loads(store.clone()).await, 0, "loads failed on dead pooled connections");
+    store.create(&key, &record_of("restarted", time::Duration::HOUR, 0)).await.expect("a write after the restart");
+    assert_eq!(store.user_sessions("restarted").await.expect("listed").len(), 1);
 }

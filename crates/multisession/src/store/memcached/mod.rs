@@ -26,16 +26,15 @@ const GRAIN: i64 = 600;
 /// is not found: the session may be being created.
 const GRACE: i64 = 60;
 /// An index is compacted once it has grown past twice its compacted size
-/// plus this many bytes, or past [`APPEND_LIMIT`].
+/// plus this many bytes, or past [`MemcachedStore::append_limit`].
 const SLACK: u64 = 4096;
-/// Past this size an index is compacted before it is written to again:
-/// Memcached's items hold 1 MB by default.
-const APPEND_LIMIT: u64 = 900 * 1024;
-/// How long an index item lives after its last write: past every session's
-/// expiry, as lifetimes are at most 400 days.
-const INDEX_LIFE: i64 = 401 * 24 * 3600;
 /// Deletes in flight at once for one call.
 const CONCURRENCY: usize = 8;
+/// How long listing or clearing one user may take in all, however many
+/// round trips it makes, before `Unavailable`: a slow server does not hold
+/// a request for long. (Listing 10 000 sessions takes under a second, and
+/// clearing them about two, on a local server in a debug build.)
+const CALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Memcached reads an expiry above this many seconds as a Unix time.
 const RELATIVE_MAX: i64 = 30 * 24 * 3600;
 
@@ -52,16 +51,34 @@ const RELATIVE_MAX: i64 = 30 * 24 * 3600;
 /// only when the expiry crosses a ten-minute grain, so a line's expiry is
 /// never below its session's. Whenever the index is rewritten — a delete
 /// drops its session's line, a listing the lines of sessions that are gone
-/// (older than a minute: younger ones may be mid-creation), and an append
-/// that finds the index grown past twice its last compacted size — it is
-/// compacted: one line per session, expired lines gone. Rewrites use CAS, so
-/// no concurrent append is lost. The index item expires 401 days after its
-/// last write, later than any session it lists. An index holds about 67
-/// bytes per session, so Memcached's default 1 MB item holds some 13 000 —
-/// far above the default cap of 100 sessions per user; beyond that, the
-/// user's logins fail as `Unavailable`. Listing reads the
-/// sessions a hundred keys per round trip; clearing deletes at most eight at
-/// a time; each server has at most 16 connections.
+/// (older than a minute: younger ones may be mid-creation), and a writer
+/// whose line would outlive the index or that finds it grown past twice its
+/// last compacted size — it is compacted: one line per session, expired
+/// lines gone. Rewrites use CAS, so no concurrent append is lost. The index
+/// item expires one grain after its latest line (an append keeps an item's
+/// expiry, hence the rewrite when a line would outlive it): it outlives
+/// every session it lists and goes soon after they have; an index left
+/// empty is deleted. An index holds about 67 bytes per session, so
+/// Memcached's default 1 MiB item holds some 13 000 — far above the default
+/// cap of 100 sessions per user; beyond that, the user's logins fail as
+/// `TooLarge`.
+///
+/// A record larger than the maximum item size (1 MiB, Memcached's default
+/// `-I`; see [`MemcachedStore::with_max_item_size`]) is refused as
+/// `TooLarge` before it is sent, as is one the server refuses as too large:
+/// never `Unavailable`.
+///
+/// Bounds: a listing reads 16 MiB / the item size keys per round trip (16
+/// by default, at most 100), so that it holds at most 16 MiB of values at
+/// once, and keeps only what it lists; clearing deletes at most eight at a time;
+/// listing or clearing one user takes at most a minute in all. Each server
+/// has at most 16 connections, and each command at most two seconds. After
+/// a server restart, a read that meets a dead pooled connection is retried
+/// once on a new one.
+///
+/// Servers are `host:port`, the host a name or an IPv4 address:
+/// `async-memcached` connects over IPv4 only, and Memcached's protocol has
+/// no user or password.
 ///
 /// The session cap is counted, then applied: concurrent logins may pass it
 /// briefly, and the next login trims the excess.
@@ -92,11 +109,6 @@ impl std::fmt::Debug for MemcachedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemcachedStore").field("prefix", &self.prefix).finish_non_exhaustive()
     }
-}
-
-/// The expiry of an index item written now.
-fn index_ttl() -> u64 {
-    ttl(now_secs().saturating_add(INDEX_LIFE))
 }
 
 fn now_secs() -> i64 {
@@ -172,17 +184,24 @@ fn render_index(entries: &Entries) -> Vec<u8> {
 }
 
 impl MemcachedStore {
-    /// A store on the servers at `addrs` (`host:port` each). Connections are
-    /// made on first use; a server that does not answer makes the calls that
-    /// need it `Unavailable`.
+    /// A store on the servers at `addrs` (`host:port` each, the host a name
+    /// or an IPv4 address). Connections are made on first use; a server
+    /// that does not answer makes the calls that need it `Unavailable`.
     ///
     /// # Errors
     ///
-    /// `Config` for no server, or one that is not `host:port`.
+    /// `Config` for no server, or one that is not `host:port`: an IPv6
+    /// address (`async-memcached` connects over IPv4 only), or one with a
+    /// user or password (Memcached's protocol has none; the message does not
+    /// show them).
     ///
     /// ```
-    /// let store = multisession::store::MemcachedStore::connect(["127.0.0.1:11211"])?;
-    /// assert!(multisession::store::MemcachedStore::connect(Vec::<String>::new()).is_err());
+    /// use multisession::store::MemcachedStore;
+    /// let store = MemcachedStore::connect(["127.0.0.1:11211"])?;
+    /// assert!(MemcachedStore::connect(Vec::<String>::new()).is_err());
+    /// assert!(MemcachedStore::connect(["[::1]:11211"]).is_err());
+    /// let err = MemcachedStore::connect(["app:s3cret@cache:11211"]).unwrap_err();
+    /// assert!(!err.to_string().contains("s3cret"));
     /// # let _ = store;
     /// # Ok::<(), multisession::Error>(())
     /// ```
@@ -211,6 +230,34 @@ impl MemcachedStore {
         self
     }
 
+    /// The largest item the servers hold, in bytes: their `-I` (default
+    /// 1 MiB, as Memcached's). A session record, or a user's index, that
+    /// would not fit (with its key and Memcached's item header) is refused
+    /// as `TooLarge` before it is sent; a larger value read back is refused
+    /// as `Corrupt` (a listing skips it), and a listing holds at most 16 MiB
+    /// of values at once, whatever the size.
+    ///
+    /// # Errors
+    ///
+    /// `Config` outside Memcached's own range for `-I`, 1 KiB to 1 GiB.
+    ///
+    /// ```
+    /// use multisession::store::MemcachedStore;
+    /// let store = MemcachedStore::connect(["127.0.0.1:11211"])?.with_max_item_size(4 << 20)?;
+    /// assert!(MemcachedStore::connect(["127.0.0.1:11211"])?.with_max_item_size(100).is_err());
+    /// # let _ = store;
+    /// # Ok::<(), multisession::Error>(())
+    /// ```
+    pub fn with_max_item_size(mut self, bytes: usize) -> Result<Self> {
+        if !(1 << 10..=1 << 30).contains(&bytes) {
+            return Err(Error::config(format!(
+                "memcached max_item_size: {bytes} bytes is outside memcached's own range for -I, 1 KiB to 1 GiB"
+            )));
+        }
+        Arc::make_mut(&mut self.client).max_item = bytes;
+        Ok(self)
+    }
+
     fn session_key(&self, key: &StoreKey) -> String {
         format!("{}:s:{key}", self.prefix)
     }
@@ -219,6 +266,12 @@ impl MemcachedStore {
     /// character.
     fn index_key(&self, user: &str) -> String {
         format!("{}:u:{}", self.prefix, hex(&Sha256::digest(user.as_bytes())))
+    }
+
+    /// Past this size an index is compacted before it is written to again,
+    /// so that appends, which nothing checks, stay below the item limit.
+    fn append_limit(&self) -> u64 {
+        u64::try_from(self.client.max_item / 8 * 7).unwrap_or(u64::MAX)
     }
 
     /// The unexpired entries of a user's index, its CAS token if it exists,
@@ -236,9 +289,15 @@ impl MemcachedStore {
     }
 
     /// Rewrites a user's index compacted, with `edit` applied — unless
-    /// `edit` changed nothing and the index holds nothing to compact away.
-    /// Tries up to `attempts` times when another writer came between;
-    /// whether it is done.
+    /// `edit` changed nothing and the index holds nothing to compact away —
+    /// to expire one grain after its latest entry; an index left empty is
+    /// deleted. Tries up to `attempts` times when another writer came
+    /// between; whether it is done.
+    ///
+    /// The delete is CAS-checked, and loses no concurrent append: an append
+    /// that lands first changes the CAS, so the delete fails and the index
+    /// is read again; one that lands after finds no item, and an append
+    /// never creates one (`register` then writes the index anew).
     async fn rewrite_index(&self, user: &str, attempts: usize, edit: impl Fn(&mut Entries) -> bool) -> Result<bool> {
         let index = self.index_key(user);
         for attempt in 0..attempts {
@@ -246,18 +305,28 @@ impl MemcachedStore {
             if !edit(&mut entries) && !loose {
                 return Ok(true);
             }
-            if cas.is_none() && entries.is_empty() {
+            let outcome = match (entries.values().map(|e| e.until).max(), cas) {
+                (None, None) => Stored::Done,
+                (None, Some(cas)) => match self.client.delete(&index, Some(cas)).await? {
+                    Stored::NotFound => Stored::Done,
+                    outcome => outcome,
+                },
+                (Some(latest), cas) => {
+                    let text = render_index(&entries);
+                    let size = u32::try_from(text.len()).unwrap_or(u32::MAX);
+                    let mode = cas.map_or(Mode::Add, Mode::Cas);
+                    let until = ttl(latest.saturating_add(GRAIN));
+                    self.client
+                        .store(&index, &text, mode, until, size)
+                        .await
+                        .map_err(|e| e.context("the user's session index"))?
+                }
+            };
+            if outcome == Stored::Done {
                 return Ok(true);
             }
-            let text = render_index(&entries);
-            let size = u32::try_from(text.len()).unwrap_or(u32::MAX);
-            match self.client.store(&index, &text, cas.map_or(Mode::Add, Mode::Cas), index_ttl(), size).await? {
-                Stored::Done => return Ok(true),
-                Stored::Exists | Stored::NotFound => {
-                    if attempt > 8 {
-                        tokio::time::sleep(std::time::Duration::from_millis(attempt as u64 % 7)).await;
-                    }
-                }
+            if attempt > 8 {
+                tokio::time::sleep(std::time::Duration::from_millis(attempt as u64 % 7)).await;
             }
         }
         Ok(false)
@@ -272,12 +341,19 @@ impl MemcachedStore {
         }
     }
 
-    /// Records that `key`, a session of `user`, lives until `expires_at`:
-    /// one appended line. Once the index has grown past twice its compacted
-    /// size, a writer first tries one compacting rewrite (concurrent appends
-    /// may win the race: then it appends, and a later writer compacts);
-    /// past [`APPEND_LIMIT`], or with no index yet, it rewrites until one
-    /// rewrite — its own or another writer's — has made room.
+    /// Records that `key`, a session of `user`, lives until `expires_at`.
+    ///
+    /// One appended line, while the index lives past the line (an append
+    /// keeps the item's expiry) and is below twice its compacted size;
+    /// otherwise a rewrite, which also sets the expiry. A rewrite that read
+    /// the index before the append, dropped its latest entries and so
+    /// shortened its life can land between the check and the append: a look
+    /// after the append settles it, as every rewrite after the append holds
+    /// this line and lives past it. Where the index has grown, a writer
+    /// first tries one compacting rewrite (concurrent appends may win the
+    /// race: then it appends, and a later writer compacts); past
+    /// [`MemcachedStore::append_limit`], or with no index yet, it rewrites
+    /// until one rewrite — its own or another writer's — has made room.
     async fn register(&self, user: &str, key: &StoreKey, expires_at: OffsetDateTime) -> Result<()> {
         let index = self.index_key(user);
         let entry = Entry { until: grained(expires_at), written: now_secs() };
@@ -287,24 +363,27 @@ impl MemcachedStore {
             e.written = entry.written;
             true
         };
+        // Past the line by a second, as Memcached's clock ticks once a second.
+        let lives_past = |ttl: i64| ttl < 0 || now_secs().saturating_add(ttl) > entry.until;
         let mut line = Vec::with_capacity(68);
         render_line(&mut line, key, entry);
         for attempt in 0..CAS_ATTEMPTS {
-            match self.client.probe(&index, index_ttl()).await? {
-                Some((size, compacted)) if size <= APPEND_LIMIT => {
-                    let grown = size > 2 * u64::from(compacted) + SLACK;
+            match self.client.probe(&index).await? {
+                Some(probe) if probe.size <= self.append_limit() && lives_past(probe.ttl) => {
+                    let grown = probe.size > 2 * u64::from(probe.client_flags) + SLACK;
                     if grown && self.rewrite_index(user, 1, add).await? {
                         return Ok(());
                     }
-                    if self.client.append(&index, &line).await? {
+                    if self.client.append(&index, &line).await?
+                        && self.client.probe(&index).await?.is_some_and(|p| lives_past(p.ttl))
+                    {
                         return Ok(());
                     }
                 }
-                _ => {
-                    if self.rewrite_index(user, 1, add).await? {
-                        return Ok(());
-                    }
-                }
+                _ => {}
+            }
+            if self.rewrite_index(user, 1, add).await? {
+                return Ok(());
             }
             if attempt > 8 {
                 tokio::time::sleep(std::time::Duration::from_millis(attempt as u64 % 7)).await;
@@ -323,17 +402,94 @@ impl MemcachedStore {
         .await
     }
 
-    /// The records of `keys` that exist and decode (corrupt ones are no
-    /// session of anyone's), a hundred keys per round trip.
-    async fn records(&self, keys: &[StoreKey]) -> Result<Vec<(StoreKey, Record)>> {
+    /// Calls `each` with every record of `keys` that exists and decodes
+    /// (corrupt ones are no session of anyone's), read a batch at a time and
+    /// kept by none.
+    async fn scan(&self, keys: &[StoreKey], mut each: impl FnMut(StoreKey, Record)) -> Result<()> {
         let names: Vec<String> = keys.iter().map(|k| self.session_key(k)).collect();
-        let mut found = self.client.get_many(&names).await?;
-        Ok(keys
-            .iter()
-            .zip(&names)
-            .filter_map(|(key, name)| Some((*key, Record::from_bytes(&found.remove(name)?).ok()?)))
-            .collect())
+        self.client
+            .scan(&names, |n, bytes| {
+                if let (Some(key), Ok(record)) = (keys.get(n), Record::from_bytes(bytes)) {
+                    each(*key, record);
+                }
+            })
+            .await
     }
+
+    async fn list(&self, user: &str) -> Result<Vec<SessionInfo>> {
+        // Taken before any session is read: an entry is dropped for want of
+        // its session only if it was written GRACE before the look.
+        let settled = now_secs().saturating_sub(GRACE);
+        let (entries, _, loose) = self.entries(user).await?;
+        let keys: Vec<StoreKey> = entries.keys().copied().collect();
+        let now = OffsetDateTime::now_utc();
+        let mut sessions = Vec::new();
+        self.scan(&keys, |key, record| {
+            if record.meta.user_id.as_deref() == Some(user) && !record.meta.is_expired(now) {
+                sessions.extend(SessionInfo::from_meta(key, &record.meta));
+            }
+        })
+        .await?;
+        // Entries of sessions that are gone, unless so young that their
+        // session may be being created; duplicates and expired lines go in
+        // the same rewrite.
+        let listed: HashSet<StoreKey> = sessions.iter().map(|s| s.key).collect();
+        let stale = |key: &StoreKey, entry: &Entry| !listed.contains(key) && entry.written < settled;
+        if loose || entries.iter().any(|(k, e)| stale(k, e)) {
+            self.unregister(user, stale).await?;
+        }
+        Ok(sessions)
+    }
+
+    async fn clear(&self, user: &str, keep: Option<&StoreKey>) -> Result<u64> {
+        // Taken before any session is read: an entry is dropped for want of
+        // its session only if it was written GRACE before the look.
+        let settled = now_secs().saturating_sub(GRACE);
+        let (entries, _, _) = self.entries(user).await?;
+        let targets: Vec<StoreKey> = entries.keys().filter(|k| Some(*k) != keep).copied().collect();
+        let now = OffsetDateTime::now_utc();
+        let mut live = HashSet::new();
+        self.scan(&targets, |key, record| {
+            if record.meta.user_id.as_deref() == Some(user) && !record.meta.is_expired(now) {
+                live.insert(key);
+            }
+        })
+        .await?;
+        let mut deleted = 0;
+        let mut tasks = tokio::task::JoinSet::new();
+        for &key in &targets {
+            if tasks.len() >= CONCURRENCY
+                && let Some(done) = tasks.join_next().await
+            {
+                deleted += done.map_err(|e| Error::unavailable("a memcached delete task failed", e))??;
+            }
+            let (client, name, counts) = (self.client.clone(), self.session_key(&key), live.contains(&key));
+            tasks.spawn(async move {
+                Ok::<u64, Error>(u64::from(client.delete(&name, None).await? == Stored::Done && counts))
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            deleted += done.map_err(|e| Error::unavailable("a memcached delete task failed", e))??;
+        }
+        // A young entry whose session was not there may belong to a login
+        // still being written: it stays, to be listed or pruned later.
+        let young: HashSet<StoreKey> =
+            entries.iter().filter(|(k, e)| e.written >= settled && !live.contains(k)).map(|(k, _)| *k).collect();
+        let targets: HashSet<StoreKey> = targets.into_iter().collect();
+        self.unregister(user, |key, _| targets.contains(key) && !young.contains(key)).await?;
+        Ok(deleted)
+    }
+}
+
+/// `call`, or `Unavailable` once it has taken [`CALL_LIMIT`] (what it has
+/// in flight is dropped, which closes those connections).
+async fn within_call_limit<T>(what: &str, call: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(CALL_LIMIT, call).await.unwrap_or_else(|_| {
+        Err(Error::new(
+            ErrorKind::Unavailable,
+            format!("memcached: {what} took longer than {}s in all", CALL_LIMIT.as_secs()),
+        ))
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -349,16 +505,18 @@ impl Store for MemcachedStore {
     }
 
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<()> {
+        let name = self.session_key(key);
+        let bytes = record.to_bytes()?;
+        // Refused before the index gains a line for it.
+        self.client.check_fits(&name, &bytes).map_err(|e| e.context("a session record"))?;
         let user = record.meta.user_id.as_deref();
         if let Some(user) = user {
             // Indexed first: a session is never live without its entry.
             self.register(user, key, record.meta.expires_at).await?;
         }
-        let bytes = record.to_bytes()?;
         let until = secs_up(record.meta.expires_at);
-        match self.client.store(&self.session_key(key), &bytes, Mode::Add, ttl(until), 0).await? {
-            Stored::Done => {}
-            _ => return Err(Error::new(ErrorKind::Conflict, "a session with this key exists")),
+        if self.client.store(&name, &bytes, Mode::Add, ttl(until), 0).await? != Stored::Done {
+            return Err(Error::new(ErrorKind::Conflict, "a session with this key exists"));
         }
         if let Some(user) = user {
             // Again, now that the session exists (one more line; the next
@@ -381,17 +539,20 @@ impl Store for MemcachedStore {
             }
             // The entry was written on the grain of the old expiry: only a
             // move past it needs the index.
-            if !registered
-                && grained(change.expires_at) > grained(record.meta.expires_at)
-                && let Some(user) = record.meta.user_id.clone()
-            {
-                self.register(&user, key, change.expires_at).await?;
-                registered = true;
-            }
+            let moved = grained(change.expires_at) > grained(record.meta.expires_at);
             record.apply(change);
             let bytes = record.to_bytes()?;
+            self.client.check_fits(&item_key, &bytes).map_err(|e| e.context("a session record"))?;
+            if !registered
+                && moved
+                && let Some(user) = record.meta.user_id.as_deref()
+            {
+                self.register(user, key, change.expires_at).await?;
+                registered = true;
+            }
             let until = secs_up(change.expires_at);
-            match self.client.store(&item_key, &bytes, Mode::Cas(item.cas), ttl(until), 0).await? {
+            let stored = self.client.store(&item_key, &bytes, Mode::Cas(item.cas), ttl(until), 0).await?;
+            match stored {
                 Stored::Done => return Ok(()),
                 Stored::NotFound => return Err(Error::gone()),
                 Stored::Exists => {
@@ -410,7 +571,7 @@ impl Store for MemcachedStore {
         // may still hold a session that has expired.
         let Some(item) = self.client.get(&item_key).await? else { return Ok(false) };
         let record = Record::from_bytes(&item.value).ok();
-        let deleted = self.client.delete(&item_key).await?;
+        let deleted = self.client.delete(&item_key, None).await? == Stored::Done;
         if let Some(user) = record.as_ref().and_then(|r| r.meta.user_id.as_deref()) {
             self.unregister(user, |k, _| k == key).await?;
         }
@@ -418,60 +579,11 @@ impl Store for MemcachedStore {
     }
 
     async fn user_sessions(&self, user: &str) -> Result<Vec<SessionInfo>> {
-        let (entries, _, loose) = self.entries(user).await?;
-        let keys: Vec<StoreKey> = entries.keys().copied().collect();
-        let now = OffsetDateTime::now_utc();
-        let mut sessions = Vec::new();
-        for (key, record) in self.records(&keys).await? {
-            if record.meta.user_id.as_deref() == Some(user) && !record.meta.is_expired(now) {
-                sessions.extend(SessionInfo::from_meta(key, &record.meta));
-            }
-        }
-        // Entries of sessions that are gone, unless so young that their
-        // session may be being created; duplicates and expired lines go in
-        // the same rewrite.
-        let settled = now_secs().saturating_sub(GRACE);
-        let listed: HashSet<StoreKey> = sessions.iter().map(|s| s.key).collect();
-        let stale = |key: &StoreKey, entry: &Entry| !listed.contains(key) && entry.written < settled;
-        if loose || entries.iter().any(|(k, e)| stale(k, e)) {
-            self.unregister(user, stale).await?;
-        }
-        Ok(sessions)
+        within_call_limit("listing a user's sessions", self.list(user)).await
     }
 
     async fn delete_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> Result<u64> {
-        let (entries, _, _) = self.entries(user).await?;
-        let targets: Vec<StoreKey> = entries.keys().filter(|k| Some(*k) != keep).copied().collect();
-        let settled = now_secs().saturating_sub(GRACE);
-        let now = OffsetDateTime::now_utc();
-        let live: HashSet<StoreKey> = self
-            .records(&targets)
-            .await?
-            .into_iter()
-            .filter(|(_, r)| r.meta.user_id.as_deref() == Some(user) && !r.meta.is_expired(now))
-            .map(|(key, _)| key)
-            .collect();
-        let mut deleted = 0;
-        let mut tasks = tokio::task::JoinSet::new();
-        for &key in &targets {
-            if tasks.len() >= CONCURRENCY
-                && let Some(done) = tasks.join_next().await
-            {
-                deleted += done.map_err(|e| Error::unavailable("a memcached delete task failed", e))??;
-            }
-            let (client, name, counts) = (self.client.clone(), self.session_key(&key), live.contains(&key));
-            tasks.spawn(async move { Ok::<u64, Error>(u64::from(client.delete(&name).await? && counts)) });
-        }
-        while let Some(done) = tasks.join_next().await {
-            deleted += done.map_err(|e| Error::unavailable("a memcached delete task failed", e))??;
-        }
-        // A young entry whose session was not there may belong to a login
-        // still being written: it stays, to be listed or pruned later.
-        let young: HashSet<StoreKey> =
-            entries.iter().filter(|(k, e)| e.written >= settled && !live.contains(k)).map(|(k, _)| *k).collect();
-        let targets: HashSet<StoreKey> = targets.into_iter().collect();
-        self.unregister(user, |key, _| targets.contains(key) && !young.contains(key)).await?;
-        Ok(deleted)
+        within_call_limit("clearing a user's sessions", self.clear(user, keep)).await
     }
 
     async fn delete_expired(&self) -> Result<u64> {

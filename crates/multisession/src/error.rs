@@ -34,8 +34,10 @@ pub enum ErrorKind {
     /// The session API was used in a way it does not allow; the message says
     /// what to do instead.
     Usage,
-    /// A cookie session would exceed what browsers keep (4096 bytes); the
-    /// message names the cookie and the size. Nothing truncated is sent.
+    /// A session is larger than its backend keeps: a cookie session over
+    /// what browsers keep (4096 bytes; the message names the cookie and the
+    /// size), or a record over a store's item limit (Memcached's). Nothing
+    /// truncated is sent or stored.
     TooLarge,
     /// A request was refused as a possible cross-site request forgery: a
     /// missing or wrong CSRF token, or a browser request from another
@@ -174,7 +176,7 @@ impl fmt::Display for Error {
             ErrorKind::Config => "invalid session configuration",
             ErrorKind::TooManySessions => "too many sessions",
             ErrorKind::Usage => "session API misuse",
-            ErrorKind::TooLarge => "session cookie too large",
+            ErrorKind::TooLarge => "session too large",
             ErrorKind::Forbidden => "forbidden",
         };
         write!(f, "{kind}: {}", self.message)?;

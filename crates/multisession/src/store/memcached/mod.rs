@@ -80,8 +80,9 @@ const RELATIVE_MAX: i64 = 30 * 24 * 3600;
 /// `async-memcached` connects over IPv4 only, and Memcached's protocol has
 /// no user or password.
 ///
-/// The session cap is counted, then applied: concurrent logins may pass it
-/// briefly, and the next login trims the excess.
+/// The session cap is counted, then applied, so logins at the same moment
+/// may pass it (by one session each; see
+/// [`Store::create_login`](crate::store::Store::create_login)).
 ///
 /// **Memcached may evict any item at any time.** A session can vanish (its
 /// user is logged out, as with any expiry); "log out all devices" still ends

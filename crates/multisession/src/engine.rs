@@ -170,9 +170,7 @@ impl Engine {
                 let values = part.config.values(&cookies);
                 let (incoming, raw) = match part.backend {
                     Backend::Server(_) => (part.config.read_ids(&values), Vec::new()),
-                    Backend::Cookie(_) => {
-                        (Vec::new(), values.iter().take(MAX_CANDIDATES).map(|v| (*v).to_owned()).collect())
-                    }
+                    Backend::Cookie(_) => (Vec::new(), values.iter().map(|v| (*v).to_owned()).collect()),
                 };
                 PartState::new(incoming, raw, !values.is_empty())
             })
@@ -309,17 +307,42 @@ pub(crate) struct State {
 impl State {
     /// Loads part `i` if this is its first use.
     pub(crate) async fn load(&mut self, engine: &Engine, i: usize) -> Result<&mut PartState> {
-        let state = &mut self.parts[i];
-        state.load(engine, i).await?;
-        Ok(state)
+        if !self.parts[i].loaded {
+            let owner = self.owner_of(engine, i).await?;
+            self.parts[i].load(engine, i, owner.as_ref()).await?;
+        }
+        Ok(&mut self.parts[i])
     }
 
     /// Loads every part.
     pub(crate) async fn load_all(&mut self, engine: &Engine) -> Result<()> {
-        for (i, state) in self.parts.iter_mut().enumerate() {
-            state.load(engine, i).await?;
+        for i in 0..self.parts.len() {
+            self.load(engine, i).await?;
         }
         Ok(())
+    }
+
+    /// The owner a session of server part `i` must name to be this
+    /// device's, when another server part keeps the login: that part's
+    /// session if the device is logged in, none if it is not (the login
+    /// part is read first, once per request).
+    ///
+    /// A server part of a logged-in device records the session that keeps
+    /// its login (in [`Meta::siblings`], under the login part's cookie name)
+    /// and lives only as long as that session does. Once the login has
+    /// ended (logged out everywhere, revoked, evicted, replaced by an id
+    /// change) the part is no session, whether or not an ender reached it;
+    /// and a cookie planted beside a login, naming a session of someone
+    /// else's, is passed over.
+    async fn owner_of(&mut self, engine: &Engine, i: usize) -> Result<Option<Owner>> {
+        let Some(u) = engine.user_part.filter(|&u| u != i && engine.parts[u].is_server()) else { return Ok(None) };
+        if !engine.parts[i].is_server() || self.parts[i].incoming.is_empty() {
+            return Ok(None);
+        }
+        self.parts[u].load(engine, u, None).await?;
+        let login = &self.parts[u];
+        let key = login.stored_key().filter(|_| login.user.is_some());
+        Ok(Some(Owner { name: engine.parts[u].config.cookie_name.clone(), key }))
     }
 
     /// Writes what the request changed. Cookie parts go first: a cookie
@@ -343,13 +366,18 @@ impl State {
         }
         let siblings = self.siblings(engine).await?;
         let user = engine.user_part.filter(|u| servers.contains(u));
+        let owner = user.and_then(|u| self.owner_after_commit(engine, u));
         let mut others = Vec::new();
         for &i in servers.iter().filter(|&&i| Some(i) != user) {
-            let outcome = self.parts[i].commit_server(&engine.parts[i], device, None, user.is_some()).await?;
+            let outcome = self.parts[i].commit_server(&engine.parts[i], device, owner.as_ref(), user.is_some()).await?;
             others.push((i, outcome));
         }
-        let mut ended = false;
-        if let Some(u) = user {
+        // An id change that found one of the device's other parts ended
+        // meanwhile (its device logged out in another tab, or ended
+        // everywhere) gives the login no new id either.
+        let mut ended = user.is_some_and(|u| self.parts[u].next.is_some())
+            && others.iter().any(|(_, outcome)| outcome.ended_elsewhere);
+        if let Some(u) = user.filter(|_| !ended) {
             match self.parts[u].commit_server(&engine.parts[u], device, siblings.as_ref(), false).await {
                 Ok(outcome) => {
                     for info in &outcome.evicted {
@@ -381,6 +409,17 @@ impl State {
         Ok(commit)
     }
 
+    /// What a server part other than the login's records as its owner after
+    /// the commit (see [`State::owner_of`]): the login session's key if
+    /// the device will be logged in, nothing if it will be anonymous; `None`
+    /// when this request did not load the login part (the recorded owner
+    /// stays).
+    fn owner_after_commit(&self, engine: &Engine, u: usize) -> Option<BTreeMap<String, StoreKey>> {
+        let login = &self.parts[u];
+        let key = login.key_after_commit()?.filter(|_| login.user.is_some());
+        Some(key.map(|key| BTreeMap::from([(engine.parts[u].config.cookie_name.clone(), key)])).unwrap_or_default())
+    }
+
     /// Where this device's other server parts will live after the commit,
     /// for the user part to record; `None` when it has nothing to record.
     /// A part this request did not load keeps its recorded key.
@@ -410,6 +449,20 @@ impl State {
             }
         }
         Ok(Some(siblings))
+    }
+}
+
+/// The login session a server part's session must name ([`State::owner_of`]).
+pub(crate) struct Owner {
+    /// The login part's cookie name, under which parts record it.
+    name: String,
+    /// The login's session, or `None` for a device that is not logged in.
+    key: Option<StoreKey>,
+}
+
+impl Owner {
+    fn owns(&self, meta: &Meta) -> bool {
+        meta.siblings.get(&self.name) == self.key.as_ref()
     }
 }
 
@@ -518,13 +571,13 @@ impl PartState {
     /// login, one counter read). Unknown, expired, revoked and corrupt
     /// sessions are no session. Keys this part does not keep are dropped,
     /// and only the part that keeps `user_id` can carry a login.
-    async fn load(&mut self, engine: &Engine, index: usize) -> Result<()> {
+    async fn load(&mut self, engine: &Engine, index: usize, owner: Option<&Owner>) -> Result<()> {
         if self.loaded {
             return Ok(());
         }
         let part = &engine.parts[index];
         let found = match &part.backend {
-            Backend::Server(store) => self.load_server(&**store).await?,
+            Backend::Server(store) => self.load_server(&**store, owner).await?,
             Backend::Cookie(cookie) => self.load_cookie(&part.config, cookie).await?,
         };
         if let Some((mut record, stored)) = found {
@@ -541,11 +594,19 @@ impl PartState {
         Ok(())
     }
 
-    /// The first of the cookie's ids that names a live session.
-    async fn load_server(&mut self, store: &dyn Store) -> Result<Option<(Record, Option<(SessionId, StoreKey)>)>> {
+    /// The first of the cookie's ids that names a live session (of `owner`'s
+    /// device, if given).
+    async fn load_server(
+        &mut self,
+        store: &dyn Store,
+        owner: Option<&Owner>,
+    ) -> Result<Option<(Record, Option<(SessionId, StoreKey)>)>> {
         for incoming in &self.incoming {
             let key = incoming.id.store_key();
             match store.load(&key).await {
+                Ok(Some(record)) if owner.is_some_and(|owner| !owner.owns(&record.meta)) => {
+                    tracing::debug!("a session part of a device whose login has ended, or of another; passed over");
+                }
                 Ok(Some(record)) if !record.meta.is_expired(now()) => {
                     self.reissue |= incoming.stale_key;
                     return Ok(Some((record, Some((incoming.id.clone(), key)))));
@@ -566,7 +627,10 @@ impl PartState {
         cookie: &CookieStore,
     ) -> Result<Option<(Record, Option<(SessionId, StoreKey)>)>> {
         let now = now();
-        let opened = self.raw.iter().filter_map(|raw| cookie.open(&config.cookie_name, raw));
+        // Every value is opened (a failed decryption costs no store read),
+        // and of those that open, at most MAX_CANDIDATES are considered, as
+        // for a server part's ids.
+        let opened = self.raw.iter().filter_map(|raw| cookie.open(&config.cookie_name, raw)).take(MAX_CANDIDATES);
         for opened in opened.filter(|o| !o.record.meta.is_expired(now)) {
             if let Some(user) = &opened.record.meta.user_id
                 && opened.generation < cookie.generation(user).await?
@@ -717,8 +781,9 @@ impl PartState {
     /// A server part's commit: nothing, one `apply` (or a touch), or a
     /// `create` (and the delete of the session it replaces, unless
     /// `defer_old`: then the caller deletes it, from the outcome).
-    /// `siblings`, for the part that keeps the login, is where the device's
-    /// other parts live.
+    /// `siblings` is what its record's [`Meta::siblings`] becomes (`None`:
+    /// unchanged): for the part that keeps the login, where the device's
+    /// other parts live; for another part, its owner.
     async fn commit_server(
         &mut self,
         part: &Part,

@@ -78,9 +78,12 @@ pub struct Meta {
     /// The device that created the session.
     #[serde(default, skip_serializing_if = "Device::is_unknown")]
     pub device: Device,
-    /// Where this device's other server-side session parts live, by cookie
-    /// name: ending this session (logout everywhere, revoke, eviction) ends
-    /// them too. Empty for a session of one part.
+    /// The device's other server-side session parts, by cookie name. In the
+    /// part that keeps the login: where the others live, so that ending
+    /// this session (logout everywhere, revoke, eviction) ends them too. In
+    /// another part of a logged-in device: the login's session, its owner,
+    /// without which the part is no session. Empty for a session of one
+    /// part.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub siblings: BTreeMap<String, StoreKey>,
 }

@@ -299,11 +299,21 @@ impl Session {
         // With several server parts, the session that keeps the login knows
         // where the device's other parts live, those whose cookies this
         // request lacks too.
+        // The login first, as every way of ending a device goes: an id
+        // change of this device in another tab then finds it gone.
+        let mut login_deleted = None;
         if let Some(u) = engine.user_part.filter(|&u| engine.has_siblings() && engine.parts[u].is_server()) {
-            let siblings = state.load(engine, u).await?.current_siblings();
+            let login = state.load(engine, u).await?;
+            let siblings = login.current_siblings();
+            if let Some(key) = login.stored_key() {
+                engine.user_store()?.delete(&key).await?;
+                login_deleted = Some(u);
+            }
             engine.delete_siblings(&siblings).await?;
         }
-        state.parts.iter_mut().for_each(|part| part.end(false));
+        for (i, part) in state.parts.iter_mut().enumerate() {
+            part.end(Some(i) == login_deleted);
+        }
         Ok(())
     }
 
@@ -312,7 +322,9 @@ impl Session {
     ///
     /// # Errors
     ///
-    /// `Unavailable` if the store cannot be reached.
+    /// `Unavailable` if the store cannot be reached; `Conflict` if the user's sessions kept
+    /// changing while they were being ended (listed again four times); try
+    /// again.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
@@ -348,7 +360,9 @@ impl Session {
     ///
     /// # Errors
     ///
-    /// `Unavailable` if the store cannot be reached.
+    /// `Unavailable` if the store cannot be reached; `Conflict` if the user's sessions kept
+    /// changing while they were being ended (listed again four times); try
+    /// again.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
@@ -378,7 +392,8 @@ impl Session {
     /// # Errors
     ///
     /// `Unavailable` if the store cannot be reached; `Usage` for a user id
-    /// [`Session::login`] refuses (no store can hold one).
+    /// [`Session::login`] refuses (no store can hold one); `Conflict` as for
+    /// [`Session::logout_all_devices`].
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {

@@ -120,6 +120,7 @@ macro_rules! store_conformance_tests {
             login_gives_every_server_part_of_the_device_a_new_id,
             ending_a_device_ends_every_server_part_it_has,
             a_session_of_ten_thousand_keys_round_trips,
+            a_part_made_or_moved_while_its_user_is_logged_out_everywhere_reads_nothing,
         );
     };
     (@tests $harness:expr; $($check:ident),* $(,)?) => {
@@ -999,18 +1000,23 @@ pub mod checks {
     /// and `user_data`, `data` everything else, and with three parts `prefs`
     /// keeps `prefs`.
     fn server_parts(h: &dyn Harness, n: usize, config: crate::SessionConfig) -> crate::Sessions {
+        server_parts_over(h.store(), n, config)
+    }
+
+    /// [`server_parts`] over `store`.
+    fn server_parts_over(store: Arc<dyn Store>, n: usize, config: crate::SessionConfig) -> crate::Sessions {
         use crate::{Fields, SessionConfig, SessionSpec};
         let named = |name: &str| SessionConfig::default().with_cookie_name(name);
         if n == 1 {
-            return crate::Sessions::new(h.store(), config.with_cookie_name("session")).expect("a valid configuration");
+            return crate::Sessions::new(store, config.with_cookie_name("session")).expect("a valid configuration");
         }
         let mut specs = vec![
-            SessionSpec::new(h.store(), config.with_cookie_name("session"))
+            SessionSpec::new(store.clone(), config.with_cookie_name("session"))
                 .with_fields(Fields::include(["user_id", "user_data"])),
-            SessionSpec::new(h.store(), named("data")).with_fields(Fields::Auto),
+            SessionSpec::new(store.clone(), named("data")).with_fields(Fields::Auto),
         ];
         if n == 3 {
-            specs.push(SessionSpec::new(h.store(), named("prefs")).with_fields(Fields::include(["prefs"])));
+            specs.push(SessionSpec::new(store, named("prefs")).with_fields(Fields::include(["prefs"])));
         }
         crate::Sessions::from_specs(specs).expect("a valid configuration")
     }
@@ -1218,5 +1224,104 @@ pub mod checks {
         store.apply(&key, &change).await.expect("a clear keeping 5 000 keys applies");
         let loaded = load(&*store, &key).await.expect("the session is there");
         assert!(loaded.data == numbered(5_000, 1), "a clear to 5 000 keys read back {} keys", loaded.data.len());
+    }
+
+    /// A store that, asked to delete a user's sessions, first commits the
+    /// request waiting beside it: a device that changes while its user is
+    /// being logged out everywhere, at the worst moment.
+    struct CommitsBeside {
+        inner: Arc<dyn Store>,
+        request: tokio::sync::Mutex<Option<crate::Session>>,
+        committed: tokio::sync::Mutex<Option<crate::Commit>>,
+    }
+
+    #[async_trait]
+    impl Store for CommitsBeside {
+        async fn load(&self, key: &StoreKey) -> Result<Option<Record>> {
+            self.inner.load(key).await
+        }
+        async fn create(&self, key: &StoreKey, record: &Record) -> Result<()> {
+            self.inner.create(key, record).await
+        }
+        async fn create_login(
+            &self,
+            key: &StoreKey,
+            record: &Record,
+            replaces: Option<&StoreKey>,
+            limit: Option<SessionLimit>,
+        ) -> Result<Vec<SessionInfo>> {
+            self.inner.create_login(key, record, replaces, limit).await
+        }
+        async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {
+            self.inner.apply(key, change).await
+        }
+        async fn delete(&self, key: &StoreKey) -> Result<bool> {
+            self.inner.delete(key).await
+        }
+        async fn user_sessions(&self, user: &str) -> Result<Vec<SessionInfo>> {
+            self.inner.user_sessions(user).await
+        }
+        async fn delete_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> Result<u64> {
+            if let Some(request) = self.request.lock().await.take() {
+                *self.committed.lock().await = Some(request.commit().await?);
+            }
+            self.inner.delete_user_sessions(user, keep).await
+        }
+        async fn delete_expired(&self) -> Result<u64> {
+            self.inner.delete_expired().await
+        }
+    }
+
+    /// While a user is logged out everywhere (or cleared by an admin), one
+    /// of their devices gives a part its first session, or changes its ids
+    /// (an id change or a login), after the ender listed the device. Neither
+    /// the device's old cookies nor those that request sent read anything
+    /// afterwards.
+    pub async fn a_part_made_or_moved_while_its_user_is_logged_out_everywhere_reads_nothing(h: &dyn Harness) {
+        if !h.has_user_index() {
+            return;
+        }
+        for ender in ["clear", "logout_all"] {
+            for path in ["first_write", "cycle_id", "login"] {
+                let store = Arc::new(CommitsBeside {
+                    inner: h.store(),
+                    request: Default::default(),
+                    committed: Default::default(),
+                });
+                let sessions = server_parts_over(store.clone(), 2, crate::SessionConfig::default());
+                let u = user(&format!("{ender}-{path}"));
+                let mut victim = Jar::default();
+                victim.login(&sessions, &u).await;
+                victim.set(&sessions, "user_data", "secret").await;
+                if path != "first_write" {
+                    victim.set(&sessions, "theme", "secret").await;
+                }
+                let request = victim.request(&sessions);
+                request.user().await.expect("loads");
+                match path {
+                    "first_write" => request.insert("theme", "secret").await.expect("insert"),
+                    "cycle_id" => request.cycle_id().await.expect("cycle_id"),
+                    _ => request.login(&u).await.expect("login"),
+                }
+                *store.request.lock().await = Some(request);
+                match ender {
+                    "clear" => {
+                        sessions.clear_user_sessions(&u).await.expect("clear succeeds");
+                    }
+                    _ => {
+                        let device = victim.request(&sessions);
+                        device.logout_all_devices().await.expect("logout_all succeeds");
+                        device.commit().await.expect("commit succeeds");
+                    }
+                }
+                let committed = store.committed.lock().await.take().expect("the request ran beside the ender");
+                let mut after = victim.clone();
+                after.absorb(&committed);
+                for jar in [&victim, &after] {
+                    let leftovers = stolen_reads(&sessions, jar, 2).await;
+                    assert!(leftovers.is_empty(), "{path} beside {ender}: {leftovers:?}");
+                }
+            }
+        }
     }
 }

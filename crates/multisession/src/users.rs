@@ -135,7 +135,8 @@ impl Sessions {
     /// # Errors
     ///
     /// `Unavailable` if the store cannot be reached; `Usage` for a user id
-    /// [`Session::login`] refuses.
+    /// [`Session::login`] refuses; `Conflict` if the user's sessions kept
+    /// changing while they were being ended (listed again four times).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {

@@ -446,7 +446,9 @@ async fn server_addresses_refuse_ipv6_and_user_information_without_showing_it() 
     assert!(ipv6.to_string().contains("IPv4"), "{ipv6}");
     let opened = multisession::store::open("memcached://[::1]:11211", None).await.expect_err("IPv6 is refused");
     assert_eq!(opened.kind(), Config);
-    for addr in ["app:s3cret@127.0.0.1:11211", "app:s3cret@cache", "app:s3cret@[::1]:11211"] {
+    for addr in
+        ["app:s3cret@127.0.0.1:11211", "app:s3cret@cache", "app:s3cret@[::1]:11211", "cache:11211/?password=s3cret"]
+    {
         let err = MemcachedStore::connect([addr]).expect_err("user information is refused");
         assert_eq!(err.kind(), Config);
         let text = format!("{err} {err:?}");

@@ -281,3 +281,66 @@ fn a_cookie_part_refuses_signed_ids_it_does_not_use() {
     let err = Sessions::new(CookieStore::new(keys.clone()), named("c").with_signed_id(keys)).expect_err("accepted");
     assert!(err.to_string().contains("signed_id") && err.to_string().contains("`c`"), "{err}");
 }
+
+/// The `name=value` pairs a commit set.
+fn set_pairs(commit: &multisession::Commit) -> Vec<String> {
+    commit.set_cookies.iter().filter_map(|c| c.split(';').next().map(str::to_owned)).collect()
+}
+
+/// A `data` cookie planted beside a logged-in device (from a sibling
+/// subdomain, with a longer path so the browser sends it first) names a
+/// session that is not this device's: it is passed over, and what the
+/// victim writes lands in the device's own part, out of the planter's reach.
+#[tokio::test]
+async fn a_planted_part_cookie_beside_a_login_is_passed_over() {
+    let store = Arc::new(MemoryStore::new());
+    let sessions = Sessions::from_specs([
+        SessionSpec::new(store.clone(), named("session")).with_fields(Fields::include(["user_id"])),
+        SessionSpec::new(store, named("data")).with_fields(Fields::Auto),
+    ])
+    .expect("valid configuration");
+    // The attacker's own anonymous `data` session.
+    let planter = sessions.session([], Default::default());
+    planter.insert("theme", "planted").await.expect("insert");
+    let planted = set_pairs(&planter.commit().await.expect("commit")).remove(0);
+    // The victim logs in and keeps a `data` part of their own.
+    let victim = sessions.session([], Default::default());
+    victim.login("23").await.expect("login");
+    victim.insert("theme", "mine").await.expect("insert");
+    let own = set_pairs(&victim.commit().await.expect("commit")).join("; ");
+    let header = format!("{planted}; {own}");
+    let request = sessions.session([header.as_bytes()], Default::default());
+    assert_eq!(request.get::<String>("theme").await.expect("reads").as_deref(), Some("mine"));
+    request.insert("card", "4111").await.expect("insert");
+    request.commit().await.expect("commit");
+    let attacker = sessions.session([planted.as_bytes()], Default::default());
+    assert_eq!(attacker.get::<String>("card").await.expect("reads"), None, "the planted part read the victim's write");
+}
+
+/// A logout in one tab while another tab of the same device changes its
+/// ids: the id change finds the device ended and hands out no new login.
+#[tokio::test]
+async fn a_logout_beside_an_id_change_of_the_same_device_ends_the_device() {
+    let store = Arc::new(MemoryStore::new());
+    let sessions = Sessions::from_specs([
+        SessionSpec::new(store.clone(), named("session")).with_fields(Fields::include(["user_id"])),
+        SessionSpec::new(store.clone(), named("data")).with_fields(Fields::Auto),
+    ])
+    .expect("valid configuration");
+    let device = sessions.session([], Default::default());
+    device.login("23").await.expect("login");
+    device.insert("theme", "dark").await.expect("insert");
+    let cookies = set_pairs(&device.commit().await.expect("commit")).join("; ");
+    let rotating = sessions.session([cookies.as_bytes()], Default::default());
+    rotating.cycle_id().await.expect("cycle_id");
+    let leaving = sessions.session([cookies.as_bytes()], Default::default());
+    leaving.logout().await.expect("logout");
+    let rotated = rotating.commit().await.expect("commit");
+    leaving.commit().await.expect("commit");
+    assert!(
+        set_pairs(&rotated).iter().all(|pair| pair.ends_with('=')),
+        "the id change handed out a new login: {:?}",
+        rotated
+    );
+    assert!(store.user_sessions("23").await.expect("listed").is_empty(), "the device outlived its logout");
+}

@@ -165,9 +165,11 @@ fn timed_out(addr: &str) -> Error {
 /// No message shows user information (`user:password@`), should `addr`
 /// hold any.
 fn check_address(addr: &str) -> Result<()> {
-    let shown = match addr.rsplit_once('@') {
+    // The address as redacted URLs are, userinfo and secret query values
+    // hidden (`***@host` for a user without a password too).
+    let shown = match crate::store::redacted(addr).rsplit_once('@') {
         Some((_, host)) => format!("***@{host}"),
-        None => addr.to_owned(),
+        None => crate::store::redacted(addr),
     };
     if addr.contains('@') {
         return Err(Error::config(format!(

@@ -97,6 +97,31 @@ impl Engine {
             )));
         }
         let user_part = owners.first().copied();
+        if let Some(u) = user_part.filter(|&u| matches!(specs[u].backend, Backend::Server(_))) {
+            // A device's server parts are read together (each names the
+            // login's session as its owner), so the browser must send their
+            // cookies together.
+            let login = &specs[u].config;
+            for (i, spec) in
+                specs.iter().enumerate().filter(|(i, s)| *i != u && matches!(s.backend, Backend::Server(_)))
+            {
+                let part = &spec.config;
+                let differs = [
+                    ("path", part.path != login.path),
+                    ("domain", part.domain != login.domain),
+                    ("same_site", part.same_site != login.same_site),
+                    ("secure", part.secure != login.secure),
+                ];
+                if let Some((field, _)) = differs.iter().find(|(_, differs)| *differs) {
+                    return Err(Error::config(format!(
+                        "session `{}`: {field}: a server-side part is read together with the login's part `{}`, \
+                         so the browser must send both cookies together: give it the same {field}",
+                        name(i),
+                        name(u)
+                    )));
+                }
+            }
+        }
         if let Some(u) = user_part.filter(|&u| matches!(specs[u].backend, Backend::Cookie(_)))
             && let Some(server) = specs.iter().position(|s| matches!(s.backend, Backend::Server(_)))
         {
@@ -372,12 +397,8 @@ impl State {
             let outcome = self.parts[i].commit_server(&engine.parts[i], device, owner.as_ref(), user.is_some()).await?;
             others.push((i, outcome));
         }
-        // An id change that found one of the device's other parts ended
-        // meanwhile (its device logged out in another tab, or ended
-        // everywhere) gives the login no new id either.
-        let mut ended = user.is_some_and(|u| self.parts[u].next.is_some())
-            && others.iter().any(|(_, outcome)| outcome.ended_elsewhere);
-        if let Some(u) = user.filter(|_| !ended) {
+        let mut ended = false;
+        if let Some(u) = user {
             match self.parts[u].commit_server(&engine.parts[u], device, siblings.as_ref(), false).await {
                 Ok(outcome) => {
                     for info in &outcome.evicted {

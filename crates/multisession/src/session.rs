@@ -261,7 +261,10 @@ impl Session {
         state.load_all(engine).await?;
         // Data follows a visitor into their login (a cart, a theme), but never
         // from one user to another on a shared browser.
-        if state.parts[u].user.as_deref().is_some_and(|previous| previous != user) {
+        let another_user = state.parts[u].user.as_deref().is_some_and(|previous| previous != user);
+        // A refused login (the user at the session cap) changes nothing.
+        state.parts[u].login(&engine.parts[u], user).await?;
+        if another_user {
             for part in &mut state.parts {
                 part.clear();
                 part.permanent = false;
@@ -275,7 +278,7 @@ impl Session {
                 state.parts[i].cycle(Cycle::Rotate);
             }
         }
-        state.parts[u].login(&engine.parts[u], user).await
+        Ok(())
     }
 
     /// Logs this device out: deletes its session and expires its cookie.

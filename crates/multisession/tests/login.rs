@@ -154,6 +154,20 @@ async fn logging_in_as_another_user_does_not_inherit_the_previous_users_data() {
     assert_eq!(device.get("/read").await.body, "user=bob n=0", "alice's data passed to bob");
 }
 
+/// Bob, at his session cap, is refused on Alice's browser: Alice stays
+/// logged in with her data, as if Bob had not tried.
+#[tokio::test]
+async fn a_refused_login_as_another_user_leaves_the_browser_as_it_was() {
+    let (_, router) = setup(SessionConfig::default().with_max_sessions_per_user(1, OnLimit::RefuseLogin));
+    let mut elsewhere = Device::new(router.clone(), "bob's phone", "127.0.0.1:2");
+    elsewhere.get("/login/bob").await;
+    let mut shared = Device::new(router, "shared computer", "127.0.0.1:1");
+    shared.get("/login/alice").await;
+    shared.get("/write").await;
+    assert_eq!(shared.get("/login/bob").await.status, 409);
+    assert_eq!(shared.get("/read").await.body, "user=alice n=1", "a refused login changed the session");
+}
+
 #[tokio::test]
 async fn by_default_a_user_holds_at_most_100_sessions_and_unlimited_is_a_choice() {
     for (config, expected) in

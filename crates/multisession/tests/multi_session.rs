@@ -265,6 +265,13 @@ fn invalid_configurations_are_refused_naming_the_cookie_and_the_key() {
             ],
             &["`cart`", "`login`", "`user_id`"],
         ),
+        (
+            vec![
+                SessionSpec::new(server(), named("session")).with_fields(Fields::include(["user_id"])),
+                SessionSpec::new(server(), named("shop").with_path("/shop")).with_fields(Fields::Auto),
+            ],
+            &["`shop`", "path", "`session`"],
+        ),
     ];
     for (specs, words) in cases {
         let err = Sessions::from_specs(specs).expect_err("an invalid configuration was accepted");

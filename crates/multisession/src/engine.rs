@@ -7,10 +7,10 @@
 //! only one part's keys costs only that part — unless it gives a server part
 //! a new key or ends it, which the part keeping the login then records.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use cookie::Cookie;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
@@ -88,7 +88,7 @@ impl Engine {
                 name(part)
             )));
         }
-        let owners = routing.owners(USER_ID_KEY);
+        let owners: Vec<usize> = routing.owners(USER_ID_KEY).collect();
         if owners.len() > 1 {
             let names: Vec<String> = owners.iter().map(|&i| format!("`{}`", name(i))).collect();
             return Err(Error::config(format!(
@@ -182,25 +182,46 @@ impl Engine {
     /// a cookie of another application that is not UTF-8 (or not even
     /// ASCII) is skipped on its own and never hides ours. Reads nothing.
     pub(crate) fn start<'a>(&self, headers: impl IntoIterator<Item = &'a [u8]>) -> State {
-        let cookies: Vec<Cookie<'a>> = headers
-            .into_iter()
-            .flat_map(|header| header.split(|&b| b == b';'))
-            .filter_map(|pair| std::str::from_utf8(pair).ok())
-            .filter_map(|pair| Cookie::parse_encoded(pair.trim()).ok())
-            .collect();
+        let mut values: Vec<Vec<Cow<'a, str>>> = self.parts.iter().map(|_| Vec::new()).collect();
+        for pair in headers.into_iter().flat_map(|header| header.split(|&b| b == b';')) {
+            if let Some((i, value)) = self.our_cookie(pair) {
+                values[i].push(value);
+            }
+        }
         let parts = self
             .parts
             .iter()
-            .map(|part| {
-                let values = part.config.values(&cookies);
+            .zip(values)
+            .map(|(part, values)| {
+                let present = !values.is_empty();
                 let (incoming, raw) = match part.backend {
-                    Backend::Server(_) => (part.config.read_ids(&values), Vec::new()),
-                    Backend::Cookie(_) => (Vec::new(), values.iter().map(|v| (*v).to_owned()).collect()),
+                    Backend::Server(_) => (part.config.read_ids(values.iter().map(|v| &**v)), Vec::new()),
+                    Backend::Cookie(_) => (Vec::new(), values.into_iter().map(Cow::into_owned).collect()),
                 };
-                PartState::new(incoming, raw, !values.is_empty())
+                PartState::new(incoming, raw, present)
             })
             .collect();
         State { parts }
+    }
+
+    /// Which part a `name=value` pair of a `Cookie` header is for, and its
+    /// value: split and trimmed as the `cookie` crate parses a pair, name
+    /// and value percent-decoded, and only for pairs named like one of the
+    /// parts (another application's cookies cost a comparison, and one that
+    /// is not UTF-8 is passed over alone).
+    fn our_cookie<'a>(&self, pair: &'a [u8]) -> Option<(usize, Cow<'a, str>)> {
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        let decoded = |bytes: &'a [u8]| -> Option<Cow<'a, str>> {
+            let bytes = bytes.trim_ascii();
+            if bytes.contains(&b'%') {
+                percent_encoding::percent_decode(bytes).decode_utf8().ok()
+            } else {
+                std::str::from_utf8(bytes).ok().map(Cow::Borrowed)
+            }
+        };
+        let name = decoded(&pair[..eq])?;
+        let i = self.parts.iter().position(|part| part.config.cookie_name == name)?;
+        Some((i, decoded(&pair[eq + 1..])?))
     }
 
     /// The part that keeps the login, or a usage error saying how to add one.
@@ -391,7 +412,7 @@ impl State {
         }
         let siblings = self.siblings(engine).await?;
         let user = engine.user_part.filter(|u| servers.contains(u));
-        let owner = user.and_then(|u| self.owner_after_commit(engine, u));
+        let owner = user.filter(|_| engine.has_siblings()).and_then(|u| self.owner_after_commit(engine, u));
         let mut others = Vec::new();
         for &i in servers.iter().filter(|&&i| Some(i) != user) {
             let outcome = self.parts[i].commit_server(&engine.parts[i], device, owner.as_ref(), user.is_some()).await?;
@@ -948,8 +969,16 @@ impl PartState {
         siblings: Option<&BTreeMap<String, StoreKey>>,
     ) -> Result<bool> {
         let expires_at = config.expiry(now, self.permanent, stored.absolute_expires_at);
+        let permanent = (self.permanent != stored.permanent).then_some(self.permanent);
+        let siblings = siblings.filter(|s| **s != stored.siblings);
+        let alters = self.cleared || !self.dirty.is_empty() || permanent.is_some() || siblings.is_some();
+        if !alters && expires_at - stored.expires_at <= config.touch_interval {
+            return Ok(false);
+        }
         let mut change = Change::new(now, expires_at);
         change.user_id = stored.user_id.clone();
+        change.permanent = permanent;
+        change.siblings = siblings.cloned();
         if self.cleared {
             change.clear = true;
             change.set = self.data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -962,18 +991,8 @@ impl PartState {
                 }
             }
         }
-        if self.permanent != stored.permanent {
-            change.permanent = Some(self.permanent);
-        }
-        if let Some(siblings) = siblings.filter(|s| **s != stored.siblings) {
-            change.siblings = Some(siblings.clone());
-        }
-        if change.alters() || expires_at - stored.expires_at > config.touch_interval {
-            store.apply(key, &change).await?;
-            Ok(true)
-        } else {
-            Ok(false)
-        }
+        store.apply(key, &change).await?;
+        Ok(true)
     }
 
     /// A cookie part's commit: a new encrypted cookie when anything changed

@@ -68,8 +68,12 @@ impl SessionId {
         if s.len() != ENCODED_ID_LEN {
             return None;
         }
-        let bytes = URL_SAFE_NO_PAD.decode(s).ok()?;
-        Some(Self(bytes.try_into().ok()?))
+        // base64's length estimate for 43 characters is 33 bytes.
+        let mut bytes = [0u8; ID_LEN + 1];
+        match URL_SAFE_NO_PAD.decode_slice(s, &mut bytes) {
+            Ok(ID_LEN) => bytes[..ID_LEN].try_into().ok().map(Self),
+            _ => None,
+        }
     }
 }
 

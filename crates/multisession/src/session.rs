@@ -75,9 +75,9 @@ impl Session {
     }
 
     /// The parts that keep `key`, or a usage error naming it.
-    fn owners(&self, key: &str) -> Result<Vec<usize>> {
-        let owners = self.engine().routing.owners(key);
-        if owners.is_empty() {
+    fn owners<'a>(&'a self, key: &'a str) -> Result<impl Iterator<Item = usize> + Send + 'a> {
+        let mut owners = self.engine().routing.owners(key).peekable();
+        if owners.peek().is_none() {
             return Err(Error::usage(format!(
                 "no session part keeps the key `{key}`: add it to a part's fields, or add an auto part"
             )));

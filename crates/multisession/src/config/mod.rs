@@ -517,19 +517,13 @@ impl SessionConfig {
         cookie.build().encoded().to_string()
     }
 
-    /// This config's cookie values among a request's cookies (several when
-    /// paths or domains overlap).
-    pub(crate) fn values<'a>(&self, cookies: &'a [Cookie<'a>]) -> Vec<&'a str> {
-        cookies.iter().filter(|c| c.name() == self.cookie_name).map(|c| c.value()).collect()
-    }
-
     /// The ids among `values` that decode and verify, in the order sent and
     /// without repeats, at most [`MAX_CANDIDATES`]: a stray cookie of the
     /// same name (another path's, or a planted one) must not hide the live
     /// session sent beside it. The first that names a live session wins.
-    pub(crate) fn read_ids(&self, values: &[&str]) -> Vec<IncomingId> {
+    pub(crate) fn read_ids<'a>(&self, values: impl IntoIterator<Item = &'a str>) -> Vec<IncomingId> {
         let mut ids: Vec<IncomingId> = Vec::new();
-        for incoming in values.iter().filter_map(|value| self.verify(value)) {
+        for incoming in values.into_iter().filter_map(|value| self.verify(value)) {
             if ids.len() == MAX_CANDIDATES {
                 break;
             }
@@ -744,10 +738,10 @@ mod tests {
         let config = signed(vec![Key::generate()]);
         let id = SessionId::generate().expect("rng");
         let value = value_of(&config.id_cookie(&id, false, OffsetDateTime::now_utc()));
-        assert!(config.read_ids(&[value.as_str()]).into_iter().next().is_some_and(|i| i.id == id && !i.stale_key));
+        assert!(config.read_ids([value.as_str()]).into_iter().next().is_some_and(|i| i.id == id && !i.stale_key));
         let mut tampered = value.into_bytes();
         tampered[3] ^= 1;
-        assert!(config.read_ids(&[String::from_utf8_lossy(&tampered).as_ref()]).into_iter().next().is_none());
+        assert!(config.read_ids([String::from_utf8_lossy(&tampered).as_ref()]).into_iter().next().is_none());
     }
 
     #[test]
@@ -756,9 +750,9 @@ mod tests {
         let id = SessionId::generate().expect("rng");
         let value = value_of(&signed(vec![old.clone()]).id_cookie(&id, false, OffsetDateTime::now_utc()));
         let rotated = signed(vec![new, old]);
-        assert!(rotated.read_ids(&[value.as_str()]).into_iter().next().is_some_and(|i| i.stale_key));
+        assert!(rotated.read_ids([value.as_str()]).into_iter().next().is_some_and(|i| i.stale_key));
         let unknown = signed(vec![Key::generate()]);
-        assert!(unknown.read_ids(&[value.as_str()]).into_iter().next().is_none());
+        assert!(unknown.read_ids([value.as_str()]).into_iter().next().is_none());
     }
 
     #[test]
@@ -768,7 +762,7 @@ mod tests {
         let a = signed(vec![key.clone()]).with_cookie_name("a");
         let value = value_of(&a.id_cookie(&id, false, OffsetDateTime::now_utc()));
         let b = signed(vec![key]).with_cookie_name("b");
-        assert!(b.read_ids(&[value.as_str()]).into_iter().next().is_none());
+        assert!(b.read_ids([value.as_str()]).into_iter().next().is_none());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! An in-process store: for tests, single-process apps and development.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
@@ -12,11 +12,13 @@ use crate::{Change, Error, ErrorKind, Record, Result, SessionLimit, StoreKey};
 
 /// Sessions in this process's memory, with a per-user index.
 ///
-/// Records are kept serialized, as a remote store would keep them, so nothing
-/// outside the store can alias them. A login's session cap is counted and
-/// applied under the store's lock, so concurrent logins never pass it. Expired records are never returned and
-/// are removed by [`Store::delete_expired`] (see [`super::spawn_cleanup`]).
-/// Everything is lost when the process exits.
+/// Records are kept as they are, shared with no one: a load hands out a
+/// copy, made outside the store's lock, and a change copies a record a load
+/// still holds before writing it. A login's session cap is counted and
+/// applied under the store's lock, so concurrent logins never pass it.
+/// Expired records are never returned and are removed by
+/// [`Store::delete_expired`] (see [`super::spawn_cleanup`]). Everything is
+/// lost when the process exits.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
@@ -41,9 +43,35 @@ struct Inner {
 
 #[derive(Debug)]
 struct Entry {
-    bytes: Vec<u8>,
+    record: Stored,
     user: Option<String>,
     expires_at: OffsetDateTime,
+}
+
+/// A record as the store keeps it: the record itself, or bytes a test wrote
+/// by hand ([`MemoryStore::write_raw`]), decoded (or refused) when read.
+#[derive(Debug)]
+enum Stored {
+    Record(Arc<Record>),
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    Raw(Vec<u8>),
+}
+
+impl Stored {
+    /// The record, shared until the caller copies it.
+    fn shared(&self) -> Result<Arc<Record>> {
+        match self {
+            Self::Record(record) => Ok(record.clone()),
+            Self::Raw(bytes) => Record::from_bytes(bytes).map(Arc::new),
+        }
+    }
+
+    fn meta(&self) -> Result<crate::Meta> {
+        match self {
+            Self::Record(record) => Ok(record.meta.clone()),
+            Self::Raw(bytes) => Ok(Record::from_bytes(bytes)?.meta),
+        }
+    }
 }
 
 impl MemoryStore {
@@ -104,7 +132,7 @@ impl MemoryStore {
         if let Ok(mut inner) = self.inner.lock()
             && let Some(entry) = inner.sessions.get_mut(key)
         {
-            entry.bytes = bytes.to_vec();
+            entry.record = Stored::Raw(bytes.to_vec());
         }
     }
 }
@@ -114,14 +142,13 @@ impl Inner {
         self.sessions.get(key).filter(|e| e.expires_at > now)
     }
 
-    fn insert(&mut self, key: &StoreKey, record: &Record) -> Result<()> {
-        let bytes = record.to_bytes()?;
+    fn insert(&mut self, key: &StoreKey, record: &Record) {
         let user = record.meta.user_id.clone();
         if let Some(user) = &user {
             self.users.entry(user.clone()).or_default().insert(*key);
         }
-        self.sessions.insert(*key, Entry { bytes, user, expires_at: record.meta.expires_at });
-        Ok(())
+        let expires_at = record.meta.expires_at;
+        self.sessions.insert(*key, Entry { record: Stored::Record(Arc::new(record.clone())), user, expires_at });
     }
 
     fn remove(&mut self, key: &StoreKey) -> Option<Entry> {
@@ -142,8 +169,9 @@ impl Inner {
 impl Store for MemoryStore {
     async fn load(&self, key: &StoreKey) -> Result<Option<Record>> {
         let now = OffsetDateTime::now_utc();
-        let inner = self.lock()?;
-        inner.live(key, now).map(|e| Record::from_bytes(&e.bytes)).transpose()
+        let shared = self.lock()?.live(key, now).map(|e| e.record.shared()).transpose()?;
+        // Copied outside the lock; a change meanwhile copies its own.
+        Ok(shared.map(Arc::unwrap_or_clone))
     }
 
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<()> {
@@ -153,7 +181,8 @@ impl Store for MemoryStore {
             return Err(Error::new(ErrorKind::Conflict, "a session with this key exists"));
         }
         inner.remove(key);
-        inner.insert(key, record)
+        inner.insert(key, record);
+        Ok(())
     }
 
     async fn create_login(
@@ -179,7 +208,7 @@ impl Store for MemoryStore {
             self.examined.fetch_add(keys.len() as u64, Ordering::Relaxed);
             for other in keys.iter().filter(|k| *k != key && Some(*k) != replaces) {
                 if let Some(entry) = inner.live(other, now) {
-                    others.extend(SessionInfo::from_meta(*other, &Record::from_bytes(&entry.bytes)?.meta));
+                    others.extend(SessionInfo::from_meta(*other, &entry.record.meta()?));
                 }
             }
         }
@@ -191,7 +220,7 @@ impl Store for MemoryStore {
             inner.remove(&info.key);
         }
         inner.remove(key);
-        inner.insert(key, record)?;
+        inner.insert(key, record);
         Ok(evicted)
     }
 
@@ -202,9 +231,11 @@ impl Store for MemoryStore {
             Some(entry) if entry.expires_at > now => entry,
             _ => return Err(Error::gone()),
         };
-        let mut record = Record::from_bytes(&entry.bytes)?;
-        record.apply(change);
-        entry.bytes = record.to_bytes()?;
+        let Stored::Record(record) = &mut entry.record else {
+            return Err(Error::corrupt("the stored session could not be decoded"));
+        };
+        // In place, unless a load still holds this version.
+        Arc::make_mut(record).apply(change);
         entry.expires_at = record.meta.expires_at;
         Ok(())
     }
@@ -222,8 +253,7 @@ impl Store for MemoryStore {
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             if let Some(entry) = inner.live(key, now) {
-                let record = Record::from_bytes(&entry.bytes)?;
-                out.extend(SessionInfo::from_meta(*key, &record.meta));
+                out.extend(SessionInfo::from_meta(*key, &entry.record.meta()?));
             }
         }
         Ok(out)

@@ -12,7 +12,7 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::response::{IntoResponse, Response};
 use http::header::{COOKIE, HOST, ORIGIN, SET_COOKIE, USER_AGENT, VARY};
 use http::request::Parts;
-use http::{HeaderValue, Request, StatusCode};
+use http::{HeaderName, HeaderValue, Request, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Instrument as _;
@@ -140,19 +140,14 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let headers = request.headers();
-        let bytes = |name: &str| headers.get(name).map(HeaderValue::as_bytes);
-        // HTTP/2 carries the host in the URI's authority, not in `Host`.
-        let host = bytes(HOST.as_str()).or_else(|| request.uri().authority().map(|a| a.as_str().as_bytes()));
-        let cross_site = !self.cross_origin
-            && crate::csrf::is_cross_origin(
-                request.method().is_safe(),
-                host,
-                bytes(ORIGIN.as_str()),
-                bytes("sec-fetch-site"),
-                &self.trusted,
-            );
-        if cross_site {
-            return Box::pin(std::future::ready(Ok(crate::csrf::refusal().into_response())));
+        // Safe methods cannot be a forgery: their headers are not even read.
+        if !self.cross_origin && !request.method().is_safe() {
+            let bytes = |name: &HeaderName| headers.get(name).map(HeaderValue::as_bytes);
+            // HTTP/2 carries the host in the URI's authority, not in `Host`.
+            let host = bytes(&HOST).or_else(|| request.uri().authority().map(|a| a.as_str().as_bytes()));
+            if crate::csrf::is_cross_origin(false, host, bytes(&ORIGIN), bytes(&SEC_FETCH_SITE), &self.trusted) {
+                return Box::pin(std::future::ready(Ok(crate::csrf::refusal().into_response())));
+            }
         }
         let cookies = headers.get_all(COOKIE).iter().map(HeaderValue::as_bytes);
         let user_agent = headers.get(USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -160,13 +155,13 @@ where
         let session = self.sessions.session(cookies, Device::new(user_agent, ip));
         request.extensions_mut().insert(session.clone());
 
-        // The clone that was polled ready serves this request.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        // The inner service was polled ready for this call: call it now, and
+        // finish the request once its response is there.
+        let response = self.inner.call(request);
         let span = tracing::info_span!("session");
         Box::pin(
             async move {
-                let mut response = inner.call(request).await?;
+                let mut response = response.await?;
                 match session.commit().await {
                     Ok(commit) => {
                         let headers = response.headers_mut();
@@ -194,6 +189,9 @@ where
         )
     }
 }
+
+/// The Fetch metadata header browsers send with every request.
+static SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
 
 impl<S: Send + Sync> FromRequestParts<S> for Session {
     type Rejection = Error;

@@ -38,6 +38,8 @@ mod redis;
 pub use self::redis::RedisStore;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 mod sql;
+#[cfg(feature = "sqlite")]
+mod sqlite_hot;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub use sql::{Dialect, SqlOptions, SqlStore};
 

@@ -133,6 +133,11 @@ fn identifier(field: &str, name: &str) -> Result<()> {
 #[derive(Clone, Debug)]
 pub struct SqlStore {
     pool: AnyPool,
+    /// The connections writes use: on SQLite one of its own, else `pool`.
+    writer: AnyPool,
+    /// SQLite: session reads and changes through rusqlite (see `sqlite_hot`).
+    #[cfg(feature = "sqlite")]
+    hot: Option<std::sync::Arc<super::sqlite_hot::HotPath>>,
     dialect: Dialect,
     /// The table, qualified with its schema.
     table: String,
@@ -225,30 +230,72 @@ impl SqlStore {
                 )));
             }
         };
+        if dialect == Dialect::Sqlite && (url.contains(":memory:") || url.contains("mode=memory")) {
+            return Err(Error::config(
+                "backend: an in-memory SQLite database is private to one connection and this store uses several; \
+                 use memory:// or a SQLite file",
+            ));
+        }
         if dialect == Dialect::Sqlite && options.schema.is_some() {
             return Err(Error::config("schema: SQLite keeps one schema per file; leave schema unset"));
         }
         sqlx::any::install_default_drivers();
-        let pool = AnyPoolOptions::new()
-            .max_connections(if dialect == Dialect::Sqlite { 8 } else { 16 })
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect(&url)
-            .await
-            .map_err(|e| match e {
-                sqlx::Error::Configuration(_) => {
-                    Error::config(format!("backend: {}", super::scrub(&e.to_string(), &url)))
-                }
-                e => Error::new(
-                    ErrorKind::Unavailable,
-                    format!("cannot connect to the SQL session store: {}", super::scrub(&e.to_string(), &url)),
-                ),
-            })?;
+        let pool_options = |max_connections| {
+            let options = AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(ACQUIRE_TIMEOUT);
+            if dialect != Dialect::Sqlite {
+                return options;
+            }
+            // A file has no connection to lose: no ping before each use.
+            let options = options.test_before_acquire(false);
+            // In WAL mode NORMAL syncs at checkpoints, not at every commit:
+            // the file stays consistent through a crash, and a power cut may
+            // lose the last moments' session writes. SQLite's default, FULL,
+            // made every write wait for the disk.
+            options.after_connect(|conn, _| {
+                Box::pin(
+                    async move { sqlx::Executor::execute(&mut *conn, "PRAGMA synchronous = NORMAL").await.map(drop) },
+                )
+            })
+        };
+        let connect_error = |e: sqlx::Error| match e {
+            sqlx::Error::Configuration(_) => Error::config(format!("backend: {}", super::scrub(&e.to_string(), &url))),
+            e => Error::new(
+                ErrorKind::Unavailable,
+                format!("cannot connect to the SQL session store: {}", super::scrub(&e.to_string(), &url)),
+            ),
+        };
+        let (pool, writer) = if dialect == Dialect::Sqlite {
+            // SQLite takes one writer at a time. Writers on several
+            // connections wait for its lock in the busy handler's sleeps
+            // (milliseconds each); one writing connection queues them here
+            // in order instead, while reads go on beside it.
+            let writer = pool_options(1).connect(&url).await.map_err(connect_error)?;
+            (pool_options(8).connect(&url).await.map_err(connect_error)?, writer)
+        } else {
+            let pool = pool_options(16).connect(&url).await.map_err(connect_error)?;
+            (pool.clone(), pool)
+        };
         let table = match &options.schema {
             Some(schema) => format!("{schema}.{}", options.table),
             None => options.table.clone(),
         };
-        let store = Self { pool, dialect, table, name: options.table, prefix: "session".to_owned() };
+        let mut store = Self {
+            pool,
+            writer,
+            dialect,
+            table,
+            name: options.table,
+            prefix: "session".to_owned(),
+            #[cfg(feature = "sqlite")]
+            hot: None,
+        };
         store.migrate(options.schema.as_deref()).await?;
+        #[cfg(feature = "sqlite")]
+        if dialect == Dialect::Sqlite {
+            let file = sqlx::sqlite::SqliteConnectOptions::from_str(&url).map_err(connect_error)?;
+            let hot = super::sqlite_hot::HotPath::new(file.get_filename().to_owned(), &store.table)?;
+            store.hot = Some(std::sync::Arc::new(hot));
+        }
         Ok(store)
     }
 
@@ -395,7 +442,7 @@ impl SqlStore {
         let (tables, indexes): (Vec<String>, Vec<String>) =
             statements.into_iter().partition(|statement| !statement.starts_with("CREATE INDEX"));
         for statement in &tables {
-            sqlx::query(self.sql(statement)).execute(&self.pool).await.map_err(db_error)?;
+            sqlx::query(self.sql(statement)).execute(&self.writer).await.map_err(db_error)?;
         }
         // A table of the same name made by something else fails here, at
         // start-up, not as 503s on every request. The layout before the
@@ -411,12 +458,12 @@ impl SqlStore {
                 ))
             })?;
             sqlx::query(self.sql("ALTER TABLE {t} ADD COLUMN siblings TEXT"))
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(db_error)?;
         }
         for statement in &indexes {
-            sqlx::query(self.sql(statement)).execute(&self.pool).await.map_err(db_error)?;
+            sqlx::query(self.sql(statement)).execute(&self.writer).await.map_err(db_error)?;
         }
         Ok(())
     }
@@ -461,7 +508,7 @@ impl SqlStore {
     pub async fn user_queries_use_index(&self) -> Result<bool> {
         let index = format!("{}_user", self.name);
         if self.dialect == Dialect::Postgres {
-            sqlx::query(self.sql("ANALYZE {t}")).execute(&self.pool).await.map_err(db_error)?;
+            sqlx::query(self.sql("ANALYZE {t}")).execute(&self.writer).await.map_err(db_error)?;
         }
         let mut indexed = true;
         for (sql, keep) in [(USER_SESSIONS_SQL, false), (DELETE_USER_SQL, true)] {
@@ -507,7 +554,7 @@ impl SqlStore {
         .bind(&self.prefix)
         .bind(key.to_string())
         .bind(millis(OffsetDateTime::now_utc()))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db_error)?;
         if done.rows_affected() == 0 { Err(Error::gone()) } else { Ok(()) }
@@ -541,26 +588,6 @@ impl SqlStore {
             .bind(millis(OffsetDateTime::now_utc()))
     }
 
-    /// SQLite: the change merged in Rust inside one immediate transaction.
-    async fn apply_locked(&self, key: &str, change: &Change) -> Result<u64> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)?;
-        let row =
-            sqlx::query(self.sql("SELECT data FROM {t} WHERE namespace = ? AND session_key = ? AND expires_at > ?"))
-                .bind(&self.prefix)
-                .bind(key)
-                .bind(millis(OffsetDateTime::now_utc()))
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_error)?;
-        let Some(row) = row else { return Ok(0) };
-        let mut map = data(&row.try_get::<String, _>("data").map_err(db_error)?)?;
-        change.apply_to_data(&mut map);
-        let query = sqlx::query(self.update_sql("?")).bind(serde_json::to_string(&map)?);
-        let done = self.bind_tail(query, key, change).execute(&mut *tx).await.map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(done.rows_affected())
-    }
-
     /// PostgreSQL: `(data || $set) - $remove` in one UPDATE.
     async fn apply_postgres(&self, key: &str, change: &Change) -> Result<u64> {
         let removed: Vec<Cow<'_, str>> = change.remove.iter().map(|k| pg_escape(k)).collect();
@@ -572,7 +599,7 @@ impl SqlStore {
             .bind(i64::from(change.clear))
             .bind(serde_json::to_string(&set)?)
             .bind(serde_json::to_string(&removed)?);
-        let done = self.bind_tail(query, key, change).execute(&self.pool).await.map_err(db_error)?;
+        let done = self.bind_tail(query, key, change).execute(&self.writer).await.map_err(db_error)?;
         Ok(done.rows_affected())
     }
 
@@ -592,7 +619,7 @@ impl SqlStore {
         for (name, value) in &change.set {
             query = query.bind(json_path(name)).bind(serde_json::to_string(&[value])?);
         }
-        let done = self.bind_tail(query, key, change).execute(&self.pool).await.map_err(db_error)?;
+        let done = self.bind_tail(query, key, change).execute(&self.writer).await.map_err(db_error)?;
         Ok(done.rows_affected())
     }
 }
@@ -728,7 +755,7 @@ fn meta(row: &AnyRow) -> Result<Meta> {
     })
 }
 
-fn data(text: &str) -> Result<Map<String, Value>> {
+pub(super) fn data(text: &str) -> Result<Map<String, Value>> {
     match serde_json::from_str(text)? {
         Value::Object(map) => Ok(map),
         _ => Err(Error::corrupt("stored session data is not a JSON object")),
@@ -837,7 +864,7 @@ impl SqlStore {
         replaces: Option<&StoreKey>,
         limit: Option<SessionLimit>,
     ) -> Result<Vec<SessionInfo>> {
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let mut conn = self.writer.acquire().await.map_err(db_error)?;
         let name = self.lock_name(user);
         let locked: Option<i64> = sqlx::query_scalar(self.sql("SELECT GET_LOCK(?, 2)"))
             .bind(&name)
@@ -877,6 +904,10 @@ impl SqlStore {
 #[async_trait]
 impl Store for SqlStore {
     async fn load(&self, key: &StoreKey) -> Result<Option<Record>> {
+        #[cfg(feature = "sqlite")]
+        if let Some(hot) = &self.hot {
+            return hot.load(&self.prefix, &key.to_string(), millis(OffsetDateTime::now_utc()));
+        }
         let sql = format!(
             "SELECT {COLUMNS}, {} AS data FROM {{t}} WHERE namespace = ? AND session_key = ? AND expires_at > ?",
             self.data_text()
@@ -898,7 +929,7 @@ impl Store for SqlStore {
     }
 
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<()> {
-        self.insert(key, record)?.execute(&self.pool).await.map_err(db_error)?;
+        self.insert(key, record)?.execute(&self.writer).await.map_err(db_error)?;
         Ok(())
     }
 
@@ -933,7 +964,7 @@ impl Store for SqlStore {
             Dialect::Postgres => "BEGIN ISOLATION LEVEL READ COMMITTED",
             Dialect::MySql => "BEGIN",
         };
-        let mut tx = self.pool.begin_with(begin).await.map_err(db_error)?;
+        let mut tx = self.writer.begin_with(begin).await.map_err(db_error)?;
         if let (Dialect::Postgres, Some(user)) = (self.dialect, user) {
             sqlx::query(self.sql("SET LOCAL lock_timeout = '2s'")).execute(&mut *tx).await.map_err(db_error)?;
             sqlx::query(self.sql("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))"))
@@ -948,14 +979,26 @@ impl Store for SqlStore {
     }
 
     async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {
+        #[cfg(feature = "sqlite")]
+        if let Some(hot) = &self.hot {
+            let applied = hot.apply(&self.prefix, &key.to_string(), change, millis(OffsetDateTime::now_utc())).await?;
+            return if applied { Ok(()) } else { Err(Error::gone()) };
+        }
         if !change.alters() {
             return self.touch(key, change).await;
         }
         let key = key.to_string();
         let matched = match self.dialect {
-            Dialect::Sqlite => self.apply_locked(&key, change).await?,
             Dialect::Postgres => self.apply_postgres(&key, change).await?,
             Dialect::MySql => self.apply_mysql(&key, change).await?,
+            // A SQLite store is opened with its hot path, which applied the
+            // change above.
+            Dialect::Sqlite => {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    "the SQLite session store has no connection for changes",
+                ));
+            }
         };
         if matched == 0 { Err(Error::gone()) } else { Ok(()) }
     }
@@ -971,7 +1014,7 @@ impl Store for SqlStore {
             if live {
                 query = query.bind(millis(OffsetDateTime::now_utc()));
             }
-            query.execute(&self.pool)
+            query.execute(&self.writer)
         };
         if delete(true).await.map_err(db_error)?.rows_affected() > 0 {
             return Ok(true);
@@ -998,7 +1041,7 @@ impl Store for SqlStore {
             .bind(user)
             .bind(millis(OffsetDateTime::now_utc()))
             .bind(keep.map(StoreKey::to_string).unwrap_or_default())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db_error)?;
         Ok(done.rows_affected())
@@ -1017,7 +1060,7 @@ impl Store for SqlStore {
             let done = sqlx::query(self.sql(sql))
                 .bind(millis(OffsetDateTime::now_utc()))
                 .bind(EXPIRED_BATCH)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(db_error)?;
             total += done.rows_affected();

@@ -89,6 +89,44 @@ async fn requests_get_503_while_redis_is_down_and_succeed_once_it_is_back() {
     outage::outage_gives_503_then_recovery(&mut server, sessions, false).await;
 }
 
+/// Unix milliseconds, as Redis scores hold them.
+fn ms(t: time::OffsetDateTime) -> f64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_within_the_index_grain_leave_the_index_alone_and_a_longer_expiry_raises_it() {
+    let redis = support::standalone().await;
+    let mut device =
+        Device::new(app(Sessions::new(redis.store(), SessionConfig::default()).expect("valid")), "ua", "127.0.0.1:1");
+    device.get("/login/grain").await;
+    device.get("/write").await;
+    let index = format!("{}:u:grain", redis.prefix);
+    let key = redis.store.user_sessions("grain").await.expect("listed")[0].key;
+    let member = key.to_string();
+    let zscore = redis::cmd("ZSCORE").arg(&index).arg(&member).clone();
+    let before = redis.raw::<f64>(&zscore).await;
+    let index_writes = redis.calls_of("zadd").await;
+    for _ in 0..20 {
+        device.get("/write").await;
+    }
+    assert_eq!(device.get("/read").await.body, "user=grain n=21");
+    assert_eq!(redis.calls_of("zadd").await, index_writes, "writes within the grain visited the index");
+    assert_eq!(redis.raw::<f64>(&zscore).await, before);
+    let listed = redis.store.user_sessions("grain").await.expect("listed");
+    assert!(before >= ms(listed[0].expires_at), "the score fell below the expiry");
+
+    // A write past the score raises it, and the index's own expiry with it.
+    let now = time::OffsetDateTime::now_utc();
+    let mut change = multisession::Change::new(now, now + time::Duration::days(3));
+    change.user_id = Some("grain".to_owned());
+    redis.store.apply(&key, &change).await.expect("applied");
+    let raised = redis.raw::<f64>(&zscore).await;
+    assert!(raised >= ms(change.expires_at), "the score fell below the expiry");
+    let ttl: i64 = redis.raw(redis::cmd("PTTL").arg(&index)).await;
+    assert!(ttl as f64 >= raised - ms(time::OffsetDateTime::now_utc()) - 1000.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dangling_index_entries_are_pruned_when_met() {
     let redis = support::standalone().await;

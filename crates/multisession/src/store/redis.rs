@@ -31,7 +31,8 @@ const LAYOUT_VERSION: &str = "1";
 /// Layout, under a key prefix (default `session`):
 /// - `{prefix}:s:{store key}` — a hash: `_v` (layout version), `_user`,
 ///   `_meta` (creation time, absolute expiry, device, as JSON), `_la` and
-///   `_exp` (last activity and expiry, Unix ms), `_perm`, `_sib` (the
+///   `_exp` (last activity and expiry, Unix ms), `_ix` (the index score),
+///   `_perm`, `_sib` (the
 ///   device's other session parts, as JSON), and one field `.{name}` per
 ///   session key holding its JSON value. `PEXPIREAT` is the session's expiry.
 /// - `{prefix}:u:{user}` — a sorted set of the user's store keys, each
@@ -41,7 +42,9 @@ const LAYOUT_VERSION: &str = "1";
 /// meanwhile finds no hash and reports `Gone`: nothing is recreated. Index
 /// scores never fall below a session's real expiry (the index moves first,
 /// or in the same script), so members whose score has passed are pruned by
-/// score; members whose hash is gone are pruned when met. Listing or
+/// score; members whose hash is gone are pruned when met. A score runs a
+/// grain ahead of its session's expiry (`_ix` keeps it), so that a session
+/// written on every request updates its index once per grain, not per write. Listing or
 /// clearing a user reads that user's sorted set and hashes: a fixed number
 /// of round trips whatever the size of the store, never a `SCAN`.
 ///
@@ -153,28 +156,34 @@ macro_rules! lua_chunked {
 /// KEYS: index. ARGV: score, member, mode.
 const INDEX: &str = concat!(index_upsert!("KEYS[1]", "ARGV[1]", "ARGV[2]", "ARGV[3]"), "return 1");
 
-/// KEYS: session[, index]. ARGV: expiry, member, then field/value pairs.
+/// KEYS: session[, index]. ARGV: expiry, member, index score, then
+/// field/value pairs (`_ix` among them).
 const CREATE: &str = concat!(
     lua_chunked!(),
     "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n",
     "if KEYS[2] then\n",
-    index_upsert!("KEYS[2]", "ARGV[1]", "ARGV[2]", "''"),
+    index_upsert!("KEYS[2]", "ARGV[3]", "ARGV[2]", "''"),
     "end\n",
-    "chunked('HSET', KEYS[1], 3, #ARGV)\n",
+    "chunked('HSET', KEYS[1], 4, #ARGV)\n",
     "redis.call('PEXPIREAT', KEYS[1], ARGV[1])\n",
     "return 1"
 );
 
 /// KEYS: session[, index]. ARGV: expiry, member, now (ms), clear (0/1),
-/// number of fields to remove, those fields, then field/value pairs to set.
-/// A session past its `_exp` by the application's clock is gone, whatever
-/// Redis's own clock says.
+/// number of fields to remove, index score, the fields to remove, then
+/// field/value pairs to set. A session past its `_exp` by the application's
+/// clock is gone, whatever Redis's own clock says. The index is visited only
+/// when the new expiry passes the score it holds (`_ix`, see
+/// [`index_score`]): most writes leave it alone.
 const APPLY: &str = concat!(
     lua_chunked!(),
-    "local exp = redis.call('HGET', KEYS[1], '_exp')\n",
-    "if not exp or (tonumber(exp) or 0) <= tonumber(ARGV[3]) then return 0 end\n",
-    "if KEYS[2] then\n",
-    index_upsert!("KEYS[2]", "ARGV[1]", "ARGV[2]", "'XX'"),
+    "local f = redis.call('HMGET', KEYS[1], '_exp', '_ix')\n",
+    "if not f[1] or (tonumber(f[1]) or 0) <= tonumber(ARGV[3]) then return 0 end\n",
+    "if tonumber(ARGV[1]) > (tonumber(f[2]) or 0) then\n",
+    "  if KEYS[2] then\n",
+    index_upsert!("KEYS[2]", "ARGV[6]", "ARGV[2]", "'XX'"),
+    "  end\n",
+    "  redis.call('HSET', KEYS[1], '_ix', ARGV[6])\n",
     "end\n",
     "if ARGV[4] == '1' then\n",
     "  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do\n",
@@ -182,8 +191,8 @@ const APPLY: &str = concat!(
     "  end\n",
     "end\n",
     "local n = tonumber(ARGV[5])\n",
-    "chunked('HDEL', KEYS[1], 6, 5 + n)\n",
-    "chunked('HSET', KEYS[1], 6 + n, #ARGV)\n",
+    "chunked('HDEL', KEYS[1], 7, 6 + n)\n",
+    "chunked('HSET', KEYS[1], 7 + n, #ARGV)\n",
     "redis.call('PEXPIREAT', KEYS[1], ARGV[1])\n",
     "return 1"
 );
@@ -221,8 +230,9 @@ const DELETE: &str = "local u = redis.call('HGET', KEYS[1], '_user')\n\
 const INFO_FIELDS: [&str; 7] = ["_v", "_meta", "_user", "_la", "_exp", "_perm", "_sib"];
 
 /// A login within the user's session cap, on one node. KEYS: session, index.
-/// ARGV: expiry, member, now, max, `refuse` or `evict`, the member it
-/// replaces (or ''), the session key prefix, then field/value pairs.
+/// ARGV: expiry, member, index score, now, max, `refuse` or `evict`, the
+/// member it replaces (or ''), the session key prefix, then field/value
+/// pairs.
 /// Returns {0} if the session exists, {-2} if the one it replaces is gone,
 /// {-1, count} if refused, else {1, evicted sessions' info fields (member
 /// first), ...}. It reads the hashes its index names, which only a single
@@ -230,26 +240,26 @@ const INFO_FIELDS: [&str; 7] = ["_v", "_meta", "_user", "_la", "_exp", "_perm", 
 const LOGIN: &str = concat!(
     lua_chunked!(),
     "if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end\n",
-    "if ARGV[6] ~= '' then\n",
-    "  local exp = redis.call('HGET', ARGV[7] .. ARGV[6], '_exp')\n",
-    "  if not exp or (tonumber(exp) or 0) <= tonumber(ARGV[3]) then return {-2} end\n",
+    "if ARGV[7] ~= '' then\n",
+    "  local exp = redis.call('HGET', ARGV[8] .. ARGV[7], '_exp')\n",
+    "  if not exp or (tonumber(exp) or 0) <= tonumber(ARGV[4]) then return {-2} end\n",
     "end\n",
-    "redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])\n",
+    "redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])\n",
     "local live = {}\n",
     "for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do\n",
-    "  if m ~= ARGV[2] and m ~= ARGV[6] then\n",
-    "    local f = redis.call('HMGET', ARGV[7] .. m, '_la', '_exp')\n",
+    "  if m ~= ARGV[2] and m ~= ARGV[7] then\n",
+    "    local f = redis.call('HMGET', ARGV[8] .. m, '_la', '_exp')\n",
     "    if not f[1] then redis.call('ZREM', KEYS[2], m)\n",
-    "    elseif (tonumber(f[2]) or 0) > tonumber(ARGV[3]) then table.insert(live, {m, tonumber(f[1]) or 0}) end\n",
+    "    elseif (tonumber(f[2]) or 0) > tonumber(ARGV[4]) then table.insert(live, {m, tonumber(f[1]) or 0}) end\n",
     "  end\n",
     "end\n",
-    "local max = tonumber(ARGV[4])\n",
+    "local max = tonumber(ARGV[5])\n",
     "local out = {1}\n",
     "if #live >= max then\n",
-    "  if ARGV[5] == 'refuse' then return {-1, #live} end\n",
+    "  if ARGV[6] == 'refuse' then return {-1, #live} end\n",
     "  table.sort(live, function(a, b) return a[2] < b[2] end)\n",
     "  for i = 1, #live + 1 - max do\n",
-    "    local h = ARGV[7] .. live[i][1]\n",
+    "    local h = ARGV[8] .. live[i][1]\n",
     "    local f = redis.call('HMGET', h, '_v', '_meta', '_user', '_la', '_exp', '_perm', '_sib')\n",
     "    table.insert(f, 1, live[i][1])\n",
     "    table.insert(out, f)\n",
@@ -257,8 +267,8 @@ const LOGIN: &str = concat!(
     "    redis.call('ZREM', KEYS[2], live[i][1])\n",
     "  end\n",
     "end\n",
-    index_upsert!("KEYS[2]", "ARGV[1]", "ARGV[2]", "''"),
-    "chunked('HSET', KEYS[1], 8, #ARGV)\n",
+    index_upsert!("KEYS[2]", "ARGV[3]", "ARGV[2]", "''"),
+    "chunked('HSET', KEYS[1], 9, #ARGV)\n",
     "redis.call('PEXPIREAT', KEYS[1], ARGV[1])\n",
     "return out"
 );
@@ -434,31 +444,32 @@ impl RedisStore {
         }
     }
 
-    /// Raises (or, with `XX`, only updates) a user's index entry; used alone
-    /// on a cluster, where it cannot share a script with the session.
-    async fn index(&self, user: &str, expires_at: OffsetDateTime, member: &str, mode: &str) -> Result<()> {
-        let args = [to_millis(expires_at).to_string().into_bytes(), member.into(), mode.into()];
+    /// Raises (or, with `XX`, only updates) a user's index entry to `score`;
+    /// used alone on a cluster, where it cannot share a script with the
+    /// session.
+    async fn index(&self, user: &str, score: i64, member: &str, mode: &str) -> Result<()> {
+        let args = [score.to_string().into_bytes(), member.into(), mode.into()];
         self.run::<i64>(&INDEX_SCRIPT, &[&self.index_key(user)], &args).await.map(drop)
     }
 
-    /// Runs a session script together with the user's index entry (`mode`
-    /// as for [`INDEX`]): in the same script on one node; on a cluster,
-    /// where the two live in different slots, the index first, so a session
-    /// is never live without an entry and a score never falls below its
-    /// session's expiry.
+    /// Runs a session script together with the user's index entry (`score`
+    /// and `mode` as for [`INDEX`]): in the same script on one node; on a
+    /// cluster, where the two live in different slots, the index first, so a
+    /// session is never live without an entry and a score never falls below
+    /// its session's expiry.
     async fn indexed(
         &self,
         script: &Script,
         key: &StoreKey,
         user: Option<&str>,
-        expires_at: OffsetDateTime,
+        score: i64,
         mode: &str,
         args: &[Vec<u8>],
     ) -> Result<i64> {
         let session = self.session_key(key);
         match user {
             Some(user) if self.is_cluster() => {
-                self.index(user, expires_at, &key.to_string(), mode).await?;
+                self.index(user, score, &key.to_string(), mode).await?;
                 self.run(script, &[&session], args).await
             }
             Some(user) => self.run(script, &[&session, &self.index_key(user)], args).await,
@@ -498,8 +509,21 @@ fn unavailable(e: RedisError) -> Error {
     Error::unavailable("the Redis session store failed", e)
 }
 
-/// The arguments of [`CREATE`]: expiry, member, then the hash's fields.
-fn create_args(key: &StoreKey, record: &Record) -> Result<Vec<Vec<u8>>> {
+/// The index score, kept in the session's `_ix` field too, for a session
+/// expiring at `expires_at`: that expiry plus a grain of an eighth of the
+/// time left, between 1 second and 10 minutes. A later write whose expiry
+/// stays below it leaves the index alone, so a session written on every
+/// request visits its index once per grain. Entries outlive their sessions
+/// by at most the grain; listings judge liveness by the session itself.
+fn index_score(expires_at: OffsetDateTime, now: OffsetDateTime) -> i64 {
+    let expires = to_millis(expires_at);
+    let left = expires.saturating_sub(to_millis(now)).max(0);
+    expires.saturating_add((left / 8).clamp(1_000, 600_000))
+}
+
+/// The arguments of [`CREATE`]: expiry, member, index score, then the
+/// hash's fields.
+fn create_args(key: &StoreKey, record: &Record, score: i64) -> Result<Vec<Vec<u8>>> {
     let meta = &record.meta;
     let fixed = Fixed {
         created_at: meta.created_at,
@@ -508,12 +532,15 @@ fn create_args(key: &StoreKey, record: &Record) -> Result<Vec<Vec<u8>>> {
         ip: meta.device.ip,
     };
     let expires = to_millis(meta.expires_at).to_string();
-    let mut args: Vec<Vec<u8>> = vec![expires.clone().into_bytes(), key.to_string().into_bytes()];
+    let score = score.to_string();
+    let mut args: Vec<Vec<u8>> =
+        vec![expires.clone().into_bytes(), key.to_string().into_bytes(), score.clone().into_bytes()];
     let mut field = |name: &str, value: Vec<u8>| {
         args.push(name.as_bytes().to_vec());
         args.push(value);
     };
     field("_v", LAYOUT_VERSION.into());
+    field("_ix", score.into_bytes());
     field("_meta", serde_json::to_vec(&fixed)?);
     field("_la", to_millis(meta.last_active_at).to_string().into_bytes());
     field("_exp", expires.into_bytes());
@@ -611,18 +638,18 @@ impl Store for RedisStore {
     }
 
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<()> {
-        let meta = &record.meta;
-        let user = meta.user_id.as_deref();
-        let created = self.indexed(&CREATE_SCRIPT, key, user, meta.expires_at, "", &create_args(key, record)?).await?;
+        let user = record.meta.user_id.as_deref();
+        let score = index_score(record.meta.expires_at, OffsetDateTime::now_utc());
+        let args = create_args(key, record, score)?;
+        let created = self.indexed(&CREATE_SCRIPT, key, user, score, "", &args).await?;
         if created == 0 {
             return Err(Error::new(ErrorKind::Conflict, "a session with this key exists"));
         }
         if let Some(user) = user.filter(|_| self.is_cluster()) {
-            // Again, now that the session exists, a millisecond later: a
+            // Again, now that the session exists, a millisecond higher: a
             // listing or logout-all that read the first entry and found no
             // session removes it only if its score has not moved.
-            let later = meta.expires_at + time::Duration::milliseconds(1);
-            self.index(user, later, &key.to_string(), "").await?;
+            self.index(user, score.saturating_add(1), &key.to_string(), "").await?;
         }
         Ok(())
     }
@@ -637,8 +664,9 @@ impl Store for RedisStore {
         let (Some(user), Some(limit)) = (record.meta.user_id.as_deref().filter(|_| !self.is_cluster()), limit) else {
             return super::counted_login(self, key, record, replaces, limit).await;
         };
-        let mut args = create_args(key, record)?;
-        let rest = args.split_off(2);
+        let score = index_score(record.meta.expires_at, OffsetDateTime::now_utc());
+        let mut args = create_args(key, record, score)?;
+        let rest = args.split_off(3);
         args.extend([
             to_millis(OffsetDateTime::now_utc()).to_string().into_bytes(),
             limit.max.to_string().into_bytes(),
@@ -679,12 +707,15 @@ impl Store for RedisStore {
 
     async fn apply(&self, key: &StoreKey, change: &Change) -> Result<()> {
         let expires = to_millis(change.expires_at).to_string();
+        let now = OffsetDateTime::now_utc();
+        let score = index_score(change.expires_at, now);
         let mut args: Vec<Vec<u8>> = vec![
             expires.clone().into_bytes(),
             key.to_string().into_bytes(),
-            to_millis(OffsetDateTime::now_utc()).to_string().into_bytes(),
+            to_millis(now).to_string().into_bytes(),
             if change.clear { b"1".to_vec() } else { b"0".to_vec() },
             change.remove.len().to_string().into_bytes(),
+            score.to_string().into_bytes(),
         ];
         args.extend(change.remove.iter().map(|name| format!(".{name}").into_bytes()));
         for (name, value) in &change.set {
@@ -701,7 +732,7 @@ impl Store for RedisStore {
         }
         // `XX`: a change never re-adds an index entry a logout removed.
         let user = change.user_id.as_deref();
-        let applied = self.indexed(&APPLY_SCRIPT, key, user, change.expires_at, "XX", &args).await?;
+        let applied = self.indexed(&APPLY_SCRIPT, key, user, score, "XX", &args).await?;
         if applied == 0 { Err(Error::gone()) } else { Ok(()) }
     }
 

@@ -279,7 +279,7 @@ impl SqlStore {
             Some(schema) => format!("{schema}.{}", options.table),
             None => options.table.clone(),
         };
-        let mut store = Self {
+        let store = Self {
             pool,
             writer,
             dialect,
@@ -294,7 +294,7 @@ impl SqlStore {
         if dialect == Dialect::Sqlite {
             let file = sqlx::sqlite::SqliteConnectOptions::from_str(&url).map_err(connect_error)?;
             let hot = super::sqlite_hot::HotPath::new(file.get_filename().to_owned(), &store.table)?;
-            store.hot = Some(std::sync::Arc::new(hot));
+            return Ok(Self { hot: Some(std::sync::Arc::new(hot)), ..store });
         }
         Ok(store)
     }

@@ -125,6 +125,24 @@ impl Redis {
         total
     }
 
+    /// Calls of one command (lower case, as `INFO commandstats` names it)
+    /// so far on every node, inside scripts included.
+    pub async fn calls_of(&self, command: &str) -> u64 {
+        let mut total = 0;
+        for node in &self.nodes {
+            let info: String =
+                redis::cmd("INFO").arg("commandstats").query_async(&mut node.clone()).await.expect("INFO commandstats");
+            let prefix = format!("cmdstat_{command}:calls=");
+            total += info
+                .lines()
+                .find_map(|line| line.strip_prefix(&prefix))
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        total
+    }
+
     pub fn session_key(&self, key: &StoreKey) -> String {
         format!("{}:s:{key}", self.prefix)
     }

@@ -9,25 +9,30 @@
 //! - A read takes an idle connection and runs one cached statement on the
 //!   calling thread. In WAL mode a reader never waits for a writer, so this
 //!   takes microseconds.
-//! - A change runs on a blocking thread, on the one connection that applies
-//!   changes, as one immediate transaction: one hand-off instead of four.
+//! - A change goes to the store's writer thread, which owns the one
+//!   connection that applies changes. It takes every change waiting (at
+//!   most [`BATCH`]) into one immediate transaction, so that concurrent
+//!   writes share a commit, and answers each once that commit is done.
 //!
 //! Logins, deletes, listings and the schema stay on sqlx's connections.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use std::sync::Arc;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use tokio::sync::{mpsc, oneshot};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
-
-use crate::{Change, Device, Error, Meta, Record, Result};
+use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result};
 
 /// Idle connections kept for reuse; more concurrent readers open their own.
 const IDLE: usize = 8;
+
+/// Changes committed together at most, and changes waiting for the writer
+/// at most (the rest wait to be queued).
+const BATCH: usize = 64;
 
 /// How long a statement waits for a lock (a read, only for a checkpoint's
 /// reset of the WAL) before the store answers `Unavailable`.
@@ -35,6 +40,14 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Connections to one SQLite file for reading sessions and applying changes.
 pub(super) struct HotPath {
+    files: Arc<Files>,
+    idle: Mutex<Vec<Connection>>,
+    /// The writer thread's queue; the thread ends when this is dropped.
+    changes: mpsc::Sender<Job>,
+}
+
+/// The file and the statements on its table.
+struct Files {
     path: PathBuf,
     /// The `SELECT` of one live session, with the table name in it.
     load_sql: String,
@@ -42,9 +55,15 @@ pub(super) struct HotPath {
     data_sql: String,
     update_sql: String,
     touch_sql: String,
-    idle: Mutex<Vec<Connection>>,
-    /// The connection that applies changes, opened when first needed.
-    writer: Mutex<Option<Connection>>,
+}
+
+/// One change for the writer thread, and where to answer.
+struct Job {
+    namespace: String,
+    key: String,
+    change: Change,
+    now_ms: i64,
+    done: oneshot::Sender<Result<bool>>,
 }
 
 impl std::fmt::Debug for HotPath {
@@ -62,7 +81,7 @@ impl HotPath {
              user_agent, ip, siblings FROM {table} WHERE namespace = ?1 AND session_key = ?2 AND expires_at > ?3"
         );
         let live = "WHERE namespace = ?1 AND session_key = ?2 AND expires_at > ?3";
-        let reads = Self {
+        let files = Arc::new(Files {
             path,
             load_sql,
             data_sql: format!("SELECT data FROM {table} {live}"),
@@ -71,15 +90,22 @@ impl HotPath {
                  siblings = COALESCE(?6, siblings), last_active_at = ?7, expires_at = ?8 {live}"
             ),
             touch_sql: format!("UPDATE {table} SET last_active_at = ?4, expires_at = ?5 {live}"),
-            idle: Mutex::new(Vec::new()),
-            writer: Mutex::new(None),
-        };
+        });
         // Open one now, so a file that cannot be read fails at start-up.
-        let conn = reads.connect()?;
-        reads.put_back(conn);
-        Ok(reads)
+        let first = files.connect()?;
+        let (changes, queue) = mpsc::channel(BATCH);
+        let writer = Arc::clone(&files);
+        std::thread::Builder::new()
+            .name("multisession-sqlite-writer".to_owned())
+            .spawn(move || writer.write(queue))
+            .map_err(|e| Error::unavailable("the SQLite session store could not start its writer thread", e))?;
+        let hot = Self { files, idle: Mutex::new(Vec::new()), changes };
+        hot.put_back(first);
+        Ok(hot)
     }
+}
 
+impl Files {
     fn connect(&self) -> Result<Connection> {
         // Read-write (though it only reads): a read-only connection cannot
         // create the WAL's shared-memory file when no other connection has it.
@@ -90,12 +116,14 @@ impl HotPath {
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(unavailable)?;
         Ok(conn)
     }
+}
 
+impl HotPath {
     fn take(&self) -> Result<Connection> {
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         match idle {
             Some(conn) => Ok(conn),
-            None => self.connect(),
+            None => self.files.connect(),
         }
     }
 
@@ -110,9 +138,9 @@ impl HotPath {
     /// The live session `key` names in `namespace`, if any.
     pub(super) fn load(&self, namespace: &str, key: &str, now_ms: i64) -> Result<Option<Record>> {
         let conn = self.take()?;
-        let result = self.load_on(&conn, namespace, key, now_ms);
+        let result = self.files.load_on(&conn, namespace, key, now_ms);
         // A connection that failed is dropped, not reused.
-        if !matches!(result, Err(ref e) if e.kind() == crate::ErrorKind::Unavailable) {
+        if !matches!(result, Err(ref e) if e.kind() == ErrorKind::Unavailable) {
             self.put_back(conn);
         }
         result
@@ -120,50 +148,77 @@ impl HotPath {
 
     /// Applies `change` to the live session `key` names; `false` if there is
     /// none.
-    pub(super) async fn apply(
-        self: &Arc<Self>,
-        namespace: &str,
-        key: &str,
-        change: &Change,
-        now_ms: i64,
-    ) -> Result<bool> {
-        let (this, namespace, key, change) = (Arc::clone(self), namespace.to_owned(), key.to_owned(), change.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut writer = this.writer.lock().map_err(|_| {
-                Error::new(crate::ErrorKind::Unavailable, "the SQLite session store failed: a change panicked")
-            })?;
-            if writer.is_none() {
-                *writer = Some(this.connect()?);
+    pub(super) async fn apply(&self, namespace: &str, key: &str, change: &Change, now_ms: i64) -> Result<bool> {
+        let (done, answer) = oneshot::channel();
+        let job = Job { namespace: namespace.to_owned(), key: key.to_owned(), change: change.clone(), now_ms, done };
+        self.changes.send(job).await.map_err(|_| writer_gone())?;
+        answer.await.map_err(|_| writer_gone())?
+    }
+}
+
+impl Files {
+    /// The writer thread: applies changes as they come, those waiting
+    /// together, until the store is dropped.
+    fn write(&self, mut queue: mpsc::Receiver<Job>) {
+        let mut conn: Option<Connection> = None;
+        let mut jobs = Vec::with_capacity(BATCH);
+        while let Some(job) = queue.blocking_recv() {
+            jobs.push(job);
+            while jobs.len() < BATCH {
+                match queue.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
             }
-            let Some(conn) = writer.as_mut() else {
-                return Err(Error::new(crate::ErrorKind::Unavailable, "the SQLite session store has no connection"));
+            if conn.is_none() {
+                conn = self.connect().ok();
+            }
+            let results = match conn.as_mut() {
+                Some(c) => self.commit_together(c, &jobs),
+                None => Err(Error::new(ErrorKind::Unavailable, "the SQLite session store cannot open its file")),
             };
-            let result = this.apply_on(conn, &namespace, &key, &change, now_ms);
-            if matches!(result, Err(ref e) if e.kind() == crate::ErrorKind::Unavailable) {
-                // Never reuse a connection that failed, nor one left in a transaction.
-                *writer = None;
+            match results {
+                Ok(results) => {
+                    for (job, result) in jobs.drain(..).zip(results) {
+                        let _ = job.done.send(result);
+                    }
+                }
+                Err(e) => {
+                    // Nothing of this batch was kept. A connection that
+                    // failed is not reused, nor one left in a transaction.
+                    conn = None;
+                    for job in jobs.drain(..) {
+                        let _ = job.done.send(Err(Error::new(e.kind(), e.to_string())));
+                    }
+                }
             }
-            result
-        })
-        .await
-        .map_err(|e| Error::unavailable("a write of the SQLite session store failed", e))?
+        }
     }
 
-    fn apply_on(
-        &self,
-        conn: &mut Connection,
-        namespace: &str,
-        key: &str,
-        change: &Change,
-        now_ms: i64,
-    ) -> Result<bool> {
+    /// `jobs` in one immediate transaction: each one's answer, or the
+    /// error that undid them all. A change that finds no session, or a
+    /// stored row that does not decode, answers alone.
+    fn commit_together(&self, conn: &mut Connection, jobs: &[Job]) -> Result<Vec<Result<bool>>> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
+        let mut results = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match self.apply_on(&tx, &job.namespace, &job.key, &job.change, job.now_ms) {
+                Err(e) if e.kind() == ErrorKind::Unavailable => return Err(e),
+                result => results.push(result),
+            }
+        }
+        tx.commit().map_err(unavailable)?;
+        Ok(results)
+    }
+
+    /// One change, inside the writer's transaction.
+    fn apply_on(&self, tx: &Connection, namespace: &str, key: &str, change: &Change, now_ms: i64) -> Result<bool> {
         let last_active = crate::record::to_millis(change.last_active_at);
         let expires = crate::record::to_millis(change.expires_at);
         if !change.alters() {
-            let mut touch = conn.prepare_cached(&self.touch_sql).map_err(unavailable)?;
+            let mut touch = tx.prepare_cached(&self.touch_sql).map_err(unavailable)?;
             return Ok(touch.execute((namespace, key, now_ms, last_active, expires)).map_err(unavailable)? > 0);
         }
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
         let data: Option<String> = tx
             .prepare_cached(&self.data_sql)
             .map_err(unavailable)?
@@ -189,7 +244,6 @@ impl HotPath {
                 expires
             ])
             .map_err(unavailable)?;
-        tx.commit().map_err(unavailable)?;
         Ok(updated > 0)
     }
 
@@ -268,7 +322,11 @@ fn read_error(e: rusqlite::Error) -> Error {
 fn unavailable(e: rusqlite::Error) -> Error {
     let code = e.sqlite_error_code().map_or_else(|| "unknown".to_owned(), |code| format!("{code:?}"));
     Error::new(
-        crate::ErrorKind::Unavailable,
+        ErrorKind::Unavailable,
         format!("the SQLite session store failed ({code}); the database file may be locked, full or unreadable"),
     )
+}
+
+fn writer_gone() -> Error {
+    Error::new(ErrorKind::Unavailable, "the SQLite session store failed: its writer thread has stopped")
 }

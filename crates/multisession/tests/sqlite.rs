@@ -82,3 +82,77 @@ async fn a_foreign_table_of_the_same_name_is_refused_at_start_up() {
     assert_eq!(err.kind(), multisession::ErrorKind::Config);
     assert!(err.to_string().contains("sessions") && err.to_string().contains("another table name"), "{err}");
 }
+
+#[tokio::test]
+async fn sqlite_urls_the_store_cannot_write_through_are_refused_at_start_up_naming_the_field() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let file = dir.path().join("s.db");
+    SqlStore::open(&file).await.expect("the file exists");
+    let path = file.display();
+    for url in [
+        format!("sqlite://{path}?mode=ro"),
+        format!("sqlite://{path}?immutable=true"),
+        format!("sqlite://{path}?vfs=unix-none"),
+        "sqlite::memory:".to_owned(),
+        "sqlite://".to_owned(),
+    ] {
+        let error = SqlStore::connect(&url).await.expect_err("refused");
+        assert_eq!(error.kind(), multisession::ErrorKind::Config, "{url}: {error}");
+        assert!(error.to_string().contains("backend"), "{url}: {error}");
+    }
+}
+
+/// Requests' changes go through the writer thread, logins and logouts
+/// through sqlx: under a steady stream of changes, the others still get
+/// their turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_and_logouts_get_their_turn_under_a_steady_stream_of_changes() {
+    use multisession::{Change, Device, Meta, Record};
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = std::sync::Arc::new(SqlStore::open(dir.path().join("s.db")).await.expect("opens"));
+    let now = time::OffsetDateTime::now_utc();
+    let record = |user: &str| Record {
+        data: Default::default(),
+        meta: Meta {
+            user_id: Some(user.into()),
+            created_at: now,
+            last_active_at: now,
+            expires_at: now + time::Duration::HOUR,
+            absolute_expires_at: None,
+            permanent: false,
+            device: Device::default(),
+            siblings: Default::default(),
+        },
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..16 {
+        let (store, stop) = (store.clone(), stop.clone());
+        let key = multisession::SessionId::generate().expect("rng").store_key();
+        store.create(&key, &record(&format!("writer-{w}"))).await.expect("created");
+        writers.spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut change = Change::new(now, now + time::Duration::HOUR);
+                change.set.insert("n".into(), n.into());
+                store.apply(&key, &change).await.expect("a change is applied");
+                n += 1;
+            }
+            n
+        });
+    }
+    for i in 0..100 {
+        let key = multisession::SessionId::generate().expect("rng").store_key();
+        store.create_login(&key, &record("visitor"), None, None).await.expect("a login gets its turn");
+        if i % 2 == 0 {
+            assert!(store.delete(&key).await.expect("a logout gets its turn"));
+        }
+    }
+    assert_eq!(store.delete_user_sessions("visitor", None).await.expect("cleared"), 50);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut changes = 0;
+    while let Some(done) = writers.join_next().await {
+        changes += done.expect("a writer task");
+    }
+    assert!(changes > 0);
+}

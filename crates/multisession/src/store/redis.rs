@@ -43,8 +43,10 @@ const LAYOUT_VERSION: &str = "1";
 /// scores never fall below a session's real expiry (the index moves first,
 /// or in the same script), so members whose score has passed are pruned by
 /// score; members whose hash is gone are pruned when met. A score runs a
-/// grain ahead of its session's expiry (`_ix` keeps it), so that a session
-/// written on every request updates its index once per grain, not per write. Listing or
+/// grain ahead of its session's expiry (`_ix` keeps it), so that on a
+/// standalone Redis a session written on every request updates its index
+/// once per grain, not per write (a cluster still moves the index first on
+/// every write). Listing or
 /// clearing a user reads that user's sorted set and hashes: a fixed number
 /// of round trips whatever the size of the store, never a `SCAN`.
 ///

@@ -230,6 +230,18 @@ impl SqlStore {
                 )));
             }
         };
+        if dialect == Dialect::Sqlite && ["mode=ro", "immutable=", "vfs="].iter().any(|o| url.contains(o)) {
+            return Err(Error::config(
+                "backend: the SQLite store writes its file through connections of its own, with SQLite's own \
+                 file access; leave out mode=ro, immutable and vfs",
+            ));
+        }
+        #[cfg(feature = "sqlite")]
+        if dialect == Dialect::Sqlite
+            && sqlx::sqlite::SqliteConnectOptions::from_str(&url).is_ok_and(|o| o.get_filename().as_os_str().is_empty())
+        {
+            return Err(Error::config("backend: give the SQLite file's path, as in sqlite://sessions.db"));
+        }
         if dialect == Dialect::Sqlite && (url.contains(":memory:") || url.contains("mode=memory")) {
             return Err(Error::config(
                 "backend: an in-memory SQLite database is private to one connection and this store uses several; \
@@ -401,7 +413,16 @@ impl SqlStore {
         let mut statements: Vec<String> = Vec::new();
         match self.dialect {
             Dialect::Sqlite => {
-                statements.push("PRAGMA journal_mode = WAL".to_owned());
+                // Readers never wait for writers in WAL mode: the hot
+                // path reads on the request's own thread counting on it.
+                let mode: String =
+                    sqlx::query_scalar("PRAGMA journal_mode = WAL").fetch_one(&self.writer).await.map_err(db_error)?;
+                if !mode.eq_ignore_ascii_case("wal") {
+                    return Err(Error::config(format!(
+                        "backend: SQLite kept this file in {mode} journal mode instead of WAL, which the store \
+                         needs; put the file on a local file system"
+                    )));
+                }
                 // A rowid table: WITHOUT ROWID makes the planner walk the
                 // primary key instead of the user index.
                 statements.push(
@@ -892,6 +913,17 @@ impl SqlStore {
         result
     }
 
+    /// On SQLite, waits for this store's turn to write (see `sqlite_hot`):
+    /// its writes queue in order rather than in SQLite's busy handler.
+    /// Elsewhere the database orders writers itself, and this is `None`.
+    async fn write_turn(&self) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>> {
+        #[cfg(feature = "sqlite")]
+        if let Some(hot) = &self.hot {
+            return hot.write_turn().await.map(Some);
+        }
+        Ok(None)
+    }
+
     /// The name of a user's login lock: MySQL keeps at most 64 characters.
     fn lock_name(&self, user: &str) -> String {
         use sha2::Digest as _;
@@ -929,6 +961,7 @@ impl Store for SqlStore {
     }
 
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<()> {
+        let _turn = self.write_turn().await?;
         self.insert(key, record)?.execute(&self.writer).await.map_err(db_error)?;
         Ok(())
     }
@@ -964,6 +997,7 @@ impl Store for SqlStore {
             Dialect::Postgres => "BEGIN ISOLATION LEVEL READ COMMITTED",
             Dialect::MySql => "BEGIN",
         };
+        let _turn = self.write_turn().await?;
         let mut tx = self.writer.begin_with(begin).await.map_err(db_error)?;
         if let (Dialect::Postgres, Some(user)) = (self.dialect, user) {
             sqlx::query(self.sql("SET LOCAL lock_timeout = '2s'")).execute(&mut *tx).await.map_err(db_error)?;
@@ -1004,6 +1038,7 @@ impl Store for SqlStore {
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<bool> {
+        let _turn = self.write_turn().await?;
         let delete = |live: bool| {
             let sql = if live {
                 "DELETE FROM {t} WHERE namespace = ? AND session_key = ? AND expires_at > ?"
@@ -1036,6 +1071,7 @@ impl Store for SqlStore {
     }
 
     async fn delete_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> Result<u64> {
+        let _turn = self.write_turn().await?;
         let done = sqlx::query(self.sql(DELETE_USER_SQL))
             .bind(&self.prefix)
             .bind(user)
@@ -1057,6 +1093,8 @@ impl Store for SqlStore {
         };
         let mut total = 0;
         loop {
+            // A turn per batch, so that requests' writes go on between them.
+            let _turn = self.write_turn().await?;
             let done = sqlx::query(self.sql(sql))
                 .bind(millis(OffsetDateTime::now_utc()))
                 .bind(EXPIRED_BATCH)

@@ -15,12 +15,15 @@
 //!   writes share a commit, and answers each once that commit is done.
 //!
 //! Logins, deletes, listings and the schema stay on sqlx's connections.
+//! Every write of the store, on either side, first takes its turn at one
+//! fair lock ([`HotPath::write_turn`]), so that writers queue in order
+//! instead of meeting in SQLite's busy handler, whose sleeps can starve one.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
@@ -34,9 +37,15 @@ const IDLE: usize = 8;
 /// at most (the rest wait to be queued).
 const BATCH: usize = 64;
 
-/// How long a statement waits for a lock (a read, only for a checkpoint's
-/// reset of the WAL) before the store answers `Unavailable`.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a change waits for the database's write lock (held by another
+/// process) or for its turn in the queue before the store answers
+/// `Unavailable`.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a read waits for a lock. In WAL mode a reader waits only for
+/// rare work such as recovery after a crash, and it waits on the request's
+/// own thread, so briefly.
+const READ_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Connections to one SQLite file for reading sessions and applying changes.
 pub(super) struct HotPath {
@@ -45,6 +54,9 @@ pub(super) struct HotPath {
     /// The writer thread's queue; the thread ends when this is dropped.
     changes: mpsc::Sender<Job>,
 }
+
+/// The turn to write, for every writer of one store.
+pub(super) type WriteTurn<'a> = tokio::sync::MutexGuard<'a, ()>;
 
 /// The file and the statements on its table.
 struct Files {
@@ -55,6 +67,9 @@ struct Files {
     data_sql: String,
     update_sql: String,
     touch_sql: String,
+    /// Whose turn it is to write: the writer thread's batches and the
+    /// store's other writes take turns, first come first served.
+    turn: tokio::sync::Mutex<()>,
 }
 
 /// One change for the writer thread, and where to answer.
@@ -63,6 +78,8 @@ struct Job {
     key: String,
     change: Change,
     now_ms: i64,
+    /// Past this, the change is answered `Unavailable` without being tried.
+    deadline: Instant,
     done: oneshot::Sender<Result<bool>>,
 }
 
@@ -90,9 +107,10 @@ impl HotPath {
                  siblings = COALESCE(?6, siblings), last_active_at = ?7, expires_at = ?8 {live}"
             ),
             touch_sql: format!("UPDATE {table} SET last_active_at = ?4, expires_at = ?5 {live}"),
+            turn: tokio::sync::Mutex::new(()),
         });
         // Open one now, so a file that cannot be read fails at start-up.
-        let first = files.connect()?;
+        let first = files.connect(READ_TIMEOUT)?;
         let (changes, queue) = mpsc::channel(BATCH);
         let writer = Arc::clone(&files);
         std::thread::Builder::new()
@@ -106,12 +124,13 @@ impl HotPath {
 }
 
 impl Files {
-    fn connect(&self) -> Result<Connection> {
+    /// A connection whose statements wait at most `busy` for a lock.
+    fn connect(&self, busy: Duration) -> Result<Connection> {
         // Read-write (though it only reads): a read-only connection cannot
         // create the WAL's shared-memory file when no other connection has it.
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&self.path, flags).map_err(unavailable)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
+        conn.busy_timeout(busy).map_err(unavailable)?;
         // As on the store's other connections (see `SqlStore::connect_with`).
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(unavailable)?;
         Ok(conn)
@@ -123,7 +142,7 @@ impl HotPath {
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         match idle {
             Some(conn) => Ok(conn),
-            None => self.files.connect(),
+            None => self.files.connect(READ_TIMEOUT),
         }
     }
 
@@ -150,9 +169,21 @@ impl HotPath {
     /// none.
     pub(super) async fn apply(&self, namespace: &str, key: &str, change: &Change, now_ms: i64) -> Result<bool> {
         let (done, answer) = oneshot::channel();
-        let job = Job { namespace: namespace.to_owned(), key: key.to_owned(), change: change.clone(), now_ms, done };
-        self.changes.send(job).await.map_err(|_| writer_gone())?;
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        let change = change.clone();
+        let job = Job { namespace: namespace.to_owned(), key: key.to_owned(), change, now_ms, deadline, done };
+        match tokio::time::timeout(WRITE_TIMEOUT, self.changes.send(job)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(writer_gone()),
+            Err(_) => return Err(too_busy()),
+        }
         answer.await.map_err(|_| writer_gone())?
+    }
+
+    /// Waits for this store's turn to write, for a write outside the writer
+    /// thread; `Unavailable` after [`WRITE_TIMEOUT`].
+    pub(super) async fn write_turn(&self) -> Result<WriteTurn<'_>> {
+        tokio::time::timeout(WRITE_TIMEOUT, self.files.turn.lock()).await.map_err(|_| too_busy())
     }
 }
 
@@ -170,13 +201,23 @@ impl Files {
                     Err(_) => break,
                 }
             }
-            if conn.is_none() {
-                conn = self.connect().ok();
+            // Changes that waited too long are answered, not tried.
+            let now = Instant::now();
+            for job in jobs.extract_if(.., |job| job.deadline <= now) {
+                let _ = job.done.send(Err(too_busy()));
             }
+            if jobs.is_empty() {
+                continue;
+            }
+            if conn.is_none() {
+                conn = self.connect(WRITE_TIMEOUT).ok();
+            }
+            let turn = self.turn.blocking_lock();
             let results = match conn.as_mut() {
                 Some(c) => self.commit_together(c, &jobs),
                 None => Err(Error::new(ErrorKind::Unavailable, "the SQLite session store cannot open its file")),
             };
+            drop(turn);
             match results {
                 Ok(results) => {
                     for (job, result) in jobs.drain(..).zip(results) {
@@ -329,4 +370,11 @@ fn unavailable(e: rusqlite::Error) -> Error {
 
 fn writer_gone() -> Error {
     Error::new(ErrorKind::Unavailable, "the SQLite session store failed: its writer thread has stopped")
+}
+
+fn too_busy() -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        "the SQLite session store failed: its writes waited over 2 seconds for the database",
+    )
 }

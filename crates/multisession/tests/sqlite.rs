@@ -7,27 +7,31 @@ use multisession::store::{SqlStore, Store};
 
 multisession::store_conformance_tests!(support::sqlite());
 
-#[tokio::test]
-async fn key_prefixes_keep_applications_apart() {
-    use multisession::{Device, Meta, Record};
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let path = dir.path().join("shared.db");
-    let plain = SqlStore::open(&path).await.expect("opens");
-    let shop = SqlStore::open(&path).await.expect("opens").with_key_prefix("shop");
+/// A session of `user`, an hour from its end, with no data.
+fn record_of(user: &str) -> multisession::Record {
     let now = time::OffsetDateTime::now_utc();
-    let record = Record {
+    multisession::Record {
         data: Default::default(),
-        meta: Meta {
-            user_id: Some("23".into()),
+        meta: multisession::Meta {
+            user_id: Some(user.into()),
             created_at: now,
             last_active_at: now,
             expires_at: now + time::Duration::HOUR,
             absolute_expires_at: None,
             permanent: false,
-            device: Device::default(),
+            device: multisession::Device::default(),
             siblings: Default::default(),
         },
-    };
+    }
+}
+
+#[tokio::test]
+async fn key_prefixes_keep_applications_apart() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("shared.db");
+    let plain = SqlStore::open(&path).await.expect("opens");
+    let shop = SqlStore::open(&path).await.expect("opens").with_key_prefix("shop");
+    let record = record_of("23");
     let key = multisession::SessionId::generate().expect("rng").store_key();
     shop.create(&key, &record).await.expect("created");
     assert!(plain.load(&key).await.expect("loads").is_none(), "another prefix sees the session");
@@ -42,20 +46,8 @@ async fn schema_is_created_once_and_reopening_keeps_sessions() {
     let path = dir.path().join("sessions.db");
     let first = SqlStore::open(&path).await.expect("opens");
     let key = multisession::SessionId::generate().expect("rng").store_key();
-    let now = time::OffsetDateTime::now_utc();
-    let record = multisession::Record {
-        data: [("n".to_owned(), serde_json::json!(1))].into_iter().collect(),
-        meta: multisession::Meta {
-            user_id: None,
-            created_at: now,
-            last_active_at: now,
-            expires_at: now + time::Duration::HOUR,
-            absolute_expires_at: None,
-            permanent: false,
-            device: Default::default(),
-            siblings: Default::default(),
-        },
-    };
+    let mut record = record_of("23");
+    record.data.insert("n".to_owned(), serde_json::json!(1));
     first.create(&key, &record).await.expect("created");
     first.pool().close().await;
     let second = SqlStore::open(&path).await.expect("reopens");
@@ -107,29 +99,16 @@ async fn sqlite_urls_the_store_cannot_write_through_are_refused_at_start_up_nami
 /// their turn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_and_logouts_get_their_turn_under_a_steady_stream_of_changes() {
-    use multisession::{Change, Device, Meta, Record};
+    use multisession::Change;
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = std::sync::Arc::new(SqlStore::open(dir.path().join("s.db")).await.expect("opens"));
     let now = time::OffsetDateTime::now_utc();
-    let record = |user: &str| Record {
-        data: Default::default(),
-        meta: Meta {
-            user_id: Some(user.into()),
-            created_at: now,
-            last_active_at: now,
-            expires_at: now + time::Duration::HOUR,
-            absolute_expires_at: None,
-            permanent: false,
-            device: Device::default(),
-            siblings: Default::default(),
-        },
-    };
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = tokio::task::JoinSet::new();
     for w in 0..16 {
         let (store, stop) = (store.clone(), stop.clone());
         let key = multisession::SessionId::generate().expect("rng").store_key();
-        store.create(&key, &record(&format!("writer-{w}"))).await.expect("created");
+        store.create(&key, &record_of(&format!("writer-{w}"))).await.expect("created");
         writers.spawn(async move {
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -143,7 +122,7 @@ async fn logins_and_logouts_get_their_turn_under_a_steady_stream_of_changes() {
     }
     for i in 0..100 {
         let key = multisession::SessionId::generate().expect("rng").store_key();
-        store.create_login(&key, &record("visitor"), None, None).await.expect("a login gets its turn");
+        store.create_login(&key, &record_of("visitor"), None, None).await.expect("a login gets its turn");
         if i % 2 == 0 {
             assert!(store.delete(&key).await.expect("a logout gets its turn"));
         }

@@ -236,12 +236,19 @@ impl SqlStore {
                  file access; leave out mode=ro, immutable and vfs",
             ));
         }
+        // The SQLite file, for the hot path's own connections.
         #[cfg(feature = "sqlite")]
-        if dialect == Dialect::Sqlite
-            && sqlx::sqlite::SqliteConnectOptions::from_str(&url).is_ok_and(|o| o.get_filename().as_os_str().is_empty())
-        {
-            return Err(Error::config("backend: give the SQLite file's path, as in sqlite://sessions.db"));
-        }
+        let file = match dialect {
+            Dialect::Sqlite => {
+                let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+                    .map_err(|e| Error::config(format!("backend: {}", super::scrub(&e.to_string(), &url))))?;
+                if options.get_filename().as_os_str().is_empty() {
+                    return Err(Error::config("backend: give the SQLite file's path, as in sqlite://sessions.db"));
+                }
+                Some(options.get_filename().to_owned())
+            }
+            _ => None,
+        };
         if dialect == Dialect::Sqlite && (url.contains(":memory:") || url.contains("mode=memory")) {
             return Err(Error::config(
                 "backend: an in-memory SQLite database is private to one connection and this store uses several; \
@@ -303,9 +310,8 @@ impl SqlStore {
         };
         store.migrate(options.schema.as_deref()).await?;
         #[cfg(feature = "sqlite")]
-        if dialect == Dialect::Sqlite {
-            let file = sqlx::sqlite::SqliteConnectOptions::from_str(&url).map_err(connect_error)?;
-            let hot = super::sqlite_hot::HotPath::new(file.get_filename().to_owned(), &store.table)?;
+        if let Some(file) = file {
+            let hot = super::sqlite_hot::HotPath::new(file, &store.table)?;
             return Ok(Self { hot: Some(std::sync::Arc::new(hot)), ..store });
         }
         Ok(store)
@@ -756,24 +762,56 @@ fn pg_value(value: &Value, f: fn(&str) -> Cow<'_, str>) -> Value {
 }
 
 fn meta(row: &AnyRow) -> Result<Meta> {
-    let get_ms = |column: &str| -> Result<i64> { row.try_get(column).map_err(db_error) };
-    let ip: Option<String> = row.try_get("ip").map_err(db_error)?;
-    let ip = ip
-        .map(|ip| IpAddr::from_str(&ip).map_err(|_| Error::corrupt("a stored client address does not parse")))
-        .transpose()?;
-    let absolute: Option<i64> = row.try_get("absolute_expires_at").map_err(db_error)?;
-    let siblings: Option<String> = row.try_get("siblings").map_err(db_error)?;
-    let siblings = siblings.map(|text| serde_json::from_str(&text)).transpose()?.unwrap_or_default();
-    Ok(Meta {
-        user_id: row.try_get("user_id").map_err(db_error)?,
-        created_at: from_millis(get_ms("created_at")?)?,
-        last_active_at: from_millis(get_ms("last_active_at")?)?,
-        expires_at: from_millis(get_ms("expires_at")?)?,
-        absolute_expires_at: absolute.map(from_millis).transpose()?,
-        permanent: get_ms("permanent")? != 0,
-        device: Device { user_agent: row.try_get("user_agent").map_err(db_error)?, ip },
-        siblings,
-    })
+    let get = |column: &str| -> Result<i64> { row.try_get(column).map_err(db_error) };
+    let text = |column: &str| -> Result<Option<String>> { row.try_get(column).map_err(db_error) };
+    MetaColumns {
+        user_id: text("user_id")?,
+        created_at: get("created_at")?,
+        last_active_at: get("last_active_at")?,
+        expires_at: get("expires_at")?,
+        absolute_expires_at: row.try_get("absolute_expires_at").map_err(db_error)?,
+        permanent: get("permanent")?,
+        user_agent: text("user_agent")?,
+        ip: text("ip")?,
+        siblings: text("siblings")?,
+    }
+    .into_meta()
+}
+
+/// A session row's metadata columns as the database typed them, whichever
+/// driver read them.
+pub(super) struct MetaColumns {
+    pub(super) user_id: Option<String>,
+    pub(super) created_at: i64,
+    pub(super) last_active_at: i64,
+    pub(super) expires_at: i64,
+    pub(super) absolute_expires_at: Option<i64>,
+    pub(super) permanent: i64,
+    pub(super) user_agent: Option<String>,
+    pub(super) ip: Option<String>,
+    pub(super) siblings: Option<String>,
+}
+
+impl MetaColumns {
+    /// The metadata; `Corrupt` for a timestamp, address or JSON that does
+    /// not parse.
+    pub(super) fn into_meta(self) -> Result<Meta> {
+        let ip = self
+            .ip
+            .map(|ip| IpAddr::from_str(&ip).map_err(|_| Error::corrupt("a stored client address does not parse")))
+            .transpose()?;
+        let siblings = self.siblings.map(|text| serde_json::from_str(&text)).transpose()?.unwrap_or_default();
+        Ok(Meta {
+            user_id: self.user_id,
+            created_at: from_millis(self.created_at)?,
+            last_active_at: from_millis(self.last_active_at)?,
+            expires_at: from_millis(self.expires_at)?,
+            absolute_expires_at: self.absolute_expires_at.map(from_millis).transpose()?,
+            permanent: self.permanent != 0,
+            device: Device { user_agent: self.user_agent, ip },
+            siblings,
+        })
+    }
 }
 
 pub(super) fn data(text: &str) -> Result<Map<String, Value>> {

@@ -19,16 +19,15 @@
 //! fair lock ([`HotPath::write_turn`]), so that writers queue in order
 //! instead of meeting in SQLite's busy handler, whose sleeps can starve one.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result};
+use super::sql::MetaColumns;
+use crate::{Change, Error, ErrorKind, Record, Result};
 
 /// Idle connections kept for reuse; more concurrent readers open their own.
 const IDLE: usize = 8;
@@ -292,8 +291,8 @@ impl Files {
         let mut statement = conn.prepare_cached(&self.load_sql).map_err(unavailable)?;
         let row = statement
             .query_row((namespace, key, now_ms), |row| {
-                Ok(Row {
-                    data: row.get(0)?,
+                let data: String = row.get(0)?;
+                let meta = MetaColumns {
                     user_id: row.get(1)?,
                     created_at: row.get(2)?,
                     last_active_at: row.get(3)?,
@@ -303,48 +302,13 @@ impl Files {
                     user_agent: row.get(7)?,
                     ip: row.get(8)?,
                     siblings: row.get(9)?,
-                })
+                };
+                Ok((data, meta))
             })
             .optional()
             .map_err(read_error)?;
-        row.map(Row::into_record).transpose()
-    }
-}
-
-/// One session row as SQLite typed it.
-struct Row {
-    data: String,
-    user_id: Option<String>,
-    created_at: i64,
-    last_active_at: i64,
-    expires_at: i64,
-    absolute_expires_at: Option<i64>,
-    permanent: i64,
-    user_agent: Option<String>,
-    ip: Option<String>,
-    siblings: Option<String>,
-}
-
-impl Row {
-    fn into_record(self) -> Result<Record> {
-        let time =
-            |ms| crate::record::from_millis(ms).ok_or_else(|| Error::corrupt("a stored timestamp is out of range"));
-        let ip = self
-            .ip
-            .map(|ip| IpAddr::from_str(&ip).map_err(|_| Error::corrupt("a stored client address does not parse")))
-            .transpose()?;
-        let siblings = self.siblings.map(|text| serde_json::from_str(&text)).transpose()?.unwrap_or_default();
-        let meta = Meta {
-            user_id: self.user_id,
-            created_at: time(self.created_at)?,
-            last_active_at: time(self.last_active_at)?,
-            expires_at: time(self.expires_at)?,
-            absolute_expires_at: self.absolute_expires_at.map(time).transpose()?,
-            permanent: self.permanent != 0,
-            device: Device { user_agent: self.user_agent, ip },
-            siblings,
-        };
-        Ok(Record { data: super::sql::data(&self.data)?, meta })
+        let Some((data, meta)) = row else { return Ok(None) };
+        Ok(Some(Record { data: super::sql::data(&data)?, meta: meta.into_meta()? }))
     }
 }
 

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-REDIS_VARIANTS = {"ms-redis", "ts-redis", "as-redis"}
+REDIS_VARIANTS = {"ms-redis", "ms-redis-cache", "ts-redis", "as-redis"}
 BARE = ("axum", "actix")
 # Variants that keep the session in the cookie: a request that reuses an old
 # cookie sees the old session, so the check's second write counts 1 again.

@@ -24,6 +24,7 @@ const VARIANTS: &[(&str, &str)] = &[
     ("ms-sqlite", "multisession, SQLite (the embedded default)"),
     ("ms-postgres", "multisession, PostgreSQL at $BENCH_POSTGRES_URL"),
     ("ms-redis", "multisession, Redis at $BENCH_REDIS_URL"),
+    ("ms-redis-cache", "multisession, Redis at $BENCH_REDIS_URL with the client-side cache"),
     ("ts-memory", "tower-sessions 0.14, MemoryStore"),
     ("ts-redis", "tower-sessions 0.14, tower-sessions-redis-store 0.16 (fred)"),
     ("actix", "bare actix-web 4, no sessions"),
@@ -90,6 +91,11 @@ mod tower {
             )?,
             "ms-redis" => multisession_app(
                 multisession::store::RedisStore::connect(&env("BENCH_REDIS_URL")?).await?.with_key_prefix("ms"),
+            )?,
+            "ms-redis-cache" => multisession_app(
+                multisession::store::RedisStore::connect(&format!("{}/?client_cache=20000", env("BENCH_REDIS_URL")?))
+                    .await?
+                    .with_key_prefix("msc"),
             )?,
             "ts-memory" => tower_sessions_app(tower_sessions::MemoryStore::default()),
             "ts-redis" => {

@@ -13,11 +13,25 @@ use http::{Request, header};
 use multisession::SessionConfig;
 use multisession::store::SqlStore;
 
+/// The demo on a throwaway SQLite file, or on the store that
+/// `MULTISESSION_DEMO_TEST_STORE` names (scripts/test runs these tests again
+/// on Redis with its client-side cache), under a key prefix of its own.
 async fn demo_app() -> (axum::Router, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let store = SqlStore::open(dir.path().join("demo.db")).await.expect("SQLite opens");
-    let sessions = demo::sessions(store, SessionConfig::default().with_secure(false)).expect("valid config");
-    (demo::app(sessions), dir)
+    let config = SessionConfig::default().with_secure(false);
+    let sessions = match std::env::var("MULTISESSION_DEMO_TEST_STORE") {
+        Ok(url) => {
+            let prefix =
+                format!("demo{}", &multisession::SessionId::generate().expect("rng").store_key().to_string()[..8]);
+            let store = multisession::store::open(&url, Some(&prefix)).await.expect("the store opens");
+            demo::sessions(store, config)
+        }
+        Err(_) => {
+            let store = SqlStore::open(dir.path().join("demo.db")).await.expect("SQLite opens");
+            demo::sessions(store, config)
+        }
+    };
+    (demo::app(sessions.expect("valid config")), dir)
 }
 
 /// The CSRF token of the first form on a page.

@@ -144,3 +144,179 @@ async fn dangling_index_entries_are_pruned_when_met() {
     let ttl: i64 = redis.raw(redis::cmd("PTTL").arg(&index)).await;
     assert!(ttl > 0, "the index does not expire with its sessions");
 }
+
+/// The store with its client-side cache on (`?client_cache=N`): the same
+/// conformance suite, and what only the cache shows.
+mod client_cache {
+    use super::*;
+
+    multisession::store_conformance_tests!(super::support::cached());
+
+    fn device_on(store: std::sync::Arc<RedisStore>) -> Device {
+        Device::new(app(Sessions::new(store, SessionConfig::default()).expect("valid config")), "ua", "127.0.0.1:1")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hot_sessions_reads_run_no_redis_command_and_its_writes_one_script_each() {
+        let redis = support::cached().await;
+        let mut device = device_on(redis.store.clone());
+        device.get("/login/23").await;
+        device.get("/write").await;
+        assert_eq!(device.get("/read").await.body, "user=23 n=1");
+        let before = redis.commands().await;
+        for _ in 0..10 {
+            assert_eq!(device.get("/read").await.body, "user=23 n=1");
+        }
+        assert_eq!(redis.commands().await - before, 0, "a cached read went to Redis");
+
+        let (reads, scripts) = (redis.calls_of("hgetall").await, redis.calls_of("evalsha").await);
+        for n in 2..=11 {
+            assert_eq!(device.get("/write").await.body, format!("n={n}"));
+        }
+        assert_eq!(redis.calls_of("hgetall").await - reads, 0, "a write request read the session from Redis");
+        assert_eq!(redis.calls_of("evalsha").await - scripts, 10);
+        assert_eq!(device.get("/read").await.body, "user=23 n=11");
+        let stats = redis.store.cache_stats().expect("the cache is on");
+        assert!(stats.hits >= 20 && stats.entries == 1, "{stats:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_by_another_client_reaches_the_cache_and_the_next_read_sees_it() {
+        let redis = support::cached().await;
+        let mut device = device_on(redis.store.clone());
+        device.get("/login/ada").await;
+        device.get("/write").await;
+        assert_eq!(device.get("/read").await.body, "user=ada n=1");
+        let key = redis.store.user_sessions("ada").await.expect("listed")[0].key;
+        assert_eq!(redis.store.cache_stats().expect("the cache is on").entries, 1);
+        redis.raw::<i64>(redis::cmd("HSET").arg(redis.session_key(&key)).arg(".n").arg("41")).await;
+        support::wait_for("the push to drop the session", || async {
+            redis.store.cache_stats().expect("on").entries == 0
+        })
+        .await;
+        assert_eq!(device.get("/write").await.body, "n=42", "a write built on the stale copy");
+        assert_eq!(device.get("/read").await.body, "user=ada n=42");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_user_logged_out_everywhere_by_another_process_is_anonymous_on_the_next_request() {
+        let redis = support::cached().await;
+        let mut device = device_on(redis.store.clone());
+        device.get("/login/grace").await;
+        device.get("/write").await;
+        assert_eq!(device.get("/read").await.body, "user=grace n=1");
+        let before = redis.commands().await;
+        assert_eq!(device.get("/read").await.body, "user=grace n=1");
+        assert_eq!(redis.commands().await - before, 0, "the session was not served from the cache");
+
+        assert_eq!(redis.store.cache_stats().expect("the cache is on").entries, 1);
+        let process_b = std::process::Command::new(std::env::current_exe().expect("this test binary"))
+            .args(["--ignored", "--exact", "client_cache::process_b_logs_a_user_out_everywhere", "--nocapture"])
+            .env("PROCESS_B_REDIS_URL", support::with_client_cache(&support::standalone_url(), 10))
+            .env("PROCESS_B_PREFIX", &redis.prefix)
+            .env("PROCESS_B_USER", "grace")
+            .output()
+            .expect("process B runs");
+        let said = String::from_utf8_lossy(&process_b.stdout);
+        assert!(process_b.status.success() && said.contains("ended 1 sessions"), "process B: {said}");
+
+        support::wait_for("process B's logout to drop the session from this process's cache", || async {
+            redis.store.cache_stats().expect("on").entries == 0
+        })
+        .await;
+        assert_eq!(device.get("/read").await.body, "user=anonymous n=0");
+    }
+
+    /// Process B of the test above: another process with a store of its
+    /// own, which logs `PROCESS_B_USER` out everywhere.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "process B of a_user_logged_out_everywhere_by_another_process_is_anonymous_on_the_next_request, which runs it"]
+    async fn process_b_logs_a_user_out_everywhere() {
+        let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is set by process A"));
+        let store = RedisStore::connect(&var("PROCESS_B_REDIS_URL")).await.expect("connects");
+        let sessions = Sessions::new(store.with_key_prefix(var("PROCESS_B_PREFIX")), SessionConfig::default())
+            .expect("valid config");
+        let session = sessions.session([], Default::default());
+        let ended = session.clear_user_sessions(&var("PROCESS_B_USER")).await.expect("cleared");
+        println!("ended {ended} sessions");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_connection_empties_the_cache_so_nothing_stale_is_served_after_it() {
+        let mut server = OwnServer::new(|port, dir| {
+            let mut redis = Command::new("redis-server");
+            redis.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+            redis.arg("--dir").arg(dir);
+            redis
+        });
+        let url = format!("redis://127.0.0.1:{}/?client_cache=10", server.port);
+        let store = std::sync::Arc::new(RedisStore::connect(&url).await.expect("connects"));
+        let mut device = device_on(store.clone());
+        device.get("/login/lin").await;
+        assert_eq!(device.get("/read").await.body, "user=lin n=0");
+        assert_eq!(device.get("/read").await.body, "user=lin n=0");
+        let flushes = store.cache_stats().expect("the cache is on").flushes;
+        // The restarted Redis holds nothing, and its pushes to the old
+        // connection were lost: only an emptied cache reads that.
+        outage::Server::kill(&mut server);
+        support::wait_for("the cache to hear of the lost connection", || async {
+            store.cache_stats().expect("on").flushes > flushes
+        })
+        .await;
+        outage::Server::start(&mut server);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let reply = loop {
+            let reply = device.get("/read").await;
+            if reply.status.is_success() {
+                break reply;
+            }
+            assert!(std::time::Instant::now() < deadline, "Redis did not serve again within a minute");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
+        assert_eq!(reply.body, "user=anonymous n=0");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cache_holds_at_most_its_size_and_serves_every_session_right() {
+        let redis = support::on(&support::with_client_cache(&support::standalone_url(), 3)).await;
+        let mut devices: Vec<Device> = (0..10).map(|_| device_on(redis.store.clone())).collect();
+        for (i, device) in devices.iter_mut().enumerate() {
+            device.get(&format!("/login/u{i}")).await;
+            for _ in 0..=i {
+                device.get("/write").await;
+            }
+        }
+        for _ in 0..3 {
+            for (i, device) in devices.iter_mut().enumerate() {
+                assert_eq!(device.get("/read").await.body, format!("user=u{i} n={}", i + 1));
+            }
+        }
+        assert!(redis.store.cache_stats().expect("on").entries <= 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_script_redis_lost_is_loaded_again() {
+        let redis = support::cached().await;
+        let mut device = device_on(redis.store.clone());
+        device.get("/login/sam").await;
+        redis.raw::<String>(redis::cmd("SCRIPT").arg("FLUSH")).await;
+        assert_eq!(device.get("/write").await.body, "n=1");
+        assert_eq!(device.get("/write").await.body, "n=2");
+    }
+
+    #[tokio::test]
+    async fn client_cache_must_be_a_size_and_standalone_and_resp3() {
+        for url in [
+            "redis://127.0.0.1:1/?client_cache=0",
+            "redis://127.0.0.1:1/?client_cache=many",
+            "redis://127.0.0.1:1/?client_cache=10000001",
+            "redis://127.0.0.1:1/?client_cache=10&protocol=resp2",
+        ] {
+            let err = RedisStore::connect(url).await.expect_err(url);
+            assert_eq!(err.kind(), multisession::ErrorKind::Config, "{url}: {err}");
+            assert!(err.to_string().contains("client_cache"), "{url}: {err}");
+        }
+        let err = RedisStore::connect_cluster(["redis://127.0.0.1:1/?client_cache=10"]).await.expect_err("cluster");
+        assert!(err.to_string().contains("standalone"), "{err}");
+    }
+}

@@ -9,6 +9,21 @@ use multisession::store::{RedisStore, Store};
 use multisession::testing::Harness;
 use tokio::sync::{Mutex, MutexGuard};
 
+/// Waits until `condition` holds, for at most 10 s (a push crosses loopback
+/// in well under a millisecond; the bound only turns a lost one into a
+/// failure).
+pub async fn wait_for<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !condition().await {
+        assert!(std::time::Instant::now() < deadline, "waited 10 s for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
 /// Command counts are server-wide: tests of one binary take turns.
 static TURN: Mutex<()> = Mutex::const_new(());
 
@@ -56,11 +71,26 @@ async fn node(url: &str) -> redis::aio::MultiplexedConnection {
 }
 
 pub async fn standalone() -> Redis {
+    on(&standalone_url()).await
+}
+
+/// `url` with the client-side cache on, for up to `size` sessions.
+pub fn with_client_cache(url: &str, size: usize) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}client_cache={size}")
+}
+
+/// Standalone Redis through a store with the client-side cache on.
+pub async fn cached() -> Redis {
+    on(&with_client_cache(&standalone_url(), 1000)).await
+}
+
+/// The standalone Redis at `url` (client-side cache as the URL says).
+pub async fn on(url: &str) -> Redis {
     let turn = TURN.lock().await;
-    let url = standalone_url();
     let prefix = prefix();
-    let store = RedisStore::connect(&url).await.unwrap_or_else(|e| missing("Redis", e)).with_key_prefix(&prefix);
-    let conn = node(&url).await;
+    let store = RedisStore::connect(url).await.unwrap_or_else(|e| missing("Redis", e)).with_key_prefix(&prefix);
+    let conn = node(url).await;
     Redis { store: Arc::new(store), prefix, nodes: vec![conn.clone()], raw: Raw::Single(conn), _turn: turn }
 }
 
@@ -156,6 +186,11 @@ impl Harness for Redis {
 
     async fn corrupt(&self, key: &StoreKey) {
         self.raw::<i64>(redis::cmd("HSET").arg(self.session_key(key)).arg("_meta").arg("{not json")).await;
+        // A store with the client-side cache hears of another client's
+        // write through Redis's push, a moment after the write's reply.
+        if self.store.cache_stats().is_some() {
+            wait_for("the cache to drop the corrupted session", || async { self.store.load(key).await.is_err() }).await;
+        }
     }
 
     async fn holds(&self, key: &StoreKey) -> Option<bool> {

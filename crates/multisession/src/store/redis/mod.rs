@@ -1,19 +1,24 @@
 //! Sessions in Redis, standalone or Redis Cluster.
 
+mod cache;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::LazyLock;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, RedisError, Script, Value as Reply};
+use redis::{Cmd, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, RedisError, Script, Value as Reply};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
+pub use self::cache::CacheStats;
+use self::cache::{ClientCache, MAX_ENTRY_BYTES};
 use super::{SessionInfo, Store};
 use crate::record::{from_millis, to_millis};
 use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result, SessionLimit, StoreKey};
@@ -25,6 +30,14 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// The version of the hash layout, kept in each session's `_v` field.
 const LAYOUT_VERSION: &str = "1";
 
+/// The most sessions a `client_cache` may hold.
+const MAX_CLIENT_CACHE: usize = 10_000_000;
+
+/// How often a cached store asks Redis for its connection's id: a
+/// connection that does not answer drops the cache (its pushes may be lost),
+/// and one replaced without a word is noticed by its new id.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// Sessions in Redis: one hash per session, expiring natively, and one sorted
 /// set per user indexing that user's sessions by expiry.
 ///
@@ -32,9 +45,9 @@ const LAYOUT_VERSION: &str = "1";
 /// - `{prefix}:s:{store key}` — a hash: `_v` (layout version), `_user`,
 ///   `_meta` (creation time, absolute expiry, device, as JSON), `_la` and
 ///   `_exp` (last activity and expiry, Unix ms), `_ix` (the index score),
-///   `_perm`, `_sib` (the
-///   device's other session parts, as JSON), and one field `.{name}` per
-///   session key holding its JSON value. `PEXPIREAT` is the session's expiry.
+///   `_ver` (counts the session's writes), `_perm`, `_sib` (the device's
+///   other session parts, as JSON), and one field `.{name}` per session key
+///   holding its JSON value. `PEXPIREAT` is the session's expiry.
 /// - `{prefix}:u:{user}` — a sorted set of the user's store keys, each
 ///   scored by its session's expiry, itself expiring with its last session.
 ///
@@ -67,18 +80,47 @@ const LAYOUT_VERSION: &str = "1";
 /// A Redis that is down answers `Unavailable` within two seconds; the
 /// connection is re-established on the next call once Redis is back.
 ///
+/// # Client-side cache
+///
+/// `client_cache=N` in a standalone Redis URL keeps up to `N` sessions this
+/// process read in its memory, so that reading a hot session costs no round
+/// trip and a request that writes it costs one. Redis tells the process
+/// when another client changes or deletes a cached session (RESP3
+/// `CLIENT TRACKING`, which needs Redis 6 or later), and the process applies
+/// its own writes to the cache itself:
+///
+/// - A write, logout or revoke made by this process is seen by its next
+///   request at once. One made by another process drops the cached copy
+///   when Redis's push arrives, a moment after that write's reply (well
+///   under a millisecond on one network); a request served in between still
+///   sees the session as it was.
+/// - A lost connection drops the whole cache, since pushes sent while it was
+///   down are lost. The store also asks Redis for its connection's id every
+///   second: no answer within two seconds, or a new connection, drops the
+///   cache too, so a silently broken connection serves cached sessions for
+///   at most about three seconds.
+/// - Sessions whose hash exceeds 64 KiB are never cached, so the cache holds
+///   at most `N` × 64 KiB; the least recently used go first.
+///
+/// [`RedisStore::cache_stats`] counts hits, misses and invalidations. Redis
+/// Cluster has no client-side cache here: `client_cache` in a cluster URL is
+/// refused.
+///
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
 /// use multisession::store::RedisStore;
 /// let standalone = RedisStore::connect("redis://127.0.0.1:6379").await?;
 /// let cluster = RedisStore::connect_cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]).await?;
-/// # let _ = (standalone, cluster);
+/// let cached = RedisStore::connect("redis://127.0.0.1:6379/?client_cache=10000").await?;
+/// # let _ = (standalone, cluster, cached);
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,
     prefix: String,
+    /// The client-side cache, on a standalone Redis with `client_cache`.
+    cache: Option<Arc<ClientCache>>,
 }
 
 #[derive(Clone)]
@@ -93,7 +135,11 @@ impl std::fmt::Debug for RedisStore {
             Conn::Single(_) => "standalone",
             Conn::Cluster(_) => "cluster",
         };
-        f.debug_struct("RedisStore").field("mode", &mode).field("prefix", &self.prefix).finish()
+        f.debug_struct("RedisStore")
+            .field("mode", &mode)
+            .field("prefix", &self.prefix)
+            .field("client_cache", &self.cache.is_some())
+            .finish()
     }
 }
 
@@ -172,11 +218,14 @@ const CREATE: &str = concat!(
 );
 
 /// KEYS: session[, index]. ARGV: expiry, member, now (ms), clear (0/1),
-/// number of fields to remove, index score, the fields to remove, then
-/// field/value pairs to set. A session past its `_exp` by the application's
-/// clock is gone, whatever Redis's own clock says. The index is visited only
-/// when the new expiry passes the score it holds (`_ix`, see
-/// [`index_score`]): most writes leave it alone.
+/// number of fields to remove, index score, track (0/1), the fields to
+/// remove, then field/value pairs to set. Returns 0 if the session is gone,
+/// else its new `_ver`. A session past its `_exp` by the application's clock
+/// is gone, whatever Redis's own clock says. The index is visited only when
+/// the new expiry passes the score it holds (`_ix`, see [`index_score`]):
+/// most writes leave it alone. With `track`, the script reads the hash last:
+/// Redis stops tracking a key for the client cache once it is written, and
+/// that read has it tracked again.
 const APPLY: &str = concat!(
     lua_chunked!(),
     "local f = redis.call('HMGET', KEYS[1], '_exp', '_ix')\n",
@@ -193,10 +242,12 @@ const APPLY: &str = concat!(
     "  end\n",
     "end\n",
     "local n = tonumber(ARGV[5])\n",
-    "chunked('HDEL', KEYS[1], 7, 6 + n)\n",
-    "chunked('HSET', KEYS[1], 7 + n, #ARGV)\n",
+    "chunked('HDEL', KEYS[1], 8, 7 + n)\n",
+    "chunked('HSET', KEYS[1], 8 + n, #ARGV)\n",
+    "local version = redis.call('HINCRBY', KEYS[1], '_ver', 1)\n",
     "redis.call('PEXPIREAT', KEYS[1], ARGV[1])\n",
-    "return 1"
+    "if ARGV[7] == '1' then redis.call('HEXISTS', KEYS[1], '_ver') end\n",
+    "return version"
 );
 
 /// KEYS: index. ARGV: member/score pairs as read. Removes each member whose
@@ -277,12 +328,15 @@ const LOGIN: &str = concat!(
 
 impl RedisStore {
     /// Connects to a standalone Redis (`redis://[:password@]host:port[/db]`,
-    /// or `rediss://` with the `redis-tls` feature).
+    /// or `rediss://` with the `redis-tls` feature). `?client_cache=N` turns
+    /// on the [client-side cache](RedisStore#client-side-cache) for up to `N`
+    /// sessions.
     ///
     /// # Errors
     ///
-    /// `Config` for a URL that does not parse; `Unavailable` if Redis does
-    /// not answer.
+    /// `Config` for a URL that does not parse or a `client_cache` that is
+    /// not a number from 1 to 10 000 000; `Unavailable` if Redis does not
+    /// answer.
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
@@ -291,9 +345,10 @@ impl RedisStore {
     /// # Ok(()) }
     /// ```
     pub async fn connect(url: &str) -> Result<Self> {
-        let client = redis::Client::open(url)
+        let (info, cache) = connection_info(url)?;
+        let client = redis::Client::open(info)
             .map_err(|e| Error::config(format!("redis url: {}", super::scrub(&e.to_string(), url))))?;
-        Self::managed(client).await
+        Self::managed(client, cache).await
     }
 
     /// Connects to a standalone Redis over TLS (`rediss://`), trusting the
@@ -316,19 +371,48 @@ impl RedisStore {
     #[cfg(feature = "redis-tls")]
     pub async fn connect_tls(url: &str, root_ca_pem: &[u8]) -> Result<Self> {
         let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(root_ca_pem.to_vec()) };
-        let client = redis::Client::build_with_tls(url, certificates).map_err(|e| {
+        let (info, cache) = connection_info(url)?;
+        let client = redis::Client::build_with_tls(info, certificates).map_err(|e| {
             Error::config(format!("redis TLS url or certificate: {}", super::scrub(&e.to_string(), url)))
         })?;
-        Self::managed(client).await
+        Self::managed(client, cache).await
     }
 
-    async fn managed(client: redis::Client) -> Result<Self> {
-        let config = ConnectionManagerConfig::new()
+    async fn managed(client: redis::Client, cache_size: Option<NonZeroUsize>) -> Result<Self> {
+        let mut config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))
             .set_number_of_retries(1);
+        let cache = cache_size.map(|size| Arc::new(ClientCache::new(size)));
+        if let Some(cache) = &cache {
+            // Weak: the connection must not keep the cache alive, nor the
+            // cache the connection, once the store is dropped.
+            let cache = Arc::downgrade(cache);
+            config = config.set_push_sender(move |push: redis::PushInfo| {
+                if let Some(cache) = cache.upgrade() {
+                    cache.on_push(&push);
+                }
+                Ok::<(), std::convert::Infallible>(())
+            });
+        }
         let manager = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
-        Ok(Self { conn: Conn::Single(manager), prefix: "session".to_owned() })
+        if let Some(cache) = &cache {
+            heartbeat(Arc::downgrade(cache), manager.clone());
+        }
+        Ok(Self { conn: Conn::Single(manager), prefix: "session".to_owned(), cache })
+    }
+
+    /// What the [client-side cache](RedisStore#client-side-cache) has done;
+    /// `None` when it is off.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// let store = multisession::store::RedisStore::connect("redis://127.0.0.1:6379").await?;
+    /// assert_eq!(store.cache_stats(), None);
+    /// # Ok(()) }
+    /// ```
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.cache.as_ref().map(|cache| cache.stats())
     }
 
     /// Connects to a Redis Cluster through any of its nodes' URLs.
@@ -353,6 +437,11 @@ impl RedisStore {
         if urls.is_empty() {
             return Err(Error::config("redis cluster: give at least one node URL"));
         }
+        if urls.iter().any(|url| query_param(url, "client_cache").is_some()) {
+            return Err(Error::config(
+                "redis cluster url: client_cache is for a standalone Redis; remove it from the cluster's URLs",
+            ));
+        }
         let client = ClusterClientBuilder::new(urls.clone())
             .connection_timeout(TIMEOUT)
             .response_timeout(TIMEOUT)
@@ -363,7 +452,7 @@ impl RedisStore {
                 Error::config(format!("redis cluster url: {text}"))
             })?;
         let conn = client.get_async_connection().await.map_err(unavailable)?;
-        Ok(Self { conn: Conn::Cluster(conn), prefix: "session".to_owned() })
+        Ok(Self { conn: Conn::Cluster(conn), prefix: "session".to_owned(), cache: None })
     }
 
     /// The prefix of every key this store writes (default `session`), so
@@ -479,6 +568,27 @@ impl RedisStore {
         }
     }
 
+    /// Deletes a session and its index entry; whether it was live.
+    async fn delete_session(&self, key: &StoreKey) -> Result<bool> {
+        let now = to_millis(OffsetDateTime::now_utc()).to_string().into_bytes();
+        let (deleted, user): (i64, String) = self.run(&DELETE_SCRIPT, &[&self.session_key(key)], &[now]).await?;
+        if !user.is_empty() {
+            self.query::<i64>(redis::cmd("ZREM").arg(self.index_key(&user)).arg(key.to_string())).await?;
+        }
+        Ok(deleted > 0)
+    }
+
+    /// Deletes session hashes; how many existed.
+    async fn delete_keys(&self, keys: &[String]) -> Result<u64> {
+        if self.is_cluster() {
+            let cmds = keys.iter().map(|k| redis::cmd("DEL").arg(k).clone()).collect();
+            let replies = self.each(cmds).await?;
+            Ok(replies.into_iter().map(|r| redis::from_redis_value::<u64>(r).unwrap_or(0)).sum())
+        } else {
+            self.query(redis::cmd("DEL").arg(keys)).await
+        }
+    }
+
     /// A user's index members with their scores (as Redis wrote them),
     /// after pruning those whose score has passed.
     async fn members(&self, user: &str) -> Result<Vec<(String, String)>> {
@@ -505,6 +615,52 @@ impl RedisStore {
             members.iter().flat_map(|(m, score)| [m.clone().into_bytes(), score.clone().into_bytes()]).collect();
         self.run::<i64>(&UNINDEX_SCRIPT, &[&self.index_key(user)], &args).await.map(drop)
     }
+}
+
+/// Asks for the connection's client id every [`HEARTBEAT`] while the
+/// cache lives, so that the cache hears of a replaced connection (a new id)
+/// or one that stopped answering (which drops it), even when every load is
+/// a hit and nothing else goes to Redis.
+fn heartbeat(cache: std::sync::Weak<ClientCache>, conn: ConnectionManager) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(HEARTBEAT);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(cache) = cache.upgrade() else { return };
+            match redis::cmd("CLIENT").arg("ID").query_async::<i64>(&mut conn.clone()).await {
+                Ok(id) => cache.confirmed(id),
+                Err(_) => cache.lost(),
+            }
+        }
+    });
+}
+
+/// The value of query parameter `name` in a URL. Redis URLs carry no other
+/// `?`: a password holding one must be percent-encoded.
+fn query_param<'a>(url: &'a str, name: &str) -> Option<&'a str> {
+    let query = url.split_once('?')?.1.split('#').next()?;
+    query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// The connection settings of a standalone Redis URL and its `client_cache`
+/// size. A cached connection speaks RESP3, which carries Redis's pushes.
+fn connection_info(url: &str) -> Result<(ConnectionInfo, Option<NonZeroUsize>)> {
+    let info = url
+        .into_connection_info()
+        .map_err(|e| Error::config(format!("redis url: {}", super::scrub(&e.to_string(), url))))?;
+    let Some(size) = query_param(url, "client_cache") else {
+        return Ok((info, None));
+    };
+    let size =
+        size.parse::<usize>().ok().filter(|n| *n <= MAX_CLIENT_CACHE).and_then(NonZeroUsize::new).ok_or_else(|| {
+            Error::config(format!("redis url: client_cache must be a number of sessions from 1 to {MAX_CLIENT_CACHE}"))
+        })?;
+    if matches!(query_param(url, "protocol"), Some("2" | "resp2")) {
+        return Err(Error::config("redis url: client_cache needs RESP3; remove protocol=resp2"));
+    }
+    let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+    Ok((info.set_redis_settings(settings), Some(size)))
 }
 
 fn unavailable(e: RedisError) -> Error {
@@ -543,6 +699,7 @@ fn create_args(key: &StoreKey, record: &Record, score: i64) -> Result<Vec<Vec<u8
     };
     field("_v", LAYOUT_VERSION.into());
     field("_ix", score.into_bytes());
+    field("_ver", b"1".to_vec());
     field("_meta", serde_json::to_vec(&fixed)?);
     field("_la", to_millis(meta.last_active_at).to_string().into_bytes());
     field("_exp", expires.into_bytes());
@@ -559,8 +716,62 @@ fn create_args(key: &StoreKey, record: &Record, score: i64) -> Result<Vec<Vec<u8
     Ok(args)
 }
 
+/// `EVALSHA` of `script`, for a pipeline (which cannot load a script Redis
+/// lost: see [`tracked`]).
+fn evalsha(script: &Script, keys: &[&str], args: &[Vec<u8>]) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
+    for arg in args {
+        cmd.arg(arg.as_slice());
+    }
+    cmd
+}
+
+/// Runs `cmd` on a cached store's connection so that Redis tracks the keys
+/// it reads for this connection: tracking on (`OPTIN`: only such commands;
+/// `NOLOOP`: no pushes for our own writes, which the cache applies itself)
+/// on whichever connection the manager holds now, its client id, then
+/// `CLIENT CACHING YES` right before `cmd`. One round trip. `script` is the
+/// script `cmd` runs, loaded and run again if Redis lost it (a restart).
+async fn tracked(conn: &ConnectionManager, cmd: &Cmd, script: Option<&Script>) -> Result<(i64, Reply)> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("CLIENT").arg("TRACKING").arg("ON").arg("OPTIN").arg("NOLOOP").ignore();
+    pipe.cmd("CLIENT").arg("ID");
+    pipe.cmd("CLIENT").arg("CACHING").arg("YES").ignore();
+    pipe.add_command(cmd.clone());
+    let mut conn = conn.clone();
+    let reply = match (pipe.query_async::<(i64, Reply)>(&mut conn).await, script) {
+        (Err(e), Some(script)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.load_async(&mut conn).await.map_err(unavailable)?;
+            pipe.query_async(&mut conn).await
+        }
+        (reply, _) => reply,
+    };
+    reply.map_err(unavailable)
+}
+
 /// A session hash as field → value.
 type Fields = HashMap<String, Vec<u8>>;
+
+/// A session hash as a live record and its `_ver`; `None` if the hash is
+/// gone or past its expiry by the application's clock.
+fn record_of(fields: &Fields, now: OffsetDateTime) -> Result<Option<(Record, u64)>> {
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let meta = meta(fields)?;
+    if meta.is_expired(now) {
+        return Ok(None);
+    }
+    let mut data = Map::new();
+    for (name, value) in fields {
+        if let Some(key) = name.strip_prefix('.') {
+            data.insert(key.to_owned(), serde_json::from_slice::<Value>(value)?);
+        }
+    }
+    let version = text(fields, "_ver")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok(Some((Record { data, meta }, version)))
+}
 
 fn text(fields: &Fields, name: &str) -> Result<Option<String>> {
     fields
@@ -621,22 +832,26 @@ fn info_of(member: &str, reply: Reply) -> Result<Option<SessionInfo>> {
 #[async_trait]
 impl Store for RedisStore {
     async fn load(&self, key: &StoreKey) -> Result<Option<Record>> {
-        let reply: Reply = self.query(redis::cmd("HGETALL").arg(self.session_key(key))).await?;
+        let session = self.session_key(key);
+        let now = OffsetDateTime::now_utc();
+        let mut hgetall = redis::cmd("HGETALL");
+        hgetall.arg(&session);
+        let (Some(cache), Conn::Single(conn)) = (&self.cache, &self.conn) else {
+            let reply: Reply = self.query(&hgetall).await?;
+            return Ok(record_of(&fields_of(reply)?, now)?.map(|(record, _)| record));
+        };
+        if let Some(record) = cache.get(&session, now) {
+            return Ok(Some(record));
+        }
+        let ticket = cache.ticket(&session);
+        let (connection, reply) = tracked(conn, &hgetall, None).await?;
         let fields = fields_of(reply)?;
-        if fields.is_empty() {
-            return Ok(None);
+        let size = fields.iter().fold(0usize, |size, (name, value)| size.saturating_add(name.len() + value.len()));
+        let found = record_of(&fields, now)?;
+        if let Some((record, version)) = found.as_ref().filter(|_| size <= MAX_ENTRY_BYTES) {
+            cache.insert(&session, ticket, connection, record.clone(), *version);
         }
-        let meta = meta(&fields)?;
-        if meta.is_expired(OffsetDateTime::now_utc()) {
-            return Ok(None);
-        }
-        let mut data = Map::new();
-        for (name, value) in &fields {
-            if let Some(key) = name.strip_prefix('.') {
-                data.insert(key.to_owned(), serde_json::from_slice::<Value>(value)?);
-            }
-        }
-        Ok(Some(Record { data, meta }))
+        Ok(found.map(|(record, _)| record))
     }
 
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<()> {
@@ -680,8 +895,17 @@ impl Store for RedisStore {
             format!("{}:s:", self.prefix).into_bytes(),
         ]);
         args.extend(rest);
-        let reply: Vec<Reply> =
-            self.run(&LOGIN_SCRIPT, &[&self.session_key(key), &self.index_key(user)], &args).await?;
+        let reply =
+            self.run::<Vec<Reply>>(&LOGIN_SCRIPT, &[&self.session_key(key), &self.index_key(user)], &args).await;
+        let reply = match (reply, &self.cache) {
+            // The script may have evicted sessions this process cached, and
+            // Redis sends no push for our own writes: start afresh.
+            (Err(e), Some(cache)) => {
+                cache.clear();
+                return Err(e);
+            }
+            (reply, _) => reply?,
+        };
         let mut replies = reply.into_iter();
         match replies.next().map(redis::from_redis_value::<i64>) {
             Some(Ok(1)) => {}
@@ -702,6 +926,9 @@ impl Store for RedisStore {
             }
             let member: String =
                 redis::from_redis_value(values.remove(0)).map_err(|_| Error::corrupt("a session index entry"))?;
+            if let Some(cache) = &self.cache {
+                cache.forget(&format!("{}:s:{member}", self.prefix));
+            }
             evicted.extend(info_of(&member, Reply::Array(values))?);
         }
         Ok(evicted)
@@ -718,6 +945,7 @@ impl Store for RedisStore {
             if change.clear { b"1".to_vec() } else { b"0".to_vec() },
             change.remove.len().to_string().into_bytes(),
             score.to_string().into_bytes(),
+            if self.cache.is_some() { b"1".to_vec() } else { b"0".to_vec() },
         ];
         args.extend(change.remove.iter().map(|name| format!(".{name}").into_bytes()));
         for (name, value) in &change.set {
@@ -734,17 +962,38 @@ impl Store for RedisStore {
         }
         // `XX`: a change never re-adds an index entry a logout removed.
         let user = change.user_id.as_deref();
-        let applied = self.indexed(&APPLY_SCRIPT, key, user, score, "XX", &args).await?;
-        if applied == 0 { Err(Error::gone()) } else { Ok(()) }
+        let (Some(cache), Conn::Single(conn)) = (&self.cache, &self.conn) else {
+            let applied = self.indexed(&APPLY_SCRIPT, key, user, score, "XX", &args).await?;
+            return if applied == 0 { Err(Error::gone()) } else { Ok(()) };
+        };
+        // One node: the session and its index in one script, tracked.
+        let session = self.session_key(key);
+        let index = user.map(|user| self.index_key(user));
+        let keys: Vec<&str> = std::iter::once(session.as_str()).chain(index.as_deref()).collect();
+        let applied = tracked(conn, &evalsha(&APPLY_SCRIPT, &keys, &args), Some(&APPLY_SCRIPT)).await.and_then(
+            |(connection, reply)| {
+                let version: u64 = redis::from_redis_value(reply).map_err(|_| Error::corrupt("a session version"))?;
+                Ok((connection, version))
+            },
+        );
+        match applied {
+            Ok((connection, version)) if version > 0 => {
+                cache.applied(&session, connection, change, version);
+                Ok(())
+            }
+            outcome => {
+                cache.forget(&session);
+                outcome.and(Err(Error::gone()))
+            }
+        }
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<bool> {
-        let now = to_millis(OffsetDateTime::now_utc()).to_string().into_bytes();
-        let (deleted, user): (i64, String) = self.run(&DELETE_SCRIPT, &[&self.session_key(key)], &[now]).await?;
-        if !user.is_empty() {
-            self.query::<i64>(redis::cmd("ZREM").arg(self.index_key(&user)).arg(key.to_string())).await?;
+        let result = self.delete_session(key).await;
+        if let Some(cache) = &self.cache {
+            cache.forget(&self.session_key(key));
         }
-        Ok(deleted > 0)
+        result
     }
 
     async fn user_sessions(&self, user: &str) -> Result<Vec<SessionInfo>> {
@@ -780,13 +1029,13 @@ impl Store for RedisStore {
             return Ok(0);
         }
         let keys: Vec<String> = doomed.iter().map(|(m, _)| format!("{}:s:{m}", self.prefix)).collect();
-        let deleted: u64 = if self.is_cluster() {
-            let cmds = keys.iter().map(|k| redis::cmd("DEL").arg(k).clone()).collect();
-            let replies = self.each(cmds).await?;
-            replies.into_iter().map(|r| redis::from_redis_value::<u64>(r).unwrap_or(0)).sum()
-        } else {
-            self.query(redis::cmd("DEL").arg(&keys)).await?
-        };
+        let deleted = self.delete_keys(&keys).await;
+        if let Some(cache) = &self.cache {
+            for key in &keys {
+                cache.forget(key);
+            }
+        }
+        let deleted = deleted?;
         self.unindex(user, &doomed).await?;
         Ok(deleted)
     }

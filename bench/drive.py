@@ -84,19 +84,30 @@ def prepare(name, port, sessions, folder):
 
 
 def redis_stats(url):
-    """(calls, usec) summed over INFO commandstats, or None without Redis."""
+    """(commands, CPU µs) of the Redis at url so far, or None without Redis.
+
+    Commands are summed over INFO commandstats, which counts the commands a
+    script runs as well as the script. CPU is the server's own (INFO cpu,
+    user + system): commandstats' usec would count a script's commands
+    twice (in the script's time and their own) and leaves out reading and
+    writing the sockets.
+    """
     if not url:
         return None
     host_port = url.split("://", 1)[1].split("/", 1)[0]
     host, port = host_port.rsplit(":", 1)
-    out = subprocess.run(["redis-cli", "-h", host, "-p", port, "INFO", "commandstats"],
-                         capture_output=True, text=True, check=True).stdout
-    calls = usec = 0
-    for line in out.splitlines():
+
+    def info(section):
+        return subprocess.run(["redis-cli", "-h", host, "-p", port, "INFO", section],
+                              capture_output=True, text=True, check=True).stdout
+
+    calls = 0
+    for line in info("commandstats").splitlines():
         if line.startswith("cmdstat_") and not line.startswith("cmdstat_info:"):
             fields = dict(kv.split("=") for kv in line.split(":", 1)[1].split(","))
             calls += int(fields["calls"])
-            usec += int(fields["usec"])
+    cpu = dict(line.split(":", 1) for line in info("cpu").splitlines() if ":" in line)
+    usec = (float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])) * 1e6
     return calls, usec
 
 
@@ -168,7 +179,7 @@ def report(results, variants, args):
         mode = "read (GET /)" if route == "/" else "write (GET /write)"
         sessions = "one hot session" if label == "hot" else f"{args.sessions} sessions"
         print(f"### {conns} connection{'s' if conns > 1 else ''}, {sessions}, {mode}\n")
-        print("| variant | requests/s | × bare axum | × bare actix | p50 | p99 | Redis cmds/req | Redis µs/req |")
+        print("| variant | requests/s | × bare axum | × bare actix | p50 | p99 | Redis cmds/req | Redis CPU µs/req |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for name in variants:
             runs = by_variant.get(name, [])

@@ -8,13 +8,15 @@
 //! This cache closes both gaps with three rules:
 //!
 //! - A reply is stored only if nothing touched its key (a push, a write of
-//!   ours) and the connection was not lost between sending the read and
-//!   storing it: each read takes a [`Ticket`] first.
+//!   ours whose outcome is unknown, an eviction) and the connection was not
+//!   lost between sending the read and storing it: each read takes a
+//!   [`Ticket`] first. Nor is it stored over a newer version.
 //! - Redis tracks our reads with `NOLOOP`, so our own writes send us no
-//!   pushes: each one updates or drops its entry here. A write's script
-//!   bumps the hash's `_ver` and re-reads it last, so Redis keeps tracking
-//!   the key, and the entry is updated only if it held the version just
-//!   before ours (no write of anyone else came between).
+//!   pushes: each one updates or drops its entry here, even when the
+//!   request that made it is dropped mid-way ([`Writing`]). A write's script
+//!   bumps the hash's `_ver` and reads the hash last, so Redis keeps
+//!   tracking the key, and the entry is updated only if it held the version
+//!   just before ours (no write of anyone else came between).
 //! - An entry is served only while the connection it was tracked on is the
 //!   current one: a lost connection (whose pushes are lost with it) flushes
 //!   everything, and a replaced one is noticed by its client id, in every
@@ -24,7 +26,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use hashlink::LruCache;
 use redis::{PushInfo, PushKind, Value as Reply};
@@ -32,9 +34,9 @@ use time::OffsetDateTime;
 
 use crate::{Change, Record};
 
-/// Sessions whose hash is larger than this are read from Redis every time:
-/// the cache's memory stays under its capacity times this.
-pub(super) const MAX_ENTRY_BYTES: usize = 64 * 1024;
+/// Sessions whose stored hash is larger than this are read from Redis
+/// every time. Parsed, a session takes a few times its stored size.
+const MAX_ENTRY_BYTES: usize = 16 * 1024;
 
 /// Counters that say which keys were touched since a read went out; a key
 /// maps to one of them.
@@ -57,7 +59,8 @@ pub struct CacheStats {
     pub hits: u64,
     /// Loads that went to Redis.
     pub misses: u64,
-    /// Keys dropped because Redis said another client changed them.
+    /// Cached sessions dropped because Redis said another client changed
+    /// them.
     pub invalidations: u64,
     /// Times the whole cache was dropped: a lost connection, a flushed
     /// database, a new connection.
@@ -75,8 +78,11 @@ pub(super) struct Ticket {
 }
 
 struct Entry {
-    record: Record,
+    /// Shared, so that a hit clones it outside the lock.
+    record: Arc<Record>,
     version: u64,
+    /// The stored hash's size in bytes, grown by each write applied here.
+    size: usize,
 }
 
 struct Inner {
@@ -94,6 +100,44 @@ struct Inner {
 pub(super) struct ClientCache {
     inner: Mutex<Inner>,
     hasher: RandomState,
+}
+
+/// A write of ours in flight. Redis sends us no push for it (`NOLOOP`), so
+/// unless it ends in [`Writing::applied`] or [`Writing::done`], dropping it
+/// (the write failed, or the request was dropped while Redis may still run
+/// it) forgets its keys: all of them when they are unknown.
+pub(super) struct Writing<'a> {
+    cache: &'a ClientCache,
+    keys: Option<&'a [String]>,
+    done: bool,
+}
+
+impl Writing<'_> {
+    /// The write was applied as version `version`, growing the hash by at
+    /// most `grown_by` bytes.
+    pub(super) fn applied(mut self, change: &Change, version: u64, grown_by: usize) {
+        self.done = true;
+        if let Some([key]) = self.keys {
+            self.cache.applied(key, change, version, grown_by);
+        }
+    }
+
+    /// The write ended and its keys were dealt with.
+    pub(super) fn done(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        match self.keys {
+            Some(keys) => keys.iter().for_each(|key| self.cache.forget(key)),
+            None => self.cache.clear(),
+        }
+    }
 }
 
 impl ClientCache {
@@ -123,18 +167,19 @@ impl ClientCache {
 
     /// The cached session under `key`, if it may be served now.
     pub(super) fn get(&self, key: &str, now: OffsetDateTime) -> Option<Record> {
-        let mut inner = self.lock();
-        let record = inner
-            .connection
-            .is_some()
-            .then(|| inner.entries.get(key).map(|entry| entry.record.clone()))
-            .flatten()
-            .filter(|record| !record.meta.is_expired(now));
-        match record {
-            Some(_) => inner.stats.hits += 1,
-            None => inner.stats.misses += 1,
-        }
-        record
+        let found = {
+            let mut inner = self.lock();
+            let found = match inner.connection {
+                Some(_) => inner.entries.get(key).map(|entry| Arc::clone(&entry.record)),
+                None => None,
+            };
+            match found {
+                Some(_) => inner.stats.hits += 1,
+                None => inner.stats.misses += 1,
+            }
+            found
+        };
+        found.filter(|record| !record.meta.is_expired(now)).map(|record| Record::clone(&record))
     }
 
     /// Taken before reading `key` from Redis.
@@ -144,17 +189,14 @@ impl ClientCache {
         Ticket { epoch: inner.epoch, stripe, touched: inner.touched[stripe] }
     }
 
-    /// Notes that the connection with client id `connection` answered; a
-    /// different connection than the entries were tracked on drops them.
-    fn heard(inner: &mut Inner, connection: i64) {
-        if inner.connection != Some(connection) {
-            // What the other connection tracked gets no pushes here.
-            if inner.connection.is_some() {
-                inner.entries.clear();
-                inner.stats.flushes += 1;
-            }
-            inner.connection = Some(connection);
-        }
+    /// A write of ours to the `keys` about to go out (see [`Writing`]).
+    pub(super) fn writing<'a>(&'a self, keys: &'a [String]) -> Writing<'a> {
+        Writing { cache: self, keys: Some(keys), done: false }
+    }
+
+    /// A write of ours to keys it will name only in its reply.
+    pub(super) fn writing_unknown(&self) -> Writing<'_> {
+        Writing { cache: self, keys: None, done: false }
     }
 
     fn flush(inner: &mut Inner) {
@@ -163,41 +205,62 @@ impl ClientCache {
         inner.stats.flushes += 1;
     }
 
-    fn touch(&self, inner: &mut Inner, key: &str) {
+    /// Moves `key`'s stripe and drops its entry; whether there was one.
+    fn touch(&self, inner: &mut Inner, key: &str) -> bool {
         let stripe = self.stripe(key);
         inner.touched[stripe] = inner.touched[stripe].wrapping_add(1);
-        inner.entries.remove(key);
+        inner.entries.remove(key).is_some()
     }
 
-    /// Stores what a tracked read of `key` on connection `connection` found,
-    /// unless the key or the connection changed since `ticket`.
-    pub(super) fn insert(&self, key: &str, ticket: Ticket, connection: i64, record: Record, version: u64) {
-        let mut inner = self.lock();
-        if inner.epoch != ticket.epoch {
+    /// Stores what a tracked read of `key` (`size` bytes) on connection
+    /// `connection` found, unless the key or the connection changed since
+    /// `ticket`. Only the heartbeat moves the cache to another connection:
+    /// a late reply from an abandoned one is not stored.
+    pub(super) fn insert(&self, key: &str, ticket: Ticket, connection: i64, record: Record, version: u64, size: usize) {
+        if size > MAX_ENTRY_BYTES {
             return;
         }
-        Self::heard(&mut inner, connection);
+        let mut inner = self.lock();
         if inner.epoch != ticket.epoch || inner.touched[ticket.stripe] != ticket.touched {
             return;
         }
-        inner.entries.insert(key.to_owned(), Entry { record, version });
-    }
-
-    /// Our own `change` to `key` was applied on connection `connection`,
-    /// making it `version`: the entry follows if it held the version before.
-    pub(super) fn applied(&self, key: &str, connection: i64, change: &Change, version: u64) {
-        let mut inner = self.lock();
-        let follows = inner.connection == Some(connection)
-            && inner.entries.get(key).is_some_and(|entry| entry.version.checked_add(1) == Some(version));
-        let stripe = self.stripe(key);
-        inner.touched[stripe] = inner.touched[stripe].wrapping_add(1);
-        if !follows {
-            inner.entries.remove(key);
+        match inner.connection {
+            Some(current) if current != connection => return,
+            Some(_) => {}
+            None => inner.connection = Some(connection),
+        }
+        // A reply older than what a write of ours already put here is not.
+        if inner.entries.peek(key).is_some_and(|entry| entry.version >= version) {
             return;
         }
-        if let Some(entry) = inner.entries.get_mut(key) {
-            entry.record.apply(change);
-            entry.version = version;
+        if inner.entries.len() >= inner.entries.capacity() && !inner.entries.contains_key(key) {
+            // The evicted session's stripe moves too: a reply of it still in
+            // flight may be older than a write of ours that updated it here.
+            if let Some((evicted, _)) = inner.entries.remove_lru() {
+                let stripe = self.stripe(&evicted);
+                inner.touched[stripe] = inner.touched[stripe].wrapping_add(1);
+            }
+        }
+        inner.entries.insert(key.to_owned(), Entry { record: Arc::new(record), version, size });
+    }
+
+    /// Our own `change` to `key` was applied, making it `version`: the entry
+    /// follows if it held the version before and stays under the size
+    /// limit; otherwise it goes, and so does any reply of it in flight.
+    fn applied(&self, key: &str, change: &Change, version: u64, grown_by: usize) {
+        let mut inner = self.lock();
+        let entry = inner.entries.get_mut(key).filter(|entry| {
+            entry.version.checked_add(1) == Some(version) && entry.size.saturating_add(grown_by) <= MAX_ENTRY_BYTES
+        });
+        match entry {
+            Some(entry) => {
+                Arc::make_mut(&mut entry.record).apply(change);
+                entry.version = version;
+                entry.size = entry.size.saturating_add(grown_by);
+            }
+            None => {
+                self.touch(&mut inner, key);
+            }
         }
     }
 
@@ -208,9 +271,16 @@ impl ClientCache {
         self.touch(&mut inner, key);
     }
 
-    /// The heartbeat heard from the connection with client id `connection`.
+    /// The heartbeat heard from the connection with client id `connection`:
+    /// if it is not the one the entries were tracked on, they go.
     pub(super) fn confirmed(&self, connection: i64) {
-        Self::heard(&mut self.lock(), connection);
+        let mut inner = self.lock();
+        if inner.connection != Some(connection) {
+            if inner.connection.is_some() {
+                Self::flush(&mut inner);
+            }
+            inner.connection = Some(connection);
+        }
     }
 
     /// The connection failed: pushes may have been lost with it.
@@ -229,28 +299,28 @@ impl ClientCache {
     /// Handles a push from the connection: an invalidation drops its keys
     /// (all of them after `FLUSHDB`), a lost connection drops everything.
     pub(super) fn on_push(&self, push: &PushInfo) {
-        let mut inner = self.lock();
         match push.kind {
-            PushKind::Invalidate => match push.data.first() {
-                Some(Reply::Array(keys)) => {
-                    for key in keys {
-                        let key = match key {
-                            Reply::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
-                            Reply::SimpleString(text) => Some(text.as_str()),
-                            _ => None,
-                        };
-                        if let Some(key) = key {
-                            self.touch(&mut inner, key);
-                            inner.stats.invalidations += 1;
+            PushKind::Invalidate => {
+                let mut inner = self.lock();
+                match push.data.first() {
+                    Some(Reply::Array(keys)) => {
+                        for key in keys {
+                            let key = match key {
+                                Reply::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+                                Reply::SimpleString(text) => Some(text.as_str()),
+                                _ => None,
+                            };
+                            if let Some(key) = key
+                                && self.touch(&mut inner, key)
+                            {
+                                inner.stats.invalidations += 1;
+                            }
                         }
                     }
+                    _ => Self::flush(&mut inner),
                 }
-                _ => Self::flush(&mut inner),
-            },
-            PushKind::Disconnection => {
-                Self::flush(&mut inner);
-                inner.connection = None;
             }
+            PushKind::Disconnection => self.lost(),
             _ => {}
         }
     }
@@ -300,10 +370,10 @@ mod tests {
         let cache = cache();
         let ticket = cache.ticket("k");
         cache.on_push(&invalidate("k"));
-        cache.insert("k", ticket, 7, record(1), 1);
+        cache.insert("k", ticket, 7, record(1), 1, 100);
         assert_eq!(n(cache.get("k", OffsetDateTime::now_utc())), None);
         let ticket = cache.ticket("k");
-        cache.insert("k", ticket, 7, record(2), 2);
+        cache.insert("k", ticket, 7, record(2), 2, 100);
         assert_eq!(n(cache.get("k", OffsetDateTime::now_utc())), Some(2));
     }
 
@@ -311,37 +381,72 @@ mod tests {
     fn a_reply_sent_before_a_lost_connection_is_not_stored_and_the_loss_empties_the_cache() {
         let cache = cache();
         let ticket = cache.ticket("a");
-        cache.insert("a", ticket, 7, record(1), 1);
+        cache.insert("a", ticket, 7, record(1), 1, 100);
         let late = cache.ticket("b");
         cache.on_push(&PushInfo { kind: PushKind::Disconnection, data: vec![] });
-        cache.insert("b", late, 7, record(1), 1);
+        cache.insert("b", late, 7, record(1), 1, 100);
         assert_eq!(cache.stats().entries, 0);
         assert_eq!(n(cache.get("a", OffsetDateTime::now_utc())), None);
     }
 
     #[test]
-    fn a_new_connection_drops_what_the_old_one_tracked() {
+    fn a_reply_from_another_connection_is_not_stored_and_the_heartbeat_moves_the_cache_over() {
         let cache = cache();
         let ticket = cache.ticket("a");
-        cache.insert("a", ticket, 7, record(1), 1);
+        cache.insert("a", ticket, 7, record(1), 1, 100);
         let ticket = cache.ticket("b");
-        cache.insert("b", ticket, 8, record(2), 1);
+        cache.insert("b", ticket, 8, record(2), 1, 100);
+        assert_eq!(n(cache.get("b", OffsetDateTime::now_utc())), None);
+        assert_eq!(n(cache.get("a", OffsetDateTime::now_utc())), Some(1));
+        cache.confirmed(8);
         assert_eq!(n(cache.get("a", OffsetDateTime::now_utc())), None);
+        let ticket = cache.ticket("b");
+        cache.insert("b", ticket, 8, record(2), 1, 100);
         assert_eq!(n(cache.get("b", OffsetDateTime::now_utc())), Some(2));
+    }
+
+    #[test]
+    fn a_write_dropped_unfinished_forgets_its_keys_or_everything_when_it_named_none() {
+        let cache = cache();
+        for key in ["a", "b"] {
+            let ticket = cache.ticket(key);
+            cache.insert(key, ticket, 7, record(1), 1, 100);
+        }
+        let keys = ["a".to_owned()];
+        drop(cache.writing(&keys));
+        assert_eq!(n(cache.get("a", OffsetDateTime::now_utc())), None);
+        assert_eq!(n(cache.get("b", OffsetDateTime::now_utc())), Some(1));
+        cache.writing_unknown().done();
+        assert_eq!(cache.stats().entries, 1);
+        drop(cache.writing_unknown());
+        assert_eq!(cache.stats().entries, 0);
+    }
+
+    #[test]
+    fn sessions_over_the_size_limit_are_not_kept() {
+        let cache = cache();
+        let ticket = cache.ticket("big");
+        cache.insert("big", ticket, 7, record(1), 1, MAX_ENTRY_BYTES + 1);
+        assert_eq!(cache.stats().entries, 0);
+        let ticket = cache.ticket("k");
+        cache.insert("k", ticket, 7, record(1), 1, MAX_ENTRY_BYTES - 10);
+        let now = OffsetDateTime::now_utc();
+        cache.applied("k", &Change::new(now, now + time::Duration::HOUR), 2, 11);
+        assert_eq!(cache.stats().entries, 0, "a write grew it past the limit");
     }
 
     #[test]
     fn our_write_updates_the_entry_only_on_top_of_the_version_it_holds() {
         let cache = cache();
         let ticket = cache.ticket("k");
-        cache.insert("k", ticket, 7, record(1), 4);
+        cache.insert("k", ticket, 7, record(1), 4, 100);
         let now = OffsetDateTime::now_utc();
         let mut change = Change::new(now, now + time::Duration::HOUR);
         change.set.insert("n".into(), 2.into());
-        cache.applied("k", 7, &change, 5);
+        cache.applied("k", &change, 5, 10);
         assert_eq!(n(cache.get("k", now)), Some(2));
         // Someone else's write came between: version 7 does not follow 5.
-        cache.applied("k", 7, &change, 7);
+        cache.applied("k", &change, 7, 10);
         assert_eq!(n(cache.get("k", now)), None);
     }
 
@@ -350,7 +455,7 @@ mod tests {
         let cache = cache();
         for (i, key) in ["a", "b", "c"].into_iter().enumerate() {
             let ticket = cache.ticket(key);
-            cache.insert(key, ticket, 7, record(i as i64), 1);
+            cache.insert(key, ticket, 7, record(i as i64), 1, 100);
         }
         assert_eq!(cache.stats().entries, 2);
         cache.on_push(&PushInfo { kind: PushKind::Invalidate, data: vec![Reply::Nil] });

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 pub use self::cache::CacheStats;
-use self::cache::{ClientCache, MAX_ENTRY_BYTES};
+use self::cache::ClientCache;
 use super::{SessionInfo, Store};
 use crate::record::{from_millis, to_millis};
 use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result, SessionLimit, StoreKey};
@@ -99,8 +99,15 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 ///   second: no answer within two seconds, or a new connection, drops the
 ///   cache too, so a silently broken connection serves cached sessions for
 ///   at most about three seconds.
-/// - Sessions whose hash exceeds 64 KiB are never cached, so the cache holds
-///   at most `N` × 64 KiB; the least recently used go first.
+/// - Sessions whose stored hash exceeds 16 KiB are never cached; the least
+///   recently used go first. Parsed, a cached session takes a few times its
+///   stored size, so budget `N` × 16 KiB × a few.
+/// - Redis remembers every key the process read or missed (unknown cookies
+///   included) in its tracking table (`tracking-table-max-keys`; when full,
+///   it drops old keys by pushing invalidations). Hits no longer touch the
+///   Redis key, so under a `volatile-lru` or `volatile-lfu` eviction policy
+///   Redis would see the hottest sessions as idle: give Redis the memory
+///   for its sessions, or use `noeviction`.
 ///
 /// [`RedisStore::cache_stats`] counts hits, misses and invalidations. Redis
 /// Cluster has no client-side cache here: `client_cache` in a cluster URL is
@@ -228,14 +235,19 @@ const CREATE: &str = concat!(
 /// that read has it tracked again.
 const APPLY: &str = concat!(
     lua_chunked!(),
-    "local f = redis.call('HMGET', KEYS[1], '_exp', '_ix')\n",
+    "local f = redis.call('HMGET', KEYS[1], '_exp', '_ix', '_ver')\n",
     "if not f[1] or (tonumber(f[1]) or 0) <= tonumber(ARGV[3]) then return 0 end\n",
+    // `_ix` and `_ver` join the fields set below: one HSET, not three.
     "if tonumber(ARGV[1]) > (tonumber(f[2]) or 0) then\n",
     "  if KEYS[2] then\n",
     index_upsert!("KEYS[2]", "ARGV[6]", "ARGV[2]", "'XX'"),
     "  end\n",
-    "  redis.call('HSET', KEYS[1], '_ix', ARGV[6])\n",
+    "  table.insert(ARGV, '_ix')\n",
+    "  table.insert(ARGV, ARGV[6])\n",
     "end\n",
+    "local version = (tonumber(f[3]) or 0) + 1\n",
+    "table.insert(ARGV, '_ver')\n",
+    "table.insert(ARGV, string.format('%d', version))\n",
     "if ARGV[4] == '1' then\n",
     "  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do\n",
     "    if string.sub(f, 1, 1) == '.' then redis.call('HDEL', KEYS[1], f) end\n",
@@ -244,7 +256,6 @@ const APPLY: &str = concat!(
     "local n = tonumber(ARGV[5])\n",
     "chunked('HDEL', KEYS[1], 8, 7 + n)\n",
     "chunked('HSET', KEYS[1], 8 + n, #ARGV)\n",
-    "local version = redis.call('HINCRBY', KEYS[1], '_ver', 1)\n",
     "redis.call('PEXPIREAT', KEYS[1], ARGV[1])\n",
     "if ARGV[7] == '1' then redis.call('HEXISTS', KEYS[1], '_ver') end\n",
     "return version"
@@ -716,38 +727,17 @@ fn create_args(key: &StoreKey, record: &Record, score: i64) -> Result<Vec<Vec<u8
     Ok(args)
 }
 
-/// `EVALSHA` of `script`, for a pipeline (which cannot load a script Redis
-/// lost: see [`tracked`]).
-fn evalsha(script: &Script, keys: &[&str], args: &[Vec<u8>]) -> Cmd {
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
-    for arg in args {
-        cmd.arg(arg.as_slice());
-    }
-    cmd
-}
-
-/// Runs `cmd` on a cached store's connection so that Redis tracks the keys
-/// it reads for this connection: tracking on (`OPTIN`: only such commands;
-/// `NOLOOP`: no pushes for our own writes, which the cache applies itself)
-/// on whichever connection the manager holds now, its client id, then
-/// `CLIENT CACHING YES` right before `cmd`. One round trip. `script` is the
-/// script `cmd` runs, loaded and run again if Redis lost it (a restart).
-async fn tracked(conn: &ConnectionManager, cmd: &Cmd, script: Option<&Script>) -> Result<(i64, Reply)> {
+/// Reads with `cmd` on a cached store's connection, so that Redis tracks the
+/// keys it reads for this connection: tracking turned on (again: the
+/// connection may be new; `NOLOOP`: no pushes for our own writes, which the
+/// cache applies itself), then the connection's client id and `cmd`'s
+/// reply. One round trip.
+async fn tracked(conn: &ConnectionManager, cmd: &Cmd) -> Result<(i64, Reply)> {
     let mut pipe = redis::pipe();
-    pipe.cmd("CLIENT").arg("TRACKING").arg("ON").arg("OPTIN").arg("NOLOOP").ignore();
+    pipe.cmd("CLIENT").arg("TRACKING").arg("ON").arg("NOLOOP").ignore();
     pipe.cmd("CLIENT").arg("ID");
-    pipe.cmd("CLIENT").arg("CACHING").arg("YES").ignore();
     pipe.add_command(cmd.clone());
-    let mut conn = conn.clone();
-    let reply = match (pipe.query_async::<(i64, Reply)>(&mut conn).await, script) {
-        (Err(e), Some(script)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            script.load_async(&mut conn).await.map_err(unavailable)?;
-            pipe.query_async(&mut conn).await
-        }
-        (reply, _) => reply,
-    };
-    reply.map_err(unavailable)
+    pipe.query_async(&mut conn.clone()).await.map_err(unavailable)
 }
 
 /// A session hash as field → value.
@@ -844,12 +834,12 @@ impl Store for RedisStore {
             return Ok(Some(record));
         }
         let ticket = cache.ticket(&session);
-        let (connection, reply) = tracked(conn, &hgetall, None).await?;
+        let (connection, reply) = tracked(conn, &hgetall).await?;
         let fields = fields_of(reply)?;
         let size = fields.iter().fold(0usize, |size, (name, value)| size.saturating_add(name.len() + value.len()));
         let found = record_of(&fields, now)?;
-        if let Some((record, version)) = found.as_ref().filter(|_| size <= MAX_ENTRY_BYTES) {
-            cache.insert(&session, ticket, connection, record.clone(), *version);
+        if let Some((record, version)) = &found {
+            cache.insert(&session, ticket, connection, record.clone(), *version, size);
         }
         Ok(found.map(|(record, _)| record))
     }
@@ -895,19 +885,21 @@ impl Store for RedisStore {
             format!("{}:s:", self.prefix).into_bytes(),
         ]);
         args.extend(rest);
-        let reply =
-            self.run::<Vec<Reply>>(&LOGIN_SCRIPT, &[&self.session_key(key), &self.index_key(user)], &args).await;
-        let reply = match (reply, &self.cache) {
-            // The script may have evicted sessions this process cached, and
-            // Redis sends no push for our own writes: start afresh.
-            (Err(e), Some(cache)) => {
-                cache.clear();
-                return Err(e);
-            }
-            (reply, _) => reply?,
-        };
+        // The script may evict sessions this process cached, and Redis sends
+        // no push for our own writes: unless their names come back, the
+        // whole cache goes.
+        let mut writing = self.cache.as_deref().map(ClientCache::writing_unknown);
+        let reply: Vec<Reply> =
+            self.run(&LOGIN_SCRIPT, &[&self.session_key(key), &self.index_key(user)], &args).await?;
         let mut replies = reply.into_iter();
-        match replies.next().map(redis::from_redis_value::<i64>) {
+        let status = replies.next().map(redis::from_redis_value::<i64>);
+        if let Some(Ok(-2..=0)) = status {
+            // Refused before it changed anything.
+            if let Some(writing) = writing.take() {
+                writing.done();
+            }
+        }
+        match status {
             Some(Ok(1)) => {}
             Some(Ok(0)) => return Err(Error::new(ErrorKind::Conflict, "a session with this key exists")),
             Some(Ok(-2)) => return Err(Error::gone()),
@@ -917,7 +909,7 @@ impl Store for RedisStore {
             }
             _ => return Err(Error::corrupt("an unexpected reply from the login script")),
         }
-        let mut evicted = Vec::new();
+        let mut members = Vec::new();
         for reply in replies {
             let mut values: Vec<Reply> =
                 redis::from_redis_value(reply).map_err(|_| Error::corrupt("a session hash"))?;
@@ -926,9 +918,17 @@ impl Store for RedisStore {
             }
             let member: String =
                 redis::from_redis_value(values.remove(0)).map_err(|_| Error::corrupt("a session index entry"))?;
-            if let Some(cache) = &self.cache {
+            members.push((member, values));
+        }
+        // Every evicted session forgotten before any is parsed.
+        if let (Some(writing), Some(cache)) = (writing, &self.cache) {
+            for (member, _) in &members {
                 cache.forget(&format!("{}:s:{member}", self.prefix));
             }
+            writing.done();
+        }
+        let mut evicted = Vec::new();
+        for (member, values) in members {
             evicted.extend(info_of(&member, Reply::Array(values))?);
         }
         Ok(evicted)
@@ -962,38 +962,26 @@ impl Store for RedisStore {
         }
         // `XX`: a change never re-adds an index entry a logout removed.
         let user = change.user_id.as_deref();
-        let (Some(cache), Conn::Single(conn)) = (&self.cache, &self.conn) else {
+        let Some(cache) = &self.cache else {
             let applied = self.indexed(&APPLY_SCRIPT, key, user, score, "XX", &args).await?;
             return if applied == 0 { Err(Error::gone()) } else { Ok(()) };
         };
-        // One node: the session and its index in one script, tracked.
-        let session = self.session_key(key);
-        let index = user.map(|user| self.index_key(user));
-        let keys: Vec<&str> = std::iter::once(session.as_str()).chain(index.as_deref()).collect();
-        let applied = tracked(conn, &evalsha(&APPLY_SCRIPT, &keys, &args), Some(&APPLY_SCRIPT)).await.and_then(
-            |(connection, reply)| {
-                let version: u64 = redis::from_redis_value(reply).map_err(|_| Error::corrupt("a session version"))?;
-                Ok((connection, version))
-            },
-        );
-        match applied {
-            Ok((connection, version)) if version > 0 => {
-                cache.applied(&session, connection, change, version);
-                Ok(())
-            }
-            outcome => {
-                cache.forget(&session);
-                outcome.and(Err(Error::gone()))
-            }
+        // What the hash can have grown by: the names and values it sets.
+        let grown_by = args.iter().fold(0usize, |size, arg| size.saturating_add(arg.len()));
+        let session = [self.session_key(key)];
+        let writing = cache.writing(&session);
+        let version = u64::try_from(self.indexed(&APPLY_SCRIPT, key, user, score, "XX", &args).await?).unwrap_or(0);
+        if version == 0 {
+            return Err(Error::gone());
         }
+        writing.applied(change, version, grown_by);
+        Ok(())
     }
 
     async fn delete(&self, key: &StoreKey) -> Result<bool> {
-        let result = self.delete_session(key).await;
-        if let Some(cache) = &self.cache {
-            cache.forget(&self.session_key(key));
-        }
-        result
+        let session = [self.session_key(key)];
+        let _writing = self.cache.as_deref().map(|cache| cache.writing(&session));
+        self.delete_session(key).await
     }
 
     async fn user_sessions(&self, user: &str) -> Result<Vec<SessionInfo>> {
@@ -1029,13 +1017,9 @@ impl Store for RedisStore {
             return Ok(0);
         }
         let keys: Vec<String> = doomed.iter().map(|(m, _)| format!("{}:s:{m}", self.prefix)).collect();
-        let deleted = self.delete_keys(&keys).await;
-        if let Some(cache) = &self.cache {
-            for key in &keys {
-                cache.forget(key);
-            }
-        }
-        let deleted = deleted?;
+        let writing = self.cache.as_deref().map(|cache| cache.writing(&keys));
+        let deleted = self.delete_keys(&keys).await?;
+        drop(writing);
         self.unindex(user, &doomed).await?;
         Ok(deleted)
     }

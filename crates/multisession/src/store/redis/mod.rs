@@ -2,7 +2,6 @@
 
 mod cache;
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, LazyLock};
@@ -740,12 +739,86 @@ async fn tracked(conn: &ConnectionManager, cmd: &Cmd) -> Result<(i64, Reply)> {
     pipe.query_async(&mut conn.clone()).await.map_err(unavailable)
 }
 
-/// A session hash as field → value.
-type Fields = HashMap<String, Vec<u8>>;
+/// A session hash as Redis answered it, borrowed from the reply: its
+/// bookkeeping fields (`_…`, a handful) apart from its data (`.…`).
+#[derive(Default)]
+struct Fields<'a> {
+    meta: Vec<(&'a [u8], &'a [u8])>,
+    data: Vec<(&'a [u8], &'a [u8])>,
+    /// The bytes of every name and value.
+    size: usize,
+}
+
+impl<'a> Fields<'a> {
+    fn push(&mut self, name: &'a [u8], value: &'a [u8]) {
+        self.size = self.size.saturating_add(name.len()).saturating_add(value.len());
+        if name.first() == Some(&b'.') {
+            self.data.push((name, value));
+        } else {
+            self.meta.push((name, value));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.meta.is_empty() && self.data.is_empty()
+    }
+
+    /// A bookkeeping field as text.
+    fn text(&self, name: &str) -> Result<Option<&'a str>> {
+        self.meta
+            .iter()
+            .find(|(n, _)| *n == name.as_bytes())
+            .map(|(_, value)| {
+                std::str::from_utf8(value).map_err(|_| Error::corrupt(format!("field {name} is not UTF-8")))
+            })
+            .transpose()
+    }
+
+    fn millis(&self, name: &str) -> Result<OffsetDateTime> {
+        self.text(name)?
+            .and_then(|t| t.parse::<i64>().ok())
+            .and_then(from_millis)
+            .ok_or_else(|| Error::corrupt(format!("stored session field {name} is not a timestamp")))
+    }
+}
+
+/// The bytes of a string reply.
+fn bytes_of(value: &Reply) -> Option<&[u8]> {
+    match value {
+        Reply::BulkString(bytes) => Some(bytes),
+        Reply::SimpleString(text) => Some(text.as_bytes()),
+        _ => None,
+    }
+}
+
+/// An `HGETALL` reply as a session hash: a map (RESP3) or a flat array of
+/// pairs (RESP2). Read in place, without redis-rs's conversion, whose error
+/// would quote the reply (session data) and which copies every field.
+fn fields_of(reply: &Reply) -> Result<Fields<'_>> {
+    let bad = || Error::corrupt("a session hash");
+    let mut fields = Fields::default();
+    match reply {
+        Reply::Map(pairs) => {
+            for (name, value) in pairs {
+                fields.push(bytes_of(name).ok_or_else(bad)?, bytes_of(value).ok_or_else(bad)?);
+            }
+        }
+        Reply::Array(items) if items.len() % 2 == 0 => {
+            for pair in items.chunks_exact(2) {
+                if let [name, value] = pair {
+                    fields.push(bytes_of(name).ok_or_else(bad)?, bytes_of(value).ok_or_else(bad)?);
+                }
+            }
+        }
+        Reply::Nil => {}
+        _ => return Err(bad()),
+    }
+    Ok(fields)
+}
 
 /// A session hash as a live record and its `_ver`; `None` if the hash is
 /// gone or past its expiry by the application's clock.
-fn record_of(fields: &Fields, now: OffsetDateTime) -> Result<Option<(Record, u64)>> {
+fn record_of(fields: &Fields<'_>, now: OffsetDateTime) -> Result<Option<(Record, u64)>> {
     if fields.is_empty() {
         return Ok(None);
     }
@@ -754,65 +827,49 @@ fn record_of(fields: &Fields, now: OffsetDateTime) -> Result<Option<(Record, u64
         return Ok(None);
     }
     let mut data = Map::new();
-    for (name, value) in fields {
-        if let Some(key) = name.strip_prefix('.') {
-            data.insert(key.to_owned(), serde_json::from_slice::<Value>(value)?);
-        }
+    for (name, value) in &fields.data {
+        let key = name.get(1..).and_then(|key| std::str::from_utf8(key).ok());
+        let key = key.ok_or_else(|| Error::corrupt("a session key is not UTF-8"))?;
+        data.insert(key.to_owned(), serde_json::from_slice::<Value>(value)?);
     }
-    let version = text(fields, "_ver")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let version = fields.text("_ver")?.and_then(|v| v.parse().ok()).unwrap_or(0);
     Ok(Some((Record { data, meta }, version)))
 }
 
-fn text(fields: &Fields, name: &str) -> Result<Option<String>> {
-    fields
-        .get(name)
-        .map(|bytes| String::from_utf8(bytes.clone()).map_err(|_| Error::corrupt(format!("field {name} is not UTF-8"))))
-        .transpose()
-}
-
-fn millis_field(fields: &Fields, name: &str) -> Result<OffsetDateTime> {
-    text(fields, name)?
-        .and_then(|t| t.parse::<i64>().ok())
-        .and_then(from_millis)
-        .ok_or_else(|| Error::corrupt(format!("stored session field {name} is not a timestamp")))
-}
-
 /// The metadata of a session hash; `Corrupt` for anything malformed.
-fn meta(fields: &Fields) -> Result<Meta> {
-    if text(fields, "_v")?.as_deref() != Some(LAYOUT_VERSION) {
+fn meta(fields: &Fields<'_>) -> Result<Meta> {
+    if fields.text("_v")? != Some(LAYOUT_VERSION) {
         return Err(Error::corrupt("stored session has no known layout version"));
     }
-    let fixed: Fixed = serde_json::from_str(&text(fields, "_meta")?.unwrap_or_default())?;
+    let fixed: Fixed = serde_json::from_str(fields.text("_meta")?.unwrap_or_default())?;
     Ok(Meta {
-        user_id: text(fields, "_user")?,
+        user_id: fields.text("_user")?.map(str::to_owned),
         created_at: fixed.created_at,
-        last_active_at: millis_field(fields, "_la")?,
-        expires_at: millis_field(fields, "_exp")?,
+        last_active_at: fields.millis("_la")?,
+        expires_at: fields.millis("_exp")?,
         absolute_expires_at: fixed
             .absolute_expires_at
             .map(|ms| from_millis(ms).ok_or_else(|| Error::corrupt("absolute expiry out of range")))
             .transpose()?,
-        permanent: text(fields, "_perm")?.as_deref() == Some("1"),
+        permanent: fields.text("_perm")? == Some("1"),
         device: Device { user_agent: fixed.user_agent, ip: fixed.ip },
-        siblings: match text(fields, "_sib")? {
-            Some(json) => serde_json::from_str(&json)?,
+        siblings: match fields.text("_sib")? {
+            Some(json) => serde_json::from_str(json)?,
             None => Default::default(),
         },
     })
-}
-
-/// A reply as a session hash. redis-rs's conversion error quotes the reply,
-/// which may hold session data, so it is not kept.
-fn fields_of(reply: Reply) -> Result<Fields> {
-    redis::from_redis_value::<HashMap<String, Vec<u8>>>(reply).map_err(|_| Error::corrupt("a session hash"))
 }
 
 /// One session's [`INFO_FIELDS`] values, as `HMGET` answers them, as a
 /// listing entry; `None` if the hash is gone.
 fn info_of(member: &str, reply: Reply) -> Result<Option<SessionInfo>> {
     let values: Vec<Option<Vec<u8>>> = redis::from_redis_value(reply).map_err(|_| Error::corrupt("a session hash"))?;
-    let fields: Fields =
-        INFO_FIELDS.iter().zip(values).filter_map(|(name, value)| value.map(|v| ((*name).to_owned(), v))).collect();
+    let mut fields = Fields::default();
+    for (name, value) in INFO_FIELDS.iter().zip(&values) {
+        if let Some(value) = value {
+            fields.push(name.as_bytes(), value);
+        }
+    }
     if fields.is_empty() {
         return Ok(None);
     }
@@ -828,18 +885,17 @@ impl Store for RedisStore {
         hgetall.arg(&session);
         let (Some(cache), Conn::Single(conn)) = (&self.cache, &self.conn) else {
             let reply: Reply = self.query(&hgetall).await?;
-            return Ok(record_of(&fields_of(reply)?, now)?.map(|(record, _)| record));
+            return Ok(record_of(&fields_of(&reply)?, now)?.map(|(record, _)| record));
         };
         if let Some(record) = cache.get(&session, now) {
             return Ok(Some(record));
         }
         let ticket = cache.ticket(&session);
         let (connection, reply) = tracked(conn, &hgetall).await?;
-        let fields = fields_of(reply)?;
-        let size = fields.iter().fold(0usize, |size, (name, value)| size.saturating_add(name.len() + value.len()));
+        let fields = fields_of(&reply)?;
         let found = record_of(&fields, now)?;
         if let Some((record, version)) = &found {
-            cache.insert(&session, ticket, connection, record.clone(), *version, size);
+            cache.insert(&session, ticket, connection, record.clone(), *version, fields.size);
         }
         Ok(found.map(|(record, _)| record))
     }

@@ -119,7 +119,8 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens the server-side store a URL names: `memory://`, `sqlite://PATH`
 /// (created if missing), `postgres://…`, `mysql://…` (or `mariadb://`),
-/// `redis://HOST:PORT[/DB]`, `rediss://…` (TLS),
+/// `redis://HOST:PORT[/DB]` (`?client_cache=N` adds `RedisStore`'s
+/// client-side cache), `rediss://…` (TLS),
 /// `redis+cluster://HOST:PORT,HOST:PORT,…`, `memcached://HOST:PORT,…`,
 /// `mongodb://…/DATABASE` (collection `sessions`), or
 /// `firestore://HOST:PORT/PROJECT` (the Firestore emulator, collection

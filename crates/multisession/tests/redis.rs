@@ -228,9 +228,9 @@ mod client_cache {
         assert_eq!(device.get("/read").await.body, "user=kim n=1");
         assert_eq!(redis.store.cache_stats().expect("the cache is on").entries, 1);
         let key = redis.store.user_sessions("kim").await.expect("listed")[0].key;
-        // Polled once, so the delete is on its way to Redis, then dropped, as
-        // when the request's client goes away: Redis may still run it and
-        // sends this process no push for its own write.
+        // Polled once, then dropped, as when the request's client goes away:
+        // Redis may or may not run it, and sends this process no push for
+        // its own write either way.
         {
             let delete = redis.store.delete(&key);
             tokio::pin!(delete);
@@ -244,6 +244,34 @@ mod client_cache {
         let misses = redis.store.cache_stats().expect("on").misses;
         redis.store.load(&key).await.expect("loads");
         assert_eq!(redis.store.cache_stats().expect("on").misses, misses + 1, "the next load did not ask Redis");
+
+        // The same for a change.
+        let mut device = device_on(redis.store.clone());
+        device.get("/login/lee").await;
+        device.get("/write").await;
+        assert_eq!(device.get("/read").await.body, "user=lee n=1");
+        // kim's session is cached again if the abandoned delete never ran.
+        let before = redis.store.cache_stats().expect("on");
+        assert!(before.entries >= 1, "{before:?}");
+        let key = redis.store.user_sessions("lee").await.expect("listed")[0].key;
+        let now = time::OffsetDateTime::now_utc();
+        let mut change = multisession::Change::new(now, now + time::Duration::HOUR);
+        change.set.insert("n".into(), 7.into());
+        change.user_id = Some("lee".to_owned());
+        {
+            let apply = redis.store.apply(&key, &change);
+            tokio::pin!(apply);
+            tokio::select! {
+                biased;
+                _ = &mut apply => panic!("a change answered without waiting for Redis"),
+                () = std::future::ready(()) => {}
+            }
+        }
+        let after = redis.store.cache_stats().expect("on");
+        // (Unless a heartbeat Redis left unanswered for 2 s emptied it all.)
+        if after.flushes == before.flushes {
+            assert_eq!(after.entries, before.entries - 1, "an abandoned change left its session cached");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -117,8 +117,10 @@ impl Writing<'_> {
     /// most `grown_by` bytes.
     pub(super) fn applied(mut self, change: &Change, version: u64, grown_by: usize) {
         self.done = true;
-        if let Some([key]) = self.keys {
-            self.cache.applied(key, change, version, grown_by);
+        match self.keys {
+            Some([key]) => self.cache.applied(key, change, version, grown_by),
+            Some(keys) => keys.iter().for_each(|key| self.cache.forget(key)),
+            None => self.cache.clear(),
         }
     }
 
@@ -173,13 +175,21 @@ impl ClientCache {
                 Some(_) => inner.entries.get(key).map(|entry| Arc::clone(&entry.record)),
                 None => None,
             };
+            let found = match found {
+                // Expired by the application's clock: Redis decides what is left.
+                Some(record) if record.meta.is_expired(now) => {
+                    inner.entries.remove(key);
+                    None
+                }
+                found => found,
+            };
             match found {
                 Some(_) => inner.stats.hits += 1,
                 None => inner.stats.misses += 1,
             }
             found
         };
-        found.filter(|record| !record.meta.is_expired(now)).map(|record| Record::clone(&record))
+        found.map(|record| Record::clone(&record))
     }
 
     /// Taken before reading `key` from Redis.

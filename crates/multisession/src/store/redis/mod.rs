@@ -244,7 +244,9 @@ const APPLY: &str = concat!(
     "  table.insert(ARGV, '_ix')\n",
     "  table.insert(ARGV, ARGV[6])\n",
     "end\n",
+    // A `_ver` that is not a small count (written by hand) starts again.
     "local version = (tonumber(f[3]) or 0) + 1\n",
+    "if version < 1 or version > 4503599627370496 or version % 1 ~= 0 then version = 1 end\n",
     "table.insert(ARGV, '_ver')\n",
     "table.insert(ARGV, string.format('%d', version))\n",
     "if ARGV[4] == '1' then\n",
@@ -1004,9 +1006,14 @@ impl Store for RedisStore {
             if self.cache.is_some() { b"1".to_vec() } else { b"0".to_vec() },
         ];
         args.extend(change.remove.iter().map(|name| format!(".{name}").into_bytes()));
+        // What the hash can grow by: the data it sets and the device's
+        // parts (the other fields it rewrites keep their size).
+        let mut grown_by = 0usize;
         for (name, value) in &change.set {
+            let value = serde_json::to_vec(value)?;
+            grown_by = grown_by.saturating_add(name.len() + 1).saturating_add(value.len());
             args.push(format!(".{name}").into_bytes());
-            args.push(serde_json::to_vec(value)?);
+            args.push(value);
         }
         args.extend([b"_la".to_vec(), to_millis(change.last_active_at).to_string().into_bytes()]);
         args.extend([b"_exp".to_vec(), expires.into_bytes()]);
@@ -1014,7 +1021,9 @@ impl Store for RedisStore {
             args.extend([b"_perm".to_vec(), if permanent { b"1".to_vec() } else { b"0".to_vec() }]);
         }
         if let Some(siblings) = &change.siblings {
-            args.extend([b"_sib".to_vec(), serde_json::to_vec(siblings)?]);
+            let siblings = serde_json::to_vec(siblings)?;
+            grown_by = grown_by.saturating_add(siblings.len());
+            args.extend([b"_sib".to_vec(), siblings]);
         }
         // `XX`: a change never re-adds an index entry a logout removed.
         let user = change.user_id.as_deref();
@@ -1022,8 +1031,6 @@ impl Store for RedisStore {
             let applied = self.indexed(&APPLY_SCRIPT, key, user, score, "XX", &args).await?;
             return if applied == 0 { Err(Error::gone()) } else { Ok(()) };
         };
-        // What the hash can have grown by: the names and values it sets.
-        let grown_by = args.iter().fold(0usize, |size, arg| size.saturating_add(arg.len()));
         let session = [self.session_key(key)];
         let writing = cache.writing(&session);
         let version = u64::try_from(self.indexed(&APPLY_SCRIPT, key, user, score, "XX", &args).await?).unwrap_or(0);

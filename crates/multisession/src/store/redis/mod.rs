@@ -32,6 +32,9 @@ const LAYOUT_VERSION: &str = "1";
 /// The most sessions a `client_cache` may hold.
 const MAX_CLIENT_CACHE: usize = 10_000_000;
 
+/// The most commands [`RedisStore::each`] has in flight on a cluster.
+const CLUSTER_IN_FLIGHT: usize = 64;
+
 /// How often a cached store asks Redis for its connection's id: a
 /// connection that does not answer drops the cache (its pushes may be lost),
 /// and one replaced without a word is noticed by its new id.
@@ -532,15 +535,22 @@ impl RedisStore {
                 pipe.query_async(&mut c.clone()).await.map_err(unavailable)
             }
             Conn::Cluster(c) => {
+                // At most CLUSTER_IN_FLIGHT at once: 10 000 commands sent
+                // together queue long enough to outlast the reply timeout.
+                let mut replies = vec![Reply::Nil; cmds.len()];
+                let mut pending = cmds.into_iter().enumerate();
                 let mut tasks = tokio::task::JoinSet::new();
-                for (i, cmd) in cmds.into_iter().enumerate() {
-                    let mut conn = c.clone();
-                    tasks.spawn(async move { (i, cmd.query_async::<Reply>(&mut conn).await) });
-                }
-                let mut replies = vec![Reply::Nil; tasks.len()];
-                while let Some(done) = tasks.join_next().await {
+                loop {
+                    while tasks.len() < CLUSTER_IN_FLIGHT {
+                        let Some((i, cmd)) = pending.next() else { break };
+                        let mut conn = c.clone();
+                        tasks.spawn(async move { (i, cmd.query_async::<Reply>(&mut conn).await) });
+                    }
+                    let Some(done) = tasks.join_next().await else { break };
                     let (i, reply) = done.map_err(|e| Error::unavailable("a Redis request task failed", e))?;
-                    replies[i] = reply.map_err(unavailable)?;
+                    if let Some(slot) = replies.get_mut(i) {
+                        *slot = reply.map_err(unavailable)?;
+                    }
                 }
                 Ok(replies)
             }

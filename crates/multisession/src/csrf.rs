@@ -1,9 +1,42 @@
 //! Cross-site request forgery: the origin check framework adapters apply.
 //! The token half lives on [`Session`](crate::Session)
 //! (`csrf_token`, `verify_csrf_token`).
-#![cfg_attr(not(feature = "axum"), allow(dead_code))]
+#![cfg_attr(not(any(feature = "axum", feature = "actix")), allow(dead_code))]
+
+use std::sync::Arc;
 
 use crate::{Error, ErrorKind};
+
+/// The origin rule as an adapter was configured: the origins it trusts, or
+/// no check at all. Shared by the axum layer and the actix middleware.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct OriginCheck {
+    off: bool,
+    trusted: Arc<Vec<String>>,
+}
+
+impl OriginCheck {
+    /// Lets requests whose `Origin` is `origin` through.
+    pub(crate) fn trust(&mut self, origin: String) {
+        Arc::make_mut(&mut self.trusted).push(origin);
+    }
+
+    /// Lets every request through.
+    pub(crate) fn turn_off(&mut self) {
+        self.off = true;
+    }
+
+    /// Whether a request with this method is checked at all: safe methods
+    /// cannot be a forgery, so their headers are not even read.
+    pub(crate) fn applies(&self, safe_method: bool) -> bool {
+        !self.off && !safe_method
+    }
+
+    /// Whether a checked request is refused (see [`is_cross_origin`]).
+    pub(crate) fn refuses(&self, host: Option<&[u8]>, origin: Option<&[u8]>, sec_fetch_site: Option<&[u8]>) -> bool {
+        is_cross_origin(false, host, origin, sec_fetch_site, &self.trusted)
+    }
+}
 
 /// Whether a request that may change state comes from another origin, as a
 /// browser says: `Sec-Fetch-Site` other than `same-origin` or `none`, or,

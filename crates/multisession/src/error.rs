@@ -163,6 +163,39 @@ impl Error {
     pub fn is_unavailable(&self) -> bool {
         self.kind == ErrorKind::Unavailable
     }
+
+    /// How a web adapter answers this error: `503 Service Unavailable` when
+    /// the store is down, `409 Conflict` for a refused login, `403
+    /// Forbidden` for a failed CSRF or origin check, `500` otherwise, with a
+    /// body that says which and never the session id. Server errors are
+    /// logged as errors, refusals as information.
+    #[cfg_attr(not(any(feature = "axum", feature = "actix")), allow(dead_code))]
+    pub(crate) fn http_answer(&self) -> (u16, &'static str) {
+        let status = self.http_status();
+        if status >= 500 {
+            tracing::error!(error = %self, "session error");
+        } else if status == 403 {
+            tracing::info!(error = %self, "request refused");
+        }
+        let body = match self.kind {
+            ErrorKind::Unavailable => "The session store is unavailable. Please try again shortly.",
+            ErrorKind::TooManySessions => "Too many active sessions: log out on another device first.",
+            ErrorKind::Forbidden => "This request was refused: reload the page and try again.",
+            _ => "Internal error in session handling.",
+        };
+        (status, body)
+    }
+
+    /// The status of [`Error::http_answer`], without logging.
+    #[cfg_attr(not(any(feature = "axum", feature = "actix")), allow(dead_code))]
+    pub(crate) fn http_status(&self) -> u16 {
+        match self.kind {
+            ErrorKind::Unavailable => 503,
+            ErrorKind::TooManySessions => 409,
+            ErrorKind::Forbidden => 403,
+            _ => 500,
+        }
+    }
 }
 
 impl fmt::Display for Error {

@@ -23,6 +23,8 @@ pub use id::{SessionId, StoreKey};
 pub use record::{Change, Device, Meta, RECORD_FORMAT_VERSION, Record};
 pub use session::{CSRF_TOKEN_KEY, MAX_USER_ID_BYTES, Session, USER_ID_KEY};
 pub use users::{DeviceSession, SessionHandle, Sessions};
+#[cfg(feature = "actix")]
+pub use web::actix::SessionMiddleware;
 #[cfg(feature = "axum")]
 pub use web::axum::SessionLayer;
 

@@ -5,7 +5,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -17,7 +16,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Instrument as _;
 
-use crate::{Device, Error, ErrorKind, Session, Sessions};
+use crate::csrf::OriginCheck;
+use crate::{Device, Error, Session, Sessions};
 
 /// Gives every request a lazily loaded [`Session`] and commits it after the
 /// handler: one store read for a request that reads the session, none for one
@@ -54,64 +54,16 @@ use crate::{Device, Error, ErrorKind, Session, Sessions};
 #[derive(Clone, Debug)]
 pub struct SessionLayer {
     sessions: Sessions,
-    cross_origin: bool,
-    trusted: Arc<Vec<String>>,
+    origins: OriginCheck,
 }
 
-impl SessionLayer {
-    /// A layer serving `sessions`.
-    ///
-    /// ```
-    /// let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
-    /// let layer = multisession::SessionLayer::new(sessions.clone());   // keep `sessions` for admin code
-    /// # let _ = layer;
-    /// # Ok::<(), multisession::Error>(())
-    /// ```
-    pub fn new(sessions: Sessions) -> Self {
-        Self { sessions, cross_origin: false, trusted: Arc::default() }
-    }
-
-    /// Lets cross-origin requests from `origin` (`scheme://host[:port]`, as
-    /// browsers send it in `Origin`) through: a login provider that posts
-    /// its answer back, for example.
-    ///
-    /// ```
-    /// let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
-    /// let layer = multisession::SessionLayer::new(sessions).trust_origin("https://appleid.apple.com");
-    /// # let _ = layer;
-    /// # Ok::<(), multisession::Error>(())
-    /// ```
-    pub fn trust_origin(mut self, origin: impl Into<String>) -> Self {
-        Arc::make_mut(&mut self.trusted).push(origin.into());
-        self
-    }
-
-    /// Lets cross-origin browser requests through, for an application whose
-    /// pages on other origins post to it with credentials on purpose. Its
-    /// forms then rely on CSRF tokens alone.
-    ///
-    /// ```
-    /// let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
-    /// let layer = multisession::SessionLayer::new(sessions).allow_cross_origin();
-    /// # let _ = layer;
-    /// # Ok::<(), multisession::Error>(())
-    /// ```
-    pub fn allow_cross_origin(mut self) -> Self {
-        self.cross_origin = true;
-        self
-    }
-}
+super::adapter_options!(SessionLayer);
 
 impl<S> Layer<S> for SessionLayer {
     type Service = SessionService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        SessionService {
-            inner,
-            sessions: self.sessions.clone(),
-            cross_origin: self.cross_origin,
-            trusted: self.trusted.clone(),
-        }
+        SessionService { inner, sessions: self.sessions.clone(), origins: self.origins.clone() }
     }
 }
 
@@ -120,8 +72,7 @@ impl<S> Layer<S> for SessionLayer {
 pub struct SessionService<S> {
     inner: S,
     sessions: Sessions,
-    cross_origin: bool,
-    trusted: Arc<Vec<String>>,
+    origins: OriginCheck,
 }
 
 impl<S, B> Service<Request<B>> for SessionService<S>
@@ -140,12 +91,11 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let headers = request.headers();
-        // Safe methods cannot be a forgery: their headers are not even read.
-        if !self.cross_origin && !request.method().is_safe() {
+        if self.origins.applies(request.method().is_safe()) {
             let bytes = |name: &HeaderName| headers.get(name).map(HeaderValue::as_bytes);
             // HTTP/2 carries the host in the URI's authority, not in `Host`.
             let host = bytes(&HOST).or_else(|| request.uri().authority().map(|a| a.as_str().as_bytes()));
-            if crate::csrf::is_cross_origin(false, host, bytes(&ORIGIN), bytes(&SEC_FETCH_SITE), &self.trusted) {
+            if self.origins.refuses(host, bytes(&ORIGIN), bytes(&SEC_FETCH_SITE)) {
                 return Box::pin(std::future::ready(Ok(crate::csrf::refusal().into_response())));
             }
         }
@@ -203,28 +153,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
     }
 }
 
-/// `503 Service Unavailable` when the store is down, `409 Conflict` for a
-/// refused login, `403 Forbidden` for a failed CSRF check, `500` otherwise;
-/// the body says which, never the session id.
+/// The answer adapters give (see `Error::http_answer`): `503 Service Unavailable` when
+/// the store is down, `409 Conflict` for a refused login, `403 Forbidden`
+/// for a failed CSRF check, `500` otherwise; the body says which, never the
+/// session id.
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let status = match self.kind() {
-            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::TooManySessions => StatusCode::CONFLICT,
-            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        if status.is_server_error() {
-            tracing::error!(error = %self, "session error");
-        } else if status == StatusCode::FORBIDDEN {
-            tracing::info!(error = %self, "request refused");
-        }
-        let body = match self.kind() {
-            ErrorKind::Unavailable => "The session store is unavailable. Please try again shortly.",
-            ErrorKind::TooManySessions => "Too many active sessions: log out on another device first.",
-            ErrorKind::Forbidden => "This request was refused: reload the page and try again.",
-            _ => "Internal error in session handling.",
-        };
-        (status, body).into_response()
+        let (status, body) = self.http_answer();
+        (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body).into_response()
     }
 }

@@ -19,9 +19,10 @@
 //!   just before ours (no write of anyone else came between).
 //! - An entry is served only while the connection it was tracked on is the
 //!   current one: a lost connection (whose pushes are lost with it) flushes
-//!   everything, and a replaced one is noticed by its client id, in every
-//!   tracked command's reply and in a heartbeat (see `RedisStore`), which
-//!   also flushes the cache when Redis stops answering.
+//!   everything. A replaced one is noticed by its client id: a reply from
+//!   another connection is not stored, and the heartbeat (see `RedisStore`)
+//!   moves the cache over to the new one, emptied, or empties it when Redis
+//!   stops answering.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;

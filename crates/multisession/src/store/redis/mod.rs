@@ -88,14 +88,13 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// process read in its memory, so that reading a hot session costs no round
 /// trip and a request that writes it costs one. Redis tells the process
 /// when another client changes or deletes a cached session (RESP3
-/// `CLIENT TRACKING`, which needs Redis 6 or later), and the process applies
-/// its own writes to the cache itself:
+/// `CLIENT TRACKING`, Redis 6 or later; tested on 7.0), and the process
+/// applies its own writes to the cache itself:
 ///
 /// - A write, logout or revoke made by this process is seen by its next
 ///   request at once. One made by another process drops the cached copy
-///   when Redis's push arrives, a moment after that write's reply (well
-///   under a millisecond on one network); a request served in between still
-///   sees the session as it was.
+///   when Redis's push arrives, a moment after that write's reply; a
+///   request served in between still sees the session as it was.
 /// - A lost connection drops the whole cache, since pushes sent while it was
 ///   down are lost. The store also asks Redis for its connection's id every
 ///   second: no answer within two seconds, or a new connection, drops the

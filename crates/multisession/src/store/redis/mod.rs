@@ -1036,17 +1036,13 @@ impl Store for RedisStore {
         }
         // `XX`: a change never re-adds an index entry a logout removed.
         let user = change.user_id.as_deref();
-        let Some(cache) = &self.cache else {
-            let applied = self.indexed(&APPLY_SCRIPT, key, user, score, "XX", &args).await?;
-            return if applied == 0 { Err(Error::gone()) } else { Ok(()) };
-        };
-        let session = [self.session_key(key)];
-        let writing = cache.writing(&session);
-        let version = u64::try_from(self.indexed(&APPLY_SCRIPT, key, user, score, "XX", &args).await?).unwrap_or(0);
-        if version == 0 {
-            return Err(Error::gone());
+        let cached = self.cache.as_deref().map(|cache| (cache, [self.session_key(key)]));
+        let writing = cached.as_ref().map(|(cache, session)| cache.writing(session));
+        let version = self.indexed(&APPLY_SCRIPT, key, user, score, "XX", &args).await?;
+        let version = u64::try_from(version).ok().filter(|v| *v > 0).ok_or_else(Error::gone)?;
+        if let Some(writing) = writing {
+            writing.applied(change, version, grown_by);
         }
-        writing.applied(change, version, grown_by);
         Ok(())
     }
 

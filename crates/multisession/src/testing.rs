@@ -85,6 +85,13 @@ pub trait Harness: Send + Sync {
     fn has_user_index(&self) -> bool {
         true
     }
+
+    /// Whether the store can walk all its sessions a page at a time
+    /// ([`Store::sessions_page`]). Without it, the walk check expects
+    /// `Unsupported`.
+    fn walks_sessions(&self) -> bool {
+        true
+    }
 }
 
 /// Generates one `#[tokio::test]` per conformance check, each calling
@@ -121,6 +128,7 @@ macro_rules! store_conformance_tests {
             ending_a_device_ends_every_server_part_it_has,
             a_session_of_ten_thousand_keys_round_trips,
             a_part_made_or_moved_while_its_user_is_logged_out_everywhere_reads_nothing,
+            every_live_session_is_walked_a_page_at_a_time,
         );
     };
     (@tests $harness:expr; $($check:ident),* $(,)?) => {
@@ -305,6 +313,13 @@ impl<S: Store> Store for CountingStore<S> {
     }
     async fn delete_expired(&self) -> Result<u64> {
         self.inner.delete_expired().await
+    }
+    async fn sessions_page(
+        &self,
+        cursor: Option<&crate::store::PageCursor>,
+        limit: usize,
+    ) -> Result<crate::store::SessionsPage> {
+        self.inner.sessions_page(cursor, limit).await
     }
 }
 
@@ -1322,6 +1337,69 @@ pub mod checks {
                     assert!(leftovers.is_empty(), "{path} beside {ender}: {leftovers:?}");
                 }
             }
+        }
+    }
+
+    /// [`Store::sessions_page`] walks the whole store: every live session
+    /// appears with its record, nothing deleted or expired does, no page is
+    /// much larger than asked, the walk ends, and a page costs the same
+    /// however many sessions follow it.
+    pub async fn every_live_session_is_walked_a_page_at_a_time(h: &dyn Harness) {
+        let store = h.store();
+        if !h.walks_sessions() {
+            let err = store.sessions_page(None, 10).await.expect_err("a store that cannot walk its sessions walked");
+            assert_eq!(err.kind(), ErrorKind::Unsupported);
+            return;
+        }
+        assert_eq!(store.sessions_page(None, 0).await.expect_err("a page of 0").kind(), ErrorKind::Usage);
+        let u = user("walk");
+        let mut mine = BTreeMap::new();
+        for i in 0..23 {
+            let record = record((i % 2 == 0).then_some(u.as_str()), data(&[("i", json!(i))]));
+            mine.insert(create(&*store, &record).await, record);
+        }
+        let deleted = create(&*store, &record(Some(&u), Map::new())).await;
+        store.delete(&deleted).await.expect("delete succeeds");
+        let mut short = record(None, Map::new());
+        short.meta.expires_at = now() + Duration::milliseconds(300);
+        let expired = create(&*store, &short).await;
+        wait_past(short.meta.expires_at).await;
+
+        const LIMIT: usize = 7;
+        let (mut seen, mut cursor, mut pages) = (BTreeMap::new(), None, 0u64);
+        loop {
+            let page = store.sessions_page(cursor.as_ref(), LIMIT).await.expect("sessions_page succeeds");
+            assert!(page.sessions.len() <= 2 * LIMIT + 8, "a page of {LIMIT} held {}", page.sessions.len());
+            assert_eq!(page.unreadable, 0, "the store reports unreadable records it never held");
+            for (key, record) in page.sessions {
+                assert!(key != deleted && key != expired, "the walk returned a deleted or expired session");
+                if mine.contains_key(&key) {
+                    seen.insert(key, record);
+                }
+            }
+            pages += 1;
+            assert!(pages < 1_000_000, "the walk does not end");
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, mine, "the walk missed sessions or changed their records");
+
+        // The first page costs the same with 500 more sessions behind it.
+        async fn first_page(h: &dyn Harness, store: &dyn Store) -> Option<u64> {
+            let before = h.work().await;
+            store.sessions_page(None, LIMIT).await.expect("sessions_page succeeds");
+            Some(h.work().await? - before?)
+        }
+        let small = first_page(h, &*store).await;
+        let mut crowd = record(None, Map::new());
+        crowd.meta.expires_at = now() + Duration::minutes(10);
+        for _ in 0..500 {
+            create(&*store, &crowd).await;
+        }
+        if let (Some(small), Some(large)) = (small, first_page(h, &*store).await) {
+            assert!(large <= 2 * small + 2 * LIMIT as u64, "a page cost {small}, then {large} with 500 more sessions");
         }
     }
 }

@@ -127,6 +127,12 @@ impl Harness for Memcached {
         Some(self.commands().await)
     }
 
+    // Memcached has no way to list its keys a page at a time
+    // (`lru_crawler metadump` dumps every key of the cache in one go).
+    fn walks_sessions(&self) -> bool {
+        false
+    }
+
     fn caps_logins_atomically(&self) -> bool {
         false
     }

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::field_name::decode as decode_key;
-use super::{SessionInfo, Store};
+use super::{PageCursor, SessionInfo, SessionsPage, Store};
 use crate::record::{from_millis, to_millis};
 use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result, StoreKey};
 
@@ -38,6 +38,8 @@ const META_FIELDS: [&str; 10] = [
 ];
 /// Firestore takes at most 500 writes in one commit.
 const MAX_WRITES: usize = 500;
+/// Whole documents read per page of [`Store::sessions_page`].
+const WALK_PAGE: usize = 50;
 /// Documents read per page of a user's sessions.
 const PAGE: usize = 500;
 /// The largest reply body read: a page of 500 documents holding a session's
@@ -520,6 +522,38 @@ impl Store for FirestoreStore {
             }
         }
         self.delete_names(&names).await
+    }
+
+    async fn sessions_page(&self, cursor: Option<&PageCursor>, limit: usize) -> Result<SessionsPage> {
+        // Firestore's own paging of a collection in name order, at most
+        // WALK_PAGE documents (whole, data included) per reply.
+        let limit = super::page_limit(limit)?.min(WALK_PAGE);
+        let mut query = vec![("pageSize", limit.to_string())];
+        if let Some(cursor) = cursor {
+            if cursor.as_str().len() > 4096 {
+                return Err(Error::usage("this page cursor was not made by this store"));
+            }
+            query.push(("pageToken", cursor.as_str().to_owned()));
+        }
+        let url = format!("{}/{}", self.documents, self.collection);
+        let (status, reply) = self.send(Method::GET, &url, &query, None).await?;
+        if !status.is_success() {
+            return Err(refused("a listing", status, &reply));
+        }
+        let now = OffsetDateTime::now_utc();
+        let mut page = SessionsPage::default();
+        let documents = reply.get("documents").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        self.requests.fetch_add(documents.len() as u64, Ordering::Relaxed);
+        for document in documents {
+            let record = meta(document).and_then(|meta| Ok(Record { data: data(document)?, meta }));
+            match (key_of(document), record) {
+                (Ok(key), Ok(record)) if !record.meta.is_expired(now) => page.sessions.push((key, record)),
+                (Ok(_), Ok(_)) => {}
+                _ => page.unreadable += 1,
+            }
+        }
+        page.next = reply.get("nextPageToken").and_then(Value::as_str).filter(|t| !t.is_empty()).map(PageCursor::new);
+        Ok(page)
     }
 
     async fn delete_expired(&self) -> Result<u64> {

@@ -1,13 +1,14 @@
 //! An in-process store: for tests, single-process apps and development.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use super::{SessionInfo, Store};
+use super::{PageCursor, SessionInfo, SessionsPage, Store};
 use crate::{Change, Error, ErrorKind, Record, Result, SessionLimit, StoreKey};
 
 /// Sessions in this process's memory, with a per-user index.
@@ -37,7 +38,8 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Inner {
-    sessions: HashMap<StoreKey, Entry>,
+    /// Ordered by key, so that [`Store::sessions_page`] resumes in place.
+    sessions: BTreeMap<StoreKey, Entry>,
     users: HashMap<String, HashSet<StoreKey>>,
 }
 
@@ -283,5 +285,33 @@ impl Store for MemoryStore {
             inner.remove(key);
         }
         Ok(expired.len() as u64)
+    }
+
+    async fn sessions_page(&self, cursor: Option<&PageCursor>, limit: usize) -> Result<SessionsPage> {
+        let limit = super::page_limit(limit)?;
+        let after = super::cursor_key(cursor)?;
+        let now = OffsetDateTime::now_utc();
+        let (entries, next) = {
+            let inner = self.lock()?;
+            let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+            let mut range = inner.sessions.range((start, Bound::Unbounded));
+            let (mut entries, mut last) = (Vec::new(), None);
+            for (key, entry) in range.by_ref().take(limit) {
+                last = Some(*key);
+                if entry.expires_at > now {
+                    entries.push((*key, entry.record.shared()));
+                }
+            }
+            (entries, range.next().and(last))
+        };
+        self.examined.fetch_add(limit as u64, Ordering::Relaxed);
+        let mut page = SessionsPage { next: next.map(|k| PageCursor::new(k.to_string())), ..SessionsPage::default() };
+        for (key, record) in entries {
+            match record {
+                Ok(record) => page.sessions.push((key, Record::clone(&record))),
+                Err(_) => page.unreadable += 1,
+            }
+        }
+        Ok(page)
     }
 }

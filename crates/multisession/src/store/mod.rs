@@ -115,6 +115,86 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes expired records; how many. A no-op where expiry is native.
     async fn delete_expired(&self) -> Result<u64>;
+
+    /// One page of every live session in the store, with its key, for tools
+    /// that copy or count them all (`multisession migrate`, `stats`): at
+    /// most about `limit` sessions (1 to [`MAX_PAGE`]) from where `cursor`
+    /// left off (`None`: the start), and the cursor of the next page (`None`
+    /// after the last). A page costs in proportion to `limit`, never to the
+    /// store. A session live throughout the walk appears at least once;
+    /// one created or ended during it may or may not. Records that cannot
+    /// be decoded are counted in [`SessionsPage::unreadable`], not returned.
+    ///
+    /// The default is `Unsupported`, for a backend that cannot walk its keys
+    /// a page at a time (Memcached).
+    async fn sessions_page(&self, cursor: Option<&PageCursor>, limit: usize) -> Result<SessionsPage> {
+        let _ = (cursor, limit);
+        Err(crate::Error::unsupported("this store cannot list all its sessions a page at a time"))
+    }
+}
+
+/// The most sessions one [`Store::sessions_page`] call returns.
+pub const MAX_PAGE: usize = 10_000;
+
+/// One page of [`Store::sessions_page`].
+#[derive(Clone, Debug, Default)]
+pub struct SessionsPage {
+    /// The live sessions of the page, each with its store key. A page may
+    /// be empty before the last.
+    pub sessions: Vec<(StoreKey, Record)>,
+    /// How many stored records in the page could not be decoded.
+    pub unreadable: u64,
+    /// Where the next page starts; `None` after the last page.
+    pub next: Option<PageCursor>,
+}
+
+/// Where the next [`Store::sessions_page`] starts: opaque, meaningful only
+/// to the store that made it. It holds no session id (a store key at most,
+/// which is a hash).
+///
+/// ```
+/// let cursor = multisession::store::PageCursor::new("42");
+/// assert_eq!(cursor.as_str(), "42");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageCursor(String);
+
+impl PageCursor {
+    /// A cursor holding `text`, for a store to hand back.
+    ///
+    /// ```
+    /// let cursor = multisession::store::PageCursor::new("after:0a1b");
+    /// # let _ = cursor;
+    /// ```
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
+    /// The text the store put in.
+    ///
+    /// ```
+    /// assert_eq!(multisession::store::PageCursor::new("x").as_str(), "x");
+    /// ```
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The store key a cursor of a key-ordered store holds.
+pub(crate) fn cursor_key(cursor: Option<&PageCursor>) -> Result<Option<StoreKey>> {
+    cursor
+        .map(|c| c.as_str().parse::<StoreKey>())
+        .transpose()
+        .map_err(|_| crate::Error::usage("this page cursor was not made by this store"))
+}
+
+/// `limit` checked against [`MAX_PAGE`], for the stores' `sessions_page`.
+pub(crate) fn page_limit(limit: usize) -> Result<usize> {
+    if (1..=MAX_PAGE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(crate::Error::usage(format!("a page holds 1 to {MAX_PAGE} sessions, not {limit}")))
+    }
 }
 
 /// Opens the server-side store a URL names: `memory://`, `sqlite://PATH`
@@ -432,6 +512,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     async fn delete_expired(&self) -> Result<u64> {
         (**self).delete_expired().await
+    }
+    async fn sessions_page(&self, cursor: Option<&PageCursor>, limit: usize) -> Result<SessionsPage> {
+        (**self).sessions_page(cursor, limit).await
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use super::field_name::decode as decode_key;
-use super::{SessionInfo, Store};
+use super::{PageCursor, SessionInfo, SessionsPage, Store};
 use crate::record::{from_millis, to_millis};
 use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result, StoreKey};
 
@@ -311,6 +311,45 @@ impl Store for MongoStore {
         }
         let done = self.sessions.delete_many(filter).await.map_err(unavailable)?;
         Ok(done.deleted_count)
+    }
+
+    async fn sessions_page(&self, cursor: Option<&PageCursor>, limit: usize) -> Result<SessionsPage> {
+        let limit = super::page_limit(limit)?;
+        // In `_id` order from the last page's `_id`: the primary index
+        // serves each page where it left off.
+        let after = cursor.map_or("", PageCursor::as_str);
+        if after.len() > 256 {
+            return Err(Error::usage("this page cursor was not made by this store"));
+        }
+        let mut found = self
+            .sessions
+            .find(doc! { "_id": { "$gt": after } })
+            .sort(doc! { "_id": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(unavailable)?;
+        let now = OffsetDateTime::now_utc();
+        let (mut page, mut last, mut read) = (SessionsPage::default(), None, 0usize);
+        while found.advance().await.map_err(unavailable)? {
+            read += 1;
+            let Ok(doc) = found.deserialize_current() else {
+                page.unreadable += 1;
+                continue;
+            };
+            let id = doc.get_str("_id").ok().map(str::to_owned);
+            let key = id.as_deref().and_then(|id| id.parse::<StoreKey>().ok());
+            last = id.or(last);
+            let record = meta(&doc).and_then(|meta| Ok(Record { data: data(&doc)?, meta }));
+            match (key, record) {
+                (Some(key), Ok(record)) if !record.meta.is_expired(now) => page.sessions.push((key, record)),
+                (Some(_), Ok(_)) => {}
+                _ => page.unreadable += 1,
+            }
+        }
+        if read == limit {
+            page.next = last.map(PageCursor::new);
+        }
+        Ok(page)
     }
 
     async fn delete_expired(&self) -> Result<u64> {

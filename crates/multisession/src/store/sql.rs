@@ -15,7 +15,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
 
-use super::{SessionInfo, Store};
+use super::{PageCursor, SessionInfo, SessionsPage, Store};
 use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result, SessionLimit, StoreKey};
 
 /// Rows removed per statement by [`Store::delete_expired`], so cleanup never
@@ -830,6 +830,16 @@ fn info(row: &AnyRow) -> Result<SessionInfo> {
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
 impl SqlStore {
+    /// The record a row of `COLUMNS` and `data` holds.
+    fn record(&self, row: &AnyRow) -> Result<Record> {
+        let text: String = row.try_get("data").map_err(db_error)?;
+        let mut data = data(&text)?;
+        if self.dialect == Dialect::Postgres {
+            data = data.into_iter().map(|(k, v)| (pg_unescape(&k).into_owned(), pg_value(&v, pg_unescape))).collect();
+        }
+        Ok(Record { data, meta: meta(row)? })
+    }
+
     /// The INSERT of a new session.
     fn insert(&self, key: &StoreKey, record: &Record) -> Result<AnyQuery<'_>> {
         let meta = &record.meta;
@@ -989,13 +999,7 @@ impl Store for SqlStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error)?;
-        let Some(row) = row else { return Ok(None) };
-        let text: String = row.try_get("data").map_err(db_error)?;
-        let mut data = data(&text)?;
-        if self.dialect == Dialect::Postgres {
-            data = data.into_iter().map(|(k, v)| (pg_unescape(&k).into_owned(), pg_value(&v, pg_unescape))).collect();
-        }
-        Ok(Some(Record { data, meta: meta(&row)? }))
+        row.map(|row| self.record(&row)).transpose()
     }
 
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<()> {
@@ -1119,6 +1123,46 @@ impl Store for SqlStore {
             .await
             .map_err(db_error)?;
         Ok(done.rows_affected())
+    }
+
+    async fn sessions_page(&self, cursor: Option<&PageCursor>, limit: usize) -> Result<SessionsPage> {
+        let limit = super::page_limit(limit)?;
+        // The cursor is the last row's key as stored, so that even a row
+        // whose key is not one of ours cannot stop the walk.
+        let after = cursor.map_or("", PageCursor::as_str);
+        if after.len() > 256 {
+            return Err(Error::usage("this page cursor was not made by this store"));
+        }
+        // Keyset paging on the primary key (namespace, session_key): each
+        // page starts where the last ended, whatever the table's size.
+        let sql = format!(
+            "SELECT {COLUMNS}, {} AS data FROM {{t}} WHERE namespace = ? AND session_key > ? \
+             ORDER BY session_key LIMIT ?",
+            self.data_text()
+        );
+        let rows = sqlx::query(self.sql(&sql))
+            .bind(&self.prefix)
+            .bind(after)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let now = OffsetDateTime::now_utc();
+        let mut page = SessionsPage::default();
+        let mut last = None;
+        for row in &rows {
+            let key: String = row.try_get("session_key").map_err(db_error)?;
+            last = Some(key.trim().to_owned());
+            match (key.trim().parse::<StoreKey>(), self.record(row)) {
+                (Ok(key), Ok(record)) if !record.meta.is_expired(now) => page.sessions.push((key, record)),
+                (Ok(_), Ok(_)) => {}
+                _ => page.unreadable += 1,
+            }
+        }
+        if rows.len() == limit {
+            page.next = last.map(PageCursor::new);
+        }
+        Ok(page)
     }
 
     async fn delete_expired(&self) -> Result<u64> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tracing::Instrument as _;
 
-use super::{SessionInfo, Store};
+use super::{PageCursor, SessionInfo, SessionsPage, Store};
 use crate::{Change, Record, Result, SessionLimit, StoreKey};
 
 /// Wraps the store a [`Sessions`](crate::Sessions) uses, so that each call
@@ -49,5 +49,8 @@ impl Store for Traced {
     }
     async fn delete_expired(&self) -> Result<u64> {
         self.0.delete_expired().instrument(span("delete_expired")).await
+    }
+    async fn sessions_page(&self, cursor: Option<&PageCursor>, limit: usize) -> Result<SessionsPage> {
+        self.0.sessions_page(cursor, limit).instrument(span("sessions_page")).await
     }
 }

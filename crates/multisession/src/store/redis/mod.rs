@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, RedisError, Script, Value as Reply};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -18,7 +19,7 @@ use time::OffsetDateTime;
 
 pub use self::cache::CacheStats;
 use self::cache::ClientCache;
-use super::{SessionInfo, Store};
+use super::{PageCursor, SessionInfo, SessionsPage, Store};
 use crate::record::{from_millis, to_millis};
 use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result, SessionLimit, StoreKey};
 
@@ -31,6 +32,10 @@ const LAYOUT_VERSION: &str = "1";
 
 /// The most sessions a `client_cache` may hold.
 const MAX_CLIENT_CACHE: usize = 10_000_000;
+
+/// The most nodes of a cluster [`Store::sessions_page`] reads from
+/// `CLUSTER NODES` (Redis Cluster allows about a thousand).
+const MAX_CLUSTER_NODES: usize = 2_000;
 
 /// The most commands [`RedisStore::each`] has in flight on a cluster.
 const CLUSTER_IN_FLIGHT: usize = 64;
@@ -493,6 +498,12 @@ impl RedisStore {
 
     fn is_cluster(&self) -> bool {
         matches!(self.conn, Conn::Cluster(_))
+    }
+
+    /// The cluster's reachable masters, in address order.
+    async fn masters(&self) -> Result<Vec<String>> {
+        let nodes: String = self.query(&redis::cmd("CLUSTER").arg("NODES").clone()).await?;
+        Ok(masters_of(&nodes))
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
@@ -1096,4 +1107,117 @@ impl Store for RedisStore {
         // Sessions and indexes expire natively.
         Ok(0)
     }
+
+    async fn sessions_page(&self, cursor: Option<&PageCursor>, limit: usize) -> Result<SessionsPage> {
+        let limit = super::page_limit(limit)?;
+        let bad_cursor = || Error::usage("this page cursor was not made by this store");
+        // `SCAN` walks the keyspace by its own cursor, `limit` keys' worth of
+        // buckets per call; a cluster is walked node by node, its masters in
+        // address order, the cursor naming the node.
+        let (node, scan) = match cursor.map(PageCursor::as_str) {
+            None => (None, 0u64),
+            Some(text) => match text.rsplit_once('/') {
+                Some((node, scan)) if self.is_cluster() => {
+                    (Some(node.to_owned()), scan.parse().map_err(|_| bad_cursor())?)
+                }
+                None if !self.is_cluster() => (None, text.parse().map_err(|_| bad_cursor())?),
+                _ => return Err(bad_cursor()),
+            },
+        };
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(scan).arg("MATCH").arg(format!("{}:s:*", glob_escaped(&self.prefix))).arg("COUNT").arg(limit);
+        let (next_scan, names, node): (u64, Vec<Vec<u8>>, Option<String>) = match &self.conn {
+            Conn::Single(c) => {
+                let (next, names) = cmd.query_async(&mut c.clone()).await.map_err(unavailable)?;
+                (next, names, None)
+            }
+            Conn::Cluster(c) => {
+                let masters = self.masters().await?;
+                let node = match node {
+                    Some(node) if masters.contains(&node) => node,
+                    Some(_) => {
+                        return Err(Error::new(
+                            ErrorKind::Conflict,
+                            "the Redis Cluster's masters changed during the walk: start it again",
+                        ));
+                    }
+                    None => match masters.first() {
+                        Some(first) => first.clone(),
+                        None => return Ok(SessionsPage::default()),
+                    },
+                };
+                let (host, port) = node.rsplit_once(':').ok_or_else(bad_cursor)?;
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.to_owned(),
+                    port: port.parse().map_err(|_| bad_cursor())?,
+                });
+                let reply = c.clone().route_command(cmd, routing).await.map_err(unavailable)?;
+                let (next, names) = redis::from_redis_value(reply).map_err(|_| Error::corrupt("a SCAN reply"))?;
+                let node = if next == 0 { masters.into_iter().find(|m| *m > node) } else { Some(node) };
+                (next, names, node)
+            }
+        };
+        let session_prefix = format!("{}:s:", self.prefix);
+        let hgetalls = names
+            .iter()
+            .map(|name| {
+                let mut cmd = redis::cmd("HGETALL");
+                cmd.arg(name);
+                cmd
+            })
+            .collect();
+        let replies = self.each(hgetalls).await?;
+        let now = OffsetDateTime::now_utc();
+        let mut page = SessionsPage::default();
+        for (name, reply) in names.iter().zip(&replies) {
+            let key = std::str::from_utf8(name)
+                .ok()
+                .and_then(|name| name.strip_prefix(&session_prefix))
+                .and_then(|key| key.parse::<StoreKey>().ok());
+            let record = fields_of(reply).and_then(|fields| record_of(&fields, now));
+            match (key, record) {
+                (Some(key), Ok(Some((record, _)))) => page.sessions.push((key, record)),
+                (Some(_), Ok(None)) => {}
+                _ => page.unreadable += 1,
+            }
+        }
+        page.next = match (&self.conn, node) {
+            (Conn::Single(_), _) if next_scan != 0 => Some(PageCursor::new(next_scan.to_string())),
+            (Conn::Cluster(_), Some(node)) => Some(PageCursor::new(format!("{node}/{next_scan}"))),
+            _ => None,
+        };
+        Ok(page)
+    }
+}
+
+/// `text` with the characters `SCAN MATCH` treats as a pattern escaped.
+fn glob_escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The masters of a cluster, as `host:port`, from `CLUSTER NODES`: one
+/// line per node, `id host:port@bus[,hostname] flags master-id …`.
+fn masters_of(nodes: &str) -> Vec<String> {
+    let mut masters: Vec<String> = nodes
+        .lines()
+        .take(MAX_CLUSTER_NODES)
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let address = fields.nth(1)?;
+            let flags = fields.next()?;
+            let usable = flags.split(',').any(|f| f == "master")
+                && !flags.split(',').any(|f| matches!(f, "fail" | "noaddr" | "handshake"));
+            let address = address.split(['@', ',']).next()?;
+            (usable && !address.is_empty()).then(|| address.to_owned())
+        })
+        .collect();
+    masters.sort();
+    masters
 }

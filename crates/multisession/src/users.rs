@@ -165,6 +165,26 @@ impl Sessions {
     pub async fn revoke(&self, handle: &SessionHandle) -> Result<bool> {
         revoke(&self.engine, &**self.engine.user_store()?, handle).await
     }
+
+    /// The server-side store that keeps the logins (the part holding the
+    /// user id), for admin tools that read it directly, such as the
+    /// `multisession` command line's `stats`, `gc` and `inspect`.
+    ///
+    /// # Errors
+    ///
+    /// `Usage` if no part keeps the user id; `Unsupported` if it is kept in
+    /// a cookie part.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// let store = sessions.login_store()?;
+    /// assert_eq!(store.delete_expired().await?, 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn login_store(&self) -> Result<Arc<dyn Store>> {
+        self.engine.user_store().cloned()
+    }
 }
 
 /// A user's sessions as devices, most recently active first, `current` marked.
@@ -220,7 +240,15 @@ impl SessionHandle {
         &self.user
     }
 
-    pub(crate) fn matches(&self, key: &StoreKey) -> bool {
+    /// Whether this handle names the session stored under `key`, as found
+    /// in [`Store::user_sessions`](crate::store::Store::user_sessions).
+    ///
+    /// ```
+    /// let handle: multisession::SessionHandle = "0123456789abcdef.MjM".parse()?;
+    /// assert!(!handle.matches(&multisession::SessionId::generate()?.store_key()));
+    /// # Ok::<(), multisession::Error>(())
+    /// ```
+    pub fn matches(&self, key: &StoreKey) -> bool {
         key.short() == self.prefix
     }
 }

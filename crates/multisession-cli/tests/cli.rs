@@ -1,0 +1,356 @@
+//! The `multisession` binary, run as a process against real stores (SQLite,
+//! and the Redis `scripts/services.sh` starts), on sessions made by browsers
+//! logging in to the demo.
+
+#[allow(dead_code)]
+#[path = "../../multisession/examples/demo.rs"]
+mod demo;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use http::{Request, header};
+use http_body_util::BodyExt;
+use multisession::store::Store;
+use multisession::{Device, Meta, Record, SessionConfig, SessionId};
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// One browser: its cookies, User-Agent and address, talking to a demo.
+struct Browser {
+    cookies: BTreeMap<String, String>,
+    user_agent: &'static str,
+    addr: SocketAddr,
+}
+
+impl Browser {
+    fn new(user_agent: &'static str, addr: &str) -> Self {
+        Self { cookies: BTreeMap::new(), user_agent, addr: addr.parse().expect("an address") }
+    }
+
+    async fn send(&mut self, app: &Router, request: http::request::Builder, body: String) -> (u16, String) {
+        let cookie = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+        let mut request = request
+            .header(header::USER_AGENT, self.user_agent)
+            .header(header::COOKIE, cookie)
+            .body(Body::from(body))
+            .expect("a request");
+        request.extensions_mut().insert(ConnectInfo(self.addr));
+        let response = app.clone().oneshot(request).await.expect("the demo answers");
+        for set in response.headers().get_all(header::SET_COOKIE) {
+            let pair = set.to_str().expect("ASCII").split(';').next().expect("name=value");
+            let (name, value) = pair.split_once('=').expect("name=value");
+            if value.is_empty() {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.expect("a body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn home(&mut self, app: &Router) -> String {
+        self.send(app, Request::get("/"), String::new()).await.1
+    }
+
+    /// Logs in through the demo's form, as a person does.
+    async fn log_in(&mut self, app: &Router, user: &str) {
+        let (_, page) = self.send(app, Request::get("/login"), String::new()).await;
+        let token = page
+            .split(r#"name="csrf_token" value=""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("the login form has a CSRF token")
+            .to_owned();
+        let form = format!("csrf_token={token}&user_id={user}");
+        let post = Request::post("/login").header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        assert_eq!(self.send(app, post, form).await.0, 303, "the demo refused the login");
+        assert!(self.home(app).await.contains(&format!("logged in as {user}")));
+    }
+}
+
+/// The demo on `store`.
+fn demo_on(store: Arc<dyn Store>) -> Router {
+    demo::app(demo::sessions(store, SessionConfig::default().with_secure(false)).expect("valid config"))
+}
+
+/// What one run of the binary did.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        assert_eq!(self.code, 0, "the command failed: {}", self.stderr);
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+
+    /// Asserts a failure with `code`, told in one line and nothing else.
+    fn fails_in_one_line(&self, code: i32, says: &str) {
+        assert_eq!(self.code, code, "exit code; stderr: {}", self.stderr);
+        assert!(self.stdout.is_empty(), "a failure printed to stdout: {}", self.stdout);
+        assert_eq!(self.stderr.lines().count(), 1, "not one line: {}", self.stderr);
+        assert!(self.stderr.starts_with("multisession: "), "{}", self.stderr);
+        assert!(self.stderr.contains(says), "`{says}` not in: {}", self.stderr);
+        assert!(!self.stderr.contains("panicked") && !self.stderr.contains("backtrace"), "{}", self.stderr);
+    }
+}
+
+async fn multisession(args: &[&str]) -> Run {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_multisession"))
+        .args(args)
+        .output()
+        .await
+        .expect("the binary runs");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn redis_url() -> String {
+    std::env::var("MULTISESSION_REDIS_URL")
+        .expect("MULTISESSION_REDIS_URL is not set: run `eval \"$(scripts/services.sh env)\"` (scripts/test does)")
+}
+
+/// A key prefix, user id or file name no other test uses.
+fn unique(label: &str) -> String {
+    format!("{label}{}", &SessionId::generate().expect("rng").store_key().to_string()[..10])
+}
+
+/// A store the CLI can name: its URL, its key prefix, and the store opened
+/// the same way for the demo.
+struct Target {
+    url: String,
+    prefix: Option<String>,
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Target {
+    async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("sessions.db").display());
+        let store = multisession::store::open(&url, None).await.expect("SQLite opens");
+        Self { url, prefix: None, store, _dir: Some(dir) }
+    }
+
+    async fn redis() -> Self {
+        let (url, prefix) = (redis_url(), unique("cli"));
+        let store = multisession::store::open(&url, Some(&prefix)).await.expect("Redis answers");
+        Self { url, prefix: Some(prefix), store, _dir: None }
+    }
+
+    /// `args` with `--store` (and `--key-prefix`) naming this store.
+    async fn run(&self, args: &[&str]) -> Run {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--store", &self.url]);
+        if let Some(prefix) = &self.prefix {
+            all.extend(["--key-prefix", prefix]);
+        }
+        multisession(&all).await
+    }
+}
+
+const LAPTOP: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Firefox/128.0";
+const PHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) Version/17.0 Safari/604.1";
+
+/// Two devices log in to the demo; the CLI lists, inspects and counts
+/// their sessions, revokes the phone's (whose next request is anonymous),
+/// then logs the user out everywhere.
+async fn demo_sessions_are_listed_inspected_and_revoked(target: Target) {
+    let app = demo_on(target.store.clone());
+    let user = unique("ada");
+    let (mut laptop, mut phone) = (Browser::new(LAPTOP, "192.0.2.1:1"), Browser::new(PHONE, "192.0.2.2:1"));
+    laptop.log_in(&app, &user).await;
+    phone.log_in(&app, &user).await;
+
+    let table = target.run(&["users", &user, "list"]).await;
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and two sessions:\n{}", table.stdout);
+    for column in ["HANDLE", "DEVICE", "IP", "CREATED", "LAST ACTIVE", "EXPIRES"] {
+        assert!(lines[0].contains(column), "no {column} column: {}", lines[0]);
+    }
+    assert!(table.stdout.contains("192.0.2.1") && table.stdout.contains("192.0.2.2"));
+    assert!(table.stdout.contains("X11; Linux x86_64") && table.stdout.contains("iPhone OS 17_0"), "{}", table.stdout);
+
+    let listed = target.run(&["users", &user, "list", "--json"]).await.json();
+    let sessions = listed["sessions"].as_array().expect("a list");
+    assert_eq!(sessions.len(), 2);
+    let handle_of = |agent: &str| -> String {
+        let found = sessions.iter().find(|s| s["user_agent"] == agent).expect("the device is listed");
+        found["handle"].as_str().expect("a handle").to_owned()
+    };
+    let (laptop_handle, phone_handle) = (handle_of(LAPTOP), handle_of(PHONE));
+
+    // Something in the phone's session data, which only --show-data shows.
+    let handle: multisession::SessionHandle = phone_handle.parse().expect("a handle");
+    let listed = target.store.user_sessions(&user).await.expect("listed");
+    let key = listed.iter().find(|s| handle.matches(&s.key)).expect("the phone's session").key;
+    let now = time::OffsetDateTime::now_utc();
+    let mut change = multisession::Change::new(now, now + time::Duration::hours(1));
+    change.set.insert("theme".to_owned(), serde_json::json!("solarized"));
+    change.user_id = Some(user.clone());
+    target.store.apply(&key, &change).await.expect("applied");
+
+    let shown = target.run(&["inspect", &phone_handle]).await;
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    assert!(shown.stdout.contains(&user) && shown.stdout.contains("192.0.2.2"), "{}", shown.stdout);
+    assert!(shown.stdout.contains("--show-data prints them"), "{}", shown.stdout);
+    assert!(shown.stdout.contains("1 keys") && !shown.stdout.contains("solarized"), "data without --show-data");
+    let with_data = target.run(&["inspect", &phone_handle, "--show-data", "--json"]).await.json();
+    assert_eq!(with_data["user"], user.as_str());
+    assert_eq!(with_data["data"]["theme"], "solarized", "{with_data}");
+
+    let stats = target.run(&["stats", "--json"]).await.json();
+    assert_eq!((stats["logged_in"].as_u64(), stats["users"].as_u64()), (Some(2), Some(1)), "{stats}");
+
+    let revoked = target.run(&["revoke", &phone_handle]).await;
+    assert_eq!((revoked.code, revoked.stdout.trim()), (0, format!("revoked {phone_handle}").as_str()));
+    assert!(phone.home(&app).await.contains("Please log in"), "the revoked phone is still logged in");
+    assert!(laptop.home(&app).await.contains(&format!("logged in as {user}")), "the laptop was logged out too");
+    target.run(&["revoke", &phone_handle]).await.fails_in_one_line(1, "no live session has the handle");
+
+    let kept = target.run(&["users", &user, "revoke", "--keep", &laptop_handle]).await;
+    assert_eq!(kept.stdout.trim(), format!("logged out 0 sessions of user {user}"), "{}", kept.stderr);
+    let ended = target.run(&["users", &user, "revoke", "--json"]).await.json();
+    assert_eq!(ended["ended"], 1);
+    assert!(laptop.home(&app).await.contains("Please log in"), "logged out everywhere, the laptop is not");
+    assert_eq!(target.run(&["users", &user, "list"]).await.stdout.trim(), format!("user {user} has no live sessions"));
+
+    let gc = target.run(&["gc", "--json"]).await.json();
+    assert!(gc["deleted"].is_u64(), "{gc}");
+}
+
+#[tokio::test]
+async fn on_sqlite_demo_sessions_are_listed_inspected_and_revoked() {
+    demo_sessions_are_listed_inspected_and_revoked(Target::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn on_redis_demo_sessions_are_listed_inspected_and_revoked() {
+    demo_sessions_are_listed_inspected_and_revoked(Target::redis().await).await;
+}
+
+/// `n` sessions of 100 users, written straight into `store`.
+async fn crowd(store: &Arc<dyn Store>, n: usize) {
+    let now = time::OffsetDateTime::now_utc();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let record = Record {
+                data: serde_json::json!({ "cart": [i], "theme": "dark" }).as_object().cloned().unwrap_or_default(),
+                meta: Meta {
+                    user_id: Some(format!("crowd-{}", i % 100)),
+                    created_at: now,
+                    last_active_at: now,
+                    expires_at: now + time::Duration::hours(2),
+                    absolute_expires_at: Some(now + time::Duration::days(1)),
+                    permanent: i % 2 == 0,
+                    device: Device::new(Some(format!("agent {i}")), "198.51.100.7".parse().ok()),
+                    siblings: BTreeMap::new(),
+                },
+            };
+            let key = SessionId::generate().expect("rng").store_key();
+            store.create(&key, &record).await.expect("created");
+        });
+        if tasks.len() >= 64 {
+            tasks.join_next().await.expect("a task").expect("no panic");
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("no panic");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_moves_ten_thousand_sessions_from_sqlite_to_redis_and_a_browser_stays_logged_in() {
+    let from = Target::sqlite().await;
+    let mut browser = Browser::new(LAPTOP, "192.0.2.1:1");
+    let user = unique("grace");
+    browser.log_in(&demo_on(from.store.clone()), &user).await;
+    crowd(&from.store, 10_000).await;
+    let counted = from.run(&["stats", "--json"]).await.json();
+    let live = counted["sessions"].as_u64().expect("a count");
+    assert_eq!(counted["logged_in"].as_u64(), Some(10_001), "{counted}");
+
+    let prefix = unique("migrated");
+    let args = ["migrate", "--from", &from.url, "--to", &redis_url(), "--to-prefix", &prefix, "--batch", "700"];
+    let moved = multisession(&[&args[..], &["--json"]].concat()).await.json();
+    assert_eq!((moved["copied"].as_u64(), moved["already_there"].as_u64()), (Some(live), Some(0)), "{moved}");
+    assert_eq!(moved["unreadable"], 0);
+
+    // Safe to run again: everything is there already.
+    let again = multisession(&[&args[..], &["--json"]].concat()).await.json();
+    assert_eq!((again["copied"].as_u64(), again["already_there"].as_u64()), (Some(0), Some(live)), "{again}");
+
+    let store = multisession::store::open(&redis_url(), Some(&prefix)).await.expect("Redis answers");
+    let to = Target { url: redis_url(), prefix: Some(prefix), store, _dir: None };
+    let recounted = to.run(&["stats", "--json"]).await.json();
+    assert_eq!((recounted["sessions"].as_u64(), recounted["users"].as_u64()), (Some(live), Some(101)));
+
+    // The browser's cookie, from the SQLite demo, logs it in on the Redis one.
+    let home = browser.home(&demo_on(to.store.clone())).await;
+    assert!(home.contains(&format!("logged in as {user}")), "the migrated session did not log the browser in");
+    // Each session kept its id, user, device, times and data.
+    let crowd_user = from.store.user_sessions("crowd-7").await.expect("listed");
+    assert_eq!(crowd_user.len(), 100);
+    for info in crowd_user {
+        let (old, new) =
+            (from.store.load(&info.key).await.expect("read"), to.store.load(&info.key).await.expect("read"));
+        assert_eq!(old, new, "a session changed on its way");
+    }
+    assert_eq!(to.store.user_sessions("crowd-7").await.expect("listed").len(), 100, "the user index was not moved");
+}
+
+#[tokio::test]
+async fn a_bad_url_an_unreachable_store_and_an_unknown_handle_each_get_one_clear_line() {
+    multisession(&["stats", "--store", "nope://somewhere"]).await.fails_in_one_line(2, "not a store URL");
+    multisession(&["stats", "--store", "redis://127.0.0.1:1"]).await.fails_in_one_line(1, "unavailable");
+    multisession(&["stats", "--store", "redis://user:hunter2@127.0.0.1:1"]).await.fails_in_one_line(1, "--store");
+    let hidden = multisession(&["stats", "--store", "redis://user:hunter2@127.0.0.1:1"]).await;
+    assert!(!hidden.stderr.contains("hunter2"), "the password is shown: {}", hidden.stderr);
+    multisession(&["stats"]).await.fails_in_one_line(2, "--store URL or --config FILE");
+
+    let sqlite = Target::sqlite().await;
+    sqlite.run(&["revoke", "0123456789abcdef.MjM"]).await.fails_in_one_line(1, "no live session has the handle");
+    sqlite.run(&["inspect", "0123456789abcdef.MjM"]).await.fails_in_one_line(1, "no live session has the handle");
+    sqlite.run(&["revoke", "garbage"]).await.fails_in_one_line(2, "is not a session handle");
+    sqlite
+        .run(&["users", "23", "revoke", "--keep", "0123456789abcdef.MjM"])
+        .await
+        .fails_in_one_line(1, "no live session");
+
+    let memcached = std::env::var("MULTISESSION_MEMCACHED_SERVERS").expect("MULTISESSION_MEMCACHED_SERVERS is not set");
+    let from = format!("memcached://{memcached}");
+    let to = sqlite.url.clone();
+    multisession(&["migrate", "--from", &from, "--to", &to]).await.fails_in_one_line(1, "cannot be migrated");
+    multisession(&["migrate", "--from", &to, "--to", &to]).await.fails_in_one_line(2, "the same store");
+}
+
+#[tokio::test]
+async fn help_names_every_command_and_each_command_explains_itself() {
+    let help = multisession(&["--help"]).await;
+    assert_eq!(help.code, 0);
+    for command in ["users", "revoke", "inspect", "stats", "gc", "migrate"] {
+        assert!(help.stdout.contains(&format!("  {command} ")), "--help does not list {command}");
+        let own = multisession(&[command, "--help"]).await;
+        assert_eq!(own.code, 0, "{command} --help: {}", own.stderr);
+        assert!(own.stdout.contains("Usage: multisession"), "{command} --help: {}", own.stdout);
+    }
+    for sub in [["users", "23", "list", "--help"], ["users", "23", "revoke", "--help"]] {
+        assert_eq!(multisession(&sub).await.code, 0);
+    }
+    assert!(help.stdout.contains("Store URLs:") && help.stdout.contains("Examples:"));
+}

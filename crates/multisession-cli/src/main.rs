@@ -194,7 +194,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 
 /// The store a URL names, with the message saying which URL failed (its
 /// password hidden).
-pub(crate) async fn open_store(url: &str, prefix: Option<&str>, flag: &str) -> Result<Arc<dyn Store>, Failure> {
+/// A SQLite store is created where it is missing, which is right for
+/// `migrate --to` only: anywhere else a missing file is a mistyped path.
+pub(crate) async fn open_store(
+    url: &str,
+    prefix: Option<&str>,
+    flag: &str,
+    create: bool,
+) -> Result<Arc<dyn Store>, Failure> {
+    if let Some(path) = url.strip_prefix("sqlite://")
+        && !create
+        && !std::path::Path::new(path.split('?').next().unwrap_or(path)).exists()
+    {
+        return Err(Failure::new(format!("{flag} {url}: there is no SQLite file at {path}")));
+    }
     multisession::store::open(url, prefix).await.map_err(|e| {
         let failure = Failure::from(e);
         let shown = multisession::store::redacted(url);
@@ -206,7 +219,7 @@ pub(crate) async fn open_store(url: &str, prefix: Option<&str>, flag: &str) -> R
 async fn open(target: &Target) -> Result<Sessions, Failure> {
     match (&target.store, &target.config) {
         (Some(url), _) => {
-            let store = open_store(url, target.key_prefix.as_deref(), "--store").await?;
+            let store = open_store(url, target.key_prefix.as_deref(), "--store", false).await?;
             Ok(Sessions::new(store, SessionConfig::default())?)
         }
         (None, Some(path)) => Ok(Sessions::from_config_file(path).await?),

@@ -54,8 +54,8 @@ pub(crate) async fn run(args: MigrateArgs, out: &Output) -> Result<(), Failure> 
     if args.from == args.to && args.from_prefix == args.to_prefix {
         return Err(Failure::usage("--from and --to name the same store: nothing to copy"));
     }
-    let from = crate::open_store(&args.from, args.from_prefix.as_deref(), "--from").await?;
-    let to = crate::open_store(&args.to, args.to_prefix.as_deref(), "--to").await?;
+    let from = crate::open_store(&args.from, args.from_prefix.as_deref(), "--from", false).await?;
+    let to = crate::open_store(&args.to, args.to_prefix.as_deref(), "--to", true).await?;
     // A spinner on a terminal; indicatif draws nothing when standard error
     // is not one (a script, a pipe).
     let bar = ProgressBar::new_spinner();

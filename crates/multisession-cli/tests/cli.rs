@@ -322,6 +322,10 @@ async fn a_bad_url_an_unreachable_store_and_an_unknown_handle_each_get_one_clear
     let hidden = multisession(&["stats", "--store", "redis://user:hunter2@127.0.0.1:1"]).await;
     assert!(!hidden.stderr.contains("hunter2"), "the password is shown: {}", hidden.stderr);
     multisession(&["stats"]).await.fails_in_one_line(2, "--store URL or --config FILE");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let missing = format!("sqlite://{}", dir.path().join("typo.db").display());
+    multisession(&["stats", "--store", &missing]).await.fails_in_one_line(1, "there is no SQLite file");
+    assert!(!dir.path().join("typo.db").exists(), "a mistyped path made a database");
 
     let sqlite = Target::sqlite().await;
     sqlite.run(&["revoke", "0123456789abcdef.MjM"]).await.fails_in_one_line(1, "no live session has the handle");
@@ -353,4 +357,29 @@ async fn help_names_every_command_and_each_command_explains_itself() {
         assert_eq!(multisession(&sub).await.code, 0);
     }
     assert!(help.stdout.contains("Store URLs:") && help.stdout.contains("Examples:"));
+}
+
+#[tokio::test]
+async fn a_configuration_file_names_the_store_of_its_login_part() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = dir.path().join("multisession.toml");
+    let toml = "[[session]]\ncookie_name = \"session\"\nbackend = \"sqlite://sessions.db\"\nkey_prefix = \"shop\"\n";
+    std::fs::write(&config, toml).expect("written");
+    let url = format!("sqlite://{}", dir.path().join("sessions.db").display());
+    let store = multisession::store::open(&url, Some("shop")).await.expect("SQLite opens");
+    let app = demo_on(store);
+    let user = unique("linus");
+    Browser::new(LAPTOP, "192.0.2.1:1").log_in(&app, &user).await;
+
+    let config = config.to_str().expect("a UTF-8 path");
+    let listed = multisession(&["users", &user, "list", "--json", "--config", config]).await.json();
+    assert_eq!(listed["sessions"].as_array().map(Vec::len), Some(1), "{listed}");
+    // Without the prefix, the same file holds no sessions of that user.
+    let elsewhere = multisession(&["users", &user, "list", "--json", "--store", &url]).await.json();
+    assert_eq!(elsewhere["sessions"].as_array().map(Vec::len), Some(0), "{elsewhere}");
+
+    std::fs::write(dir.path().join("bad.toml"), "[[session]]\ncookie_name = \"s\"\nlifetime = \"soon\"\n")
+        .expect("written");
+    let bad = dir.path().join("bad.toml");
+    multisession(&["stats", "--config", bad.to_str().expect("UTF-8")]).await.fails_in_one_line(2, "lifetime");
 }

@@ -383,3 +383,60 @@ async fn a_configuration_file_names_the_store_of_its_login_part() {
     let bad = dir.path().join("bad.toml");
     multisession(&["stats", "--config", bad.to_str().expect("UTF-8")]).await.fails_in_one_line(2, "lifetime");
 }
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run `eval \"$(scripts/services.sh env)\"`"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_moves_sessions_between_every_kind_of_backend_unchanged() {
+    let sqlite = Target::sqlite().await;
+    crowd(&sqlite.store, 200).await;
+    let cluster: Vec<String> = env("MULTISESSION_REDIS_CLUSTER_URLS")
+        .split(',')
+        .map(|u| u.trim_start_matches("redis://").to_owned())
+        .collect();
+    let mongo = env("MULTISESSION_MONGO_URL").replace("/multisession_test?", &format!("/{}?", unique("m")));
+    let firestore =
+        format!("firestore://{}/{}", env("MULTISESSION_FIRESTORE_URL").trim_start_matches("http://"), unique("p"));
+    // SQLite, then each backend in turn, each hop to the next.
+    let hops: Vec<(String, Option<String>)> = vec![
+        (sqlite.url.clone(), None),
+        (env("MULTISESSION_POSTGRES_URL"), Some(unique("pg"))),
+        (format!("redis+cluster://{}", cluster.join(",")), Some(unique("rc"))),
+        (mongo, None),
+        (firestore, None),
+        (env("MULTISESSION_MYSQL_URL"), Some(unique("my"))),
+        (redis_url(), Some(unique("r"))),
+    ];
+    let original = walk(&sqlite.store).await;
+    assert_eq!(original.len(), 200);
+    for pair in hops.windows(2) {
+        let [(from, from_prefix), (to, to_prefix)] = pair else { unreachable!("windows of two") };
+        let mut args = vec!["migrate", "--from", from, "--to", to, "--batch", "30", "--json"];
+        if let Some(prefix) = from_prefix {
+            args.extend(["--from-prefix", prefix]);
+        }
+        if let Some(prefix) = to_prefix {
+            args.extend(["--to-prefix", prefix]);
+        }
+        let moved = multisession(&args).await.json();
+        let shown = (multisession::store::redacted(from), multisession::store::redacted(to));
+        assert_eq!(moved["copied"].as_u64(), Some(200), "{shown:?}: {moved}");
+        let landed = multisession::store::open(to, to_prefix.as_deref()).await.expect("the target opens");
+        assert_eq!(walk(&landed).await, original, "{shown:?}: sessions changed on their way");
+    }
+}
+
+/// Every live session of `store`, by key.
+async fn walk(store: &Arc<dyn Store>) -> BTreeMap<multisession::StoreKey, Record> {
+    let (mut all, mut cursor) = (BTreeMap::new(), None);
+    loop {
+        let page = store.sessions_page(cursor.as_ref(), 64).await.expect("a page");
+        all.extend(page.sessions);
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return all,
+        }
+    }
+}

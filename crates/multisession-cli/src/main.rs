@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use multisession::store::{PageCursor, Store};
+use multisession::store::{PageCursor, SessionsPage, Store};
 use multisession::{DeviceSession, ErrorKind, SessionConfig, SessionHandle, Sessions};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -102,11 +102,14 @@ enum Command {
     },
     /// Copy every live session to another store, keeping ids, users, devices, times and data
     #[command(long_about = "Copy every live session to another store, keeping ids, users, devices, times and \
-        data, so that an application switched to the new store logs nobody out.\n\n\
-        Sessions keep their ids and expiries. A session already in the target is left as it is, so the \
-        command is safe to run again: run it once, switch the application over, and run it again to copy \
-        the sessions created in between. Sessions changed in the old store after they were copied keep \
-        their copied state. Memcached cannot list its sessions, so it cannot be migrated from.")]
+        data, so that an application switched to the new store keeps its users logged in.\n\n\
+        Sessions keep their ids and expiries; a session already in the target is left as it is. Run it \
+        once, switch the application to the new store, then run it again with the --created-after time \
+        the first run printed: that copies the sessions created in between and nothing older, so that \
+        no session logged out on the new store comes back. Changes made in the old store to sessions \
+        already copied are not carried over. A plain re-run before the switch finishes an interrupted \
+        copy. The times are this host's clock and the application's: keep them in step. Memcached cannot \
+        list its sessions, so it cannot be migrated from.")]
     Migrate(migrate::MigrateArgs),
 }
 
@@ -202,11 +205,16 @@ pub(crate) async fn open_store(
     flag: &str,
     create: bool,
 ) -> Result<Arc<dyn Store>, Failure> {
+    if url.starts_with("memory://") {
+        return Err(Failure::usage(format!(
+            "{flag} memory://: a memory store lives inside its application's process, out of this command's reach"
+        )));
+    }
     if let Some(path) = url.strip_prefix("sqlite://")
         && !create
         && !std::path::Path::new(path.split('?').next().unwrap_or(path)).exists()
     {
-        return Err(Failure::new(format!("{flag} {url}: there is no SQLite file at {path}")));
+        return Err(Failure::usage(format!("{flag} {url}: there is no SQLite file at {path}")));
     }
     multisession::store::open(url, prefix).await.map_err(|e| {
         let failure = Failure::from(e);
@@ -276,17 +284,12 @@ async fn revoke_user(sessions: &Sessions, user: &str, keep: Option<&str>, out: &
         None => sessions.clear_user_sessions(user).await?,
         Some(keep) => {
             let keep = parse_handle(keep)?;
-            let devices = sessions.user_sessions(user).await?;
-            if keep.user() != user || !devices.iter().any(|d| d.handle == keep) {
-                return Err(Failure::new(format!("user {user} has no live session with the handle {keep}")));
-            }
-            let mut ended = 0;
-            for device in devices.iter().filter(|d| d.handle != keep) {
-                if sessions.revoke(&device.handle).await? {
-                    ended += 1;
+            match sessions.clear_user_sessions_except(user, &keep).await {
+                Err(e) if e.kind() == ErrorKind::Gone => {
+                    return Err(Failure::new(format!("user {user} has no live session with the handle {keep}")));
                 }
+                ended => ended?,
             }
-            ended
         }
     };
     out.print(json!({ "user": user, "ended": ended }), || format!("logged out {ended} sessions of user {user}"));
@@ -331,15 +334,21 @@ async fn inspect(sessions: &Sessions, handle: &SessionHandle, show_data: bool, o
             ("other parts", if parts.is_empty() { "none".to_owned() } else { parts.join(", ") }),
         ];
         if show_data {
+            // JSON escapes every control character inside its strings, so
+            // only the layout's own newlines reach the terminal.
             let data = serde_json::to_string_pretty(&record.data).unwrap_or_default();
-            lines.push(("data", data));
+            format!("{}\ndata:\n{data}", output::pairs(&lines))
         } else {
             lines.push(("data", format!("{} keys (--show-data prints them)", record.data.len())));
+            output::pairs(&lines)
         }
-        output::pairs(&lines)
     });
     Ok(())
 }
+
+/// The most distinct users `stats` tells apart: past it, memory would grow
+/// with the store, so the count becomes a lower bound.
+const MAX_COUNTED_USERS: usize = 1_000_000;
 
 /// What a walk of the whole store counts.
 #[derive(Default)]
@@ -349,35 +358,45 @@ struct Counts {
     permanent: u64,
     unreadable: u64,
     users: HashSet<String>,
+    /// Whether users beyond [`MAX_COUNTED_USERS`] were met.
+    more_users: bool,
 }
 
 async fn stats(store: &dyn Store, out: &Output) -> Result<(), Failure> {
     let now = OffsetDateTime::now_utc();
     let mut counts = Counts::default();
-    let mut cursor: Option<PageCursor> = None;
-    loop {
-        let page = store.sessions_page(cursor.as_ref(), 1_000).await?;
-        counts.unreadable += page.unreadable;
-        for (_, record) in &page.sessions {
-            counts.sessions += 1;
-            counts.permanent += u64::from(record.meta.permanent);
-            if let Some(user) = &record.meta.user_id {
-                counts.logged_in += 1;
-                counts.users.insert(user.clone());
+    walk(
+        store,
+        1_000,
+        |e| Failure::new(format!("reading the store: {e}")),
+        async |page| {
+            counts.unreadable += page.unreadable;
+            for (_, record) in &page.sessions {
+                counts.sessions += 1;
+                counts.permanent += u64::from(record.meta.permanent);
+                if let Some(user) = &record.meta.user_id {
+                    counts.logged_in += 1;
+                    if counts.users.len() < MAX_COUNTED_USERS {
+                        counts.users.insert(user.clone());
+                    } else if !counts.users.contains(user) {
+                        counts.more_users = true;
+                    }
+                }
             }
-        }
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
-    let anonymous = counts.sessions - counts.logged_in;
+            Ok(())
+        },
+    )
+    .await?;
+    let anonymous = counts.sessions.saturating_sub(counts.logged_in);
+    let users = counts.users.len();
+    let shown_users = if counts.more_users { format!("at least {users}") } else { users.to_string() };
     out.print(
         json!({
             "sessions": counts.sessions,
             "logged_in": counts.logged_in,
             "anonymous": anonymous,
-            "users": counts.users.len(),
+            "users": users,
+            "users_is_lower_bound": counts.more_users,
             "permanent": counts.permanent,
             "unreadable": counts.unreadable,
             "counted_at": output::rfc3339(now),
@@ -387,11 +406,35 @@ async fn stats(store: &dyn Store, out: &Output) -> Result<(), Failure> {
                 ("live sessions", counts.sessions.to_string()),
                 ("logged in", counts.logged_in.to_string()),
                 ("anonymous", anonymous.to_string()),
-                ("users", counts.users.len().to_string()),
+                ("users", shown_users.clone()),
                 ("permanent", counts.permanent.to_string()),
                 ("unreadable", counts.unreadable.to_string()),
             ])
         },
     );
     Ok(())
+}
+
+/// Walks every page of `store`, `limit` sessions at a time, handing each to
+/// `each`; store errors become failures through `reading`. Refuses a store
+/// whose cursor does not move, so that no walk can loop for ever.
+pub(crate) async fn walk(
+    store: &dyn Store,
+    limit: usize,
+    reading: impl Fn(multisession::Error) -> Failure,
+    mut each: impl AsyncFnMut(SessionsPage) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    let mut cursor: Option<PageCursor> = None;
+    loop {
+        let mut page = store.sessions_page(cursor.as_ref(), limit).await.map_err(&reading)?;
+        let next = page.next.take();
+        each(page).await?;
+        match next {
+            Some(next) if cursor.as_ref() == Some(&next) => {
+                return Err(Failure::new("the store's walk does not move on from one page (a bug in the store)"));
+            }
+            Some(next) => cursor = Some(next),
+            None => return Ok(()),
+        }
+    }
 }

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use multisession::store::{PageCursor, Store};
+use multisession::store::Store;
 use multisession::{ErrorKind, Record, StoreKey};
 use serde_json::json;
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 use tokio::task::JoinSet;
 
 use crate::Failure;
@@ -35,6 +36,11 @@ pub(crate) struct MigrateArgs {
     #[arg(long, value_name = "PREFIX")]
     to_prefix: Option<String>,
 
+    /// Copy only sessions created after this time (RFC 3339), as a first
+    /// run prints it: for the run after the application has switched
+    #[arg(long, value_name = "TIME")]
+    created_after: Option<String>,
+
     /// Sessions read per page
     #[arg(long, value_name = "N", default_value_t = 500,
           value_parser = clap::value_parser!(u32).range(1..=multisession::store::MAX_PAGE as i64))]
@@ -48,14 +54,25 @@ struct Tally {
     present: u64,
     expired: u64,
     unreadable: u64,
+    refused: u64,
+    /// Why the first refused session was refused.
+    first_refusal: Option<String>,
 }
 
 pub(crate) async fn run(args: MigrateArgs, out: &Output) -> Result<(), Failure> {
     if args.from == args.to && args.from_prefix == args.to_prefix {
         return Err(Failure::usage("--from and --to name the same store: nothing to copy"));
     }
+    let created_after =
+        args.created_after.as_deref().map(|t| OffsetDateTime::parse(t, &Rfc3339)).transpose().map_err(|_| {
+            Failure::usage("--created-after takes a time like 2026-12-02T15:04:05Z, as a first run prints it")
+        })?;
     let from = crate::open_store(&args.from, args.from_prefix.as_deref(), "--from", false).await?;
     let to = crate::open_store(&args.to, args.to_prefix.as_deref(), "--to", true).await?;
+    // What a second run passes as --created-after: when this walk began.
+    // Not earlier: a session this run copies and the new store then logs
+    // out must not be copied again.
+    let next_after = crate::output::rfc3339(OffsetDateTime::now_utc());
     // A spinner on a terminal; indicatif draws nothing when standard error
     // is not one (a script, a pipe).
     let bar = ProgressBar::new_spinner();
@@ -67,30 +84,27 @@ pub(crate) async fn run(args: MigrateArgs, out: &Output) -> Result<(), Failure> 
 
     let batch = usize::try_from(args.batch).unwrap_or(multisession::store::MAX_PAGE);
     let mut tally = Tally::default();
-    let mut cursor: Option<PageCursor> = None;
-    let result = loop {
-        let page = match from.sessions_page(cursor.as_ref(), batch).await {
-            Ok(page) => page,
-            Err(e) => break Err(reading(e)),
-        };
+    let walked = crate::walk(&*from, batch, reading, async |page| {
         tally.unreadable += page.unreadable;
-        if let Err(failure) = copy(&to, page.sessions, &mut tally).await {
-            break Err(failure);
-        }
+        let wanted = page.sessions.into_iter().filter(|(_, record)| match created_after {
+            Some(after) => record.meta.created_at > after,
+            None => true,
+        });
+        copy(&to, wanted.collect(), &mut tally).await;
         bar.set_message(format!("{} copied, {} already there", tally.copied, tally.present));
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break Ok(()),
-        }
-    };
+        Ok(())
+    })
+    .await;
     bar.finish_and_clear();
-    result?;
+    walked?;
     out.print(
         json!({
             "copied": tally.copied,
             "already_there": tally.present,
             "expired_meanwhile": tally.expired,
             "unreadable": tally.unreadable,
+            "refused": tally.refused,
+            "next_created_after": next_after,
         }),
         || {
             pairs(&[
@@ -98,10 +112,24 @@ pub(crate) async fn run(args: MigrateArgs, out: &Output) -> Result<(), Failure> 
                 ("already there", tally.present.to_string()),
                 ("expired meanwhile", tally.expired.to_string()),
                 ("unreadable (skipped)", tally.unreadable.to_string()),
+                ("refused by --to", tally.refused.to_string()),
+                ("next run", format!("--created-after {next_after}")),
             ])
         },
     );
-    Ok(())
+    if tally.unreadable > 0 {
+        eprintln!("multisession: warning: {} sessions in --from could not be read and were skipped", tally.unreadable);
+    }
+    if tally.copied + tally.present + tally.expired + tally.refused == 0 && created_after.is_none() {
+        eprintln!("multisession: warning: --from holds no live sessions: check its URL and --from-prefix");
+    }
+    match tally.first_refusal {
+        Some(first) => Err(Failure::new(format!(
+            "--to refused {} sessions (the first: {first}); the others were copied",
+            tally.refused
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn reading(e: multisession::Error) -> Failure {
@@ -113,8 +141,9 @@ fn reading(e: multisession::Error) -> Failure {
 
 /// Creates each session of a page in `to`, at most [`IN_FLIGHT`] at once.
 /// A session already there (`Conflict`) is left alone, so a second run
-/// copies only what the first did not.
-async fn copy(to: &Arc<dyn Store>, sessions: Vec<(StoreKey, Record)>, tally: &mut Tally) -> Result<(), Failure> {
+/// copies only what the first did not; one the target refuses (too large
+/// for it, say) is counted, and the others are still copied.
+async fn copy(to: &Arc<dyn Store>, sessions: Vec<(StoreKey, Record)>, tally: &mut Tally) {
     let mut tasks = JoinSet::new();
     let mut pending = sessions.into_iter();
     loop {
@@ -127,11 +156,19 @@ async fn copy(to: &Arc<dyn Store>, sessions: Vec<(StoreKey, Record)>, tally: &mu
             let to = Arc::clone(to);
             tasks.spawn(async move { to.create(&key, &record).await });
         }
-        let Some(done) = tasks.join_next().await else { return Ok(()) };
-        match done.map_err(|e| Failure::new(format!("a copy task failed: {e}")))? {
-            Ok(()) => tally.copied += 1,
-            Err(e) if e.kind() == ErrorKind::Conflict => tally.present += 1,
-            Err(e) => return Err(Failure::new(format!("writing --to: {e}"))),
+        let Some(done) = tasks.join_next().await else { return };
+        match done {
+            Ok(Ok(())) => tally.copied += 1,
+            Ok(Err(e)) if e.kind() == ErrorKind::Conflict => tally.present += 1,
+            Ok(Err(e)) => tally.refuse(e.to_string()),
+            Err(e) => tally.refuse(format!("a copy task failed: {e}")),
         }
+    }
+}
+
+impl Tally {
+    fn refuse(&mut self, why: String) {
+        self.refused += 1;
+        self.first_refusal.get_or_insert(why);
     }
 }

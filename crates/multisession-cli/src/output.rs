@@ -36,15 +36,25 @@ pub(crate) fn rfc3339(at: OffsetDateTime) -> String {
     at.format(&Rfc3339).unwrap_or_else(|_| at.unix_timestamp().to_string())
 }
 
-/// `text` cut to `max` characters, with an ellipsis when cut, and control
-/// characters (from a stored User-Agent) shown as `?` so they cannot move
-/// the terminal's cursor.
+/// `c`, or `?` if it could change how the terminal shows what follows: a
+/// control character (escape sequences, newlines), or an invisible format
+/// character (bidirectional overrides, zero-width spaces) that a stored
+/// User-Agent could use to disguise a line.
+fn visible(c: char) -> char {
+    let invisible = c.is_control()
+        || matches!(c,
+            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}');
+    if invisible { '?' } else { c }
+}
+
+/// `text` cut to `max` characters, with an ellipsis when cut, each
+/// character [`visible`].
 pub(crate) fn shorten(text: &str, max: usize) -> String {
-    let clean = |c: char| if c.is_control() { '?' } else { c };
     if text.chars().count() <= max {
-        return text.chars().map(clean).collect();
+        return text.chars().map(visible).collect();
     }
-    let mut cut: String = text.chars().take(max.saturating_sub(1)).map(clean).collect();
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).map(visible).collect();
     cut.push('…');
     cut
 }
@@ -68,14 +78,14 @@ pub(crate) fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) ->
     lines.join("\n")
 }
 
-/// `name: value` lines, the values aligned; control characters in values
-/// shown as `?` (newlines of a multi-line value kept).
+/// `name: value` lines, the values aligned, each character [`visible`]:
+/// one line per pair, whatever a stored value holds.
 pub(crate) fn pairs(lines: &[(&str, String)]) -> String {
     let width = lines.iter().map(|(name, _)| name.len() + 1).max().unwrap_or(0);
     lines
         .iter()
         .map(|(name, value)| {
-            let value: String = value.chars().map(|c| if c.is_control() && c != '\n' { '?' } else { c }).collect();
+            let value: String = value.chars().map(visible).collect();
             format!("{:<width$}  {value}", format!("{name}:"))
         })
         .collect::<Vec<_>>()
@@ -96,5 +106,12 @@ mod tests {
     fn shorten_cuts_with_an_ellipsis_and_defuses_control_characters() {
         assert_eq!(shorten("abcdef", 4), "abc…");
         assert_eq!(shorten("a\u{1b}[2Jb", 10), "a?[2Jb");
+        assert_eq!(shorten("evil\u{202E}gpj.exe", 20), "evil?gpj.exe");
+    }
+
+    #[test]
+    fn a_stored_value_cannot_add_a_line_to_pairs() {
+        let shown = pairs(&[("device", "curl\nip: 6.6.6.6".to_owned()), ("ip", "192.0.2.1".to_owned())]);
+        assert_eq!(shown.lines().count(), 2, "{shown}");
     }
 }

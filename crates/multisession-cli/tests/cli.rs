@@ -145,7 +145,11 @@ impl Target {
     }
 
     async fn redis() -> Self {
-        let (url, prefix) = (redis_url(), unique("cli"));
+        Self::redis_with_prefix(unique("cli")).await
+    }
+
+    async fn redis_with_prefix(prefix: String) -> Self {
+        let url = redis_url();
         let store = multisession::store::open(&url, Some(&prefix)).await.expect("Redis answers");
         Self { url, prefix: Some(prefix), store, _dir: None }
     }
@@ -295,8 +299,7 @@ async fn migrate_moves_ten_thousand_sessions_from_sqlite_to_redis_and_a_browser_
     let again = multisession(&[&args[..], &["--json"]].concat()).await.json();
     assert_eq!((again["copied"].as_u64(), again["already_there"].as_u64()), (Some(0), Some(live)), "{again}");
 
-    let store = multisession::store::open(&redis_url(), Some(&prefix)).await.expect("Redis answers");
-    let to = Target { url: redis_url(), prefix: Some(prefix), store, _dir: None };
+    let to = Target::redis_with_prefix(prefix).await;
     let recounted = to.run(&["stats", "--json"]).await.json();
     assert_eq!((recounted["sessions"].as_u64(), recounted["users"].as_u64()), (Some(live), Some(101)));
 
@@ -324,13 +327,17 @@ async fn a_bad_url_an_unreachable_store_and_an_unknown_handle_each_get_one_clear
     multisession(&["stats"]).await.fails_in_one_line(2, "--store URL or --config FILE");
     let dir = tempfile::tempdir().expect("a temporary directory");
     let missing = format!("sqlite://{}", dir.path().join("typo.db").display());
-    multisession(&["stats", "--store", &missing]).await.fails_in_one_line(1, "there is no SQLite file");
+    multisession(&["stats", "--store", &missing]).await.fails_in_one_line(2, "there is no SQLite file");
     assert!(!dir.path().join("typo.db").exists(), "a mistyped path made a database");
 
     let sqlite = Target::sqlite().await;
     sqlite.run(&["revoke", "0123456789abcdef.MjM"]).await.fails_in_one_line(1, "no live session has the handle");
     sqlite.run(&["inspect", "0123456789abcdef.MjM"]).await.fails_in_one_line(1, "no live session has the handle");
     sqlite.run(&["revoke", "garbage"]).await.fails_in_one_line(2, "is not a session handle");
+    let missing_too = format!("sqlite://{}", dir.path().join("typo.db").display());
+    multisession(&["migrate", "--from", &missing_too, "--to", &sqlite.url])
+        .await
+        .fails_in_one_line(2, "no SQLite file");
     sqlite
         .run(&["users", "23", "revoke", "--keep", "0123456789abcdef.MjM"])
         .await
@@ -341,6 +348,7 @@ async fn a_bad_url_an_unreachable_store_and_an_unknown_handle_each_get_one_clear
     let to = sqlite.url.clone();
     multisession(&["migrate", "--from", &from, "--to", &to]).await.fails_in_one_line(1, "cannot be migrated");
     multisession(&["migrate", "--from", &to, "--to", &to]).await.fails_in_one_line(2, "the same store");
+    multisession(&["migrate", "--from", &to, "--to", "memory://"]).await.fails_in_one_line(2, "inside its application");
 }
 
 #[tokio::test]
@@ -439,4 +447,65 @@ async fn walk(store: &Arc<dyn Store>) -> BTreeMap<multisession::StoreKey, Record
             None => return all,
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_migration_after_the_switch_copies_new_sessions_and_brings_back_no_logout() {
+    let from = Target::sqlite().await;
+    let (mut early, mut late) = (Browser::new(LAPTOP, "192.0.2.1:1"), Browser::new(PHONE, "192.0.2.2:1"));
+    let (ada, bob) = (unique("ada"), unique("bob"));
+    early.log_in(&demo_on(from.store.clone()), &ada).await;
+    let prefix = unique("switch");
+    let args = ["migrate", "--from", &from.url, "--to", &redis_url(), "--to-prefix", &prefix, "--json"];
+    let first = multisession(&args).await.json();
+    assert_eq!(first["copied"], 1, "{first}");
+    let after = first["next_created_after"].as_str().expect("a time for the next run").to_owned();
+
+    // The application switches; meanwhile bob logged in on the old store,
+    // and on the new one ada is logged out by an admin.
+    late.log_in(&demo_on(from.store.clone()), &bob).await;
+    let to = Target::redis_with_prefix(prefix.clone()).await;
+    assert_eq!(to.run(&["users", &ada, "revoke", "--json"]).await.json()["ended"], 1);
+
+    let second = multisession(&[&args[..], &["--created-after", &after]].concat()).await.json();
+    assert_eq!(second["copied"], 1, "only bob's new session: {second}");
+    let app = demo_on(to.store.clone());
+    assert!(late.home(&app).await.contains(&format!("logged in as {bob}")), "bob's session was not carried over");
+    assert!(early.home(&app).await.contains("Please log in"), "ada's logout was undone by the second run");
+
+    let bad = multisession(&[&args[..], &["--created-after", "yesterday"]].concat()).await;
+    bad.fails_in_one_line(2, "--created-after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_the_target_refuses_is_counted_and_the_rest_are_copied() {
+    let from = Target::sqlite().await;
+    crowd(&from.store, 20).await;
+    // Memcached keeps items of at most 1 MiB; SQLite keeps this one.
+    let now = time::OffsetDateTime::now_utc();
+    let mut huge = Record {
+        data: serde_json::Map::new(),
+        meta: Meta {
+            user_id: Some(unique("big")),
+            created_at: now,
+            last_active_at: now,
+            expires_at: now + time::Duration::hours(1),
+            absolute_expires_at: None,
+            permanent: false,
+            device: Device::default(),
+            siblings: BTreeMap::new(),
+        },
+    };
+    huge.data.insert("blob".to_owned(), serde_json::json!("x".repeat(2 << 20)));
+    from.store.create(&SessionId::generate().expect("rng").store_key(), &huge).await.expect("SQLite keeps it");
+
+    let memcached = format!("memcached://{}", env("MULTISESSION_MEMCACHED_SERVERS"));
+    let prefix = unique("refuse");
+    let run =
+        multisession(&["migrate", "--from", &from.url, "--to", &memcached, "--to-prefix", &prefix, "--json"]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(run.stderr.contains("--to refused 1 sessions"), "{}", run.stderr);
+    let tally: Value = serde_json::from_str(&run.stdout).expect("the counts, as JSON");
+    assert_eq!((tally["copied"].as_u64(), tally["refused"].as_u64()), (Some(20), Some(1)), "{tally}");
 }

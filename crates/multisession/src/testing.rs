@@ -1342,8 +1342,9 @@ pub mod checks {
 
     /// [`Store::sessions_page`] walks the whole store: every live session
     /// appears with its record, nothing deleted or expired does, no page is
-    /// much larger than asked, the walk ends, and a page costs the same
-    /// however many sessions follow it.
+    /// much larger than asked, and the walk ends. (What a page costs is not
+    /// measured here: the backends' work counters are shared by the tests
+    /// running beside this one.)
     pub async fn every_live_session_is_walked_a_page_at_a_time(h: &dyn Harness) {
         let store = h.store();
         if !h.walks_sessions() {
@@ -1386,20 +1387,24 @@ pub mod checks {
         }
         assert_eq!(seen, mine, "the walk missed sessions or changed their records");
 
-        // The first page costs the same with 500 more sessions behind it.
-        async fn first_page(h: &dyn Harness, store: &dyn Store) -> Option<u64> {
-            let before = h.work().await;
-            store.sessions_page(None, LIMIT).await.expect("sessions_page succeeds");
-            Some(h.work().await? - before?)
+        // Records that do not decode are counted and walked past, even where
+        // one ends a page.
+        let broken: Vec<StoreKey> = mine.keys().take(4).copied().collect();
+        for key in &broken {
+            h.corrupt(key).await;
         }
-        let small = first_page(h, &*store).await;
-        let mut crowd = record(None, Map::new());
-        crowd.meta.expires_at = now() + Duration::minutes(10);
-        for _ in 0..500 {
-            create(&*store, &crowd).await;
+        let (mut readable, mut unreadable, mut cursor) = (BTreeSet::new(), 0, None);
+        loop {
+            let page = store.sessions_page(cursor.as_ref(), 3).await.expect("a walk past corrupt records");
+            unreadable += page.unreadable;
+            readable.extend(page.sessions.into_iter().map(|(key, _)| key).filter(|key| mine.contains_key(key)));
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
         }
-        if let (Some(small), Some(large)) = (small, first_page(h, &*store).await) {
-            assert!(large <= 2 * small + 2 * LIMIT as u64, "a page cost {small}, then {large} with 500 more sessions");
-        }
+        let intact: BTreeSet<StoreKey> = mine.keys().filter(|key| !broken.contains(key)).copied().collect();
+        assert_eq!(readable, intact, "the walk lost intact sessions after corrupt ones");
+        assert!(unreadable >= broken.len() as u64, "{unreadable} unreadable records counted, not {}", broken.len());
     }
 }

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use crate::engine::Engine;
 use crate::store::{Backend, SessionInfo, Store};
-use crate::{Device, Error, Result, Session, SessionConfig, SessionSpec, StoreKey};
+use crate::{Device, Error, ErrorKind, Result, Session, SessionConfig, SessionSpec, StoreKey};
 
 /// The application's sessions: a store and a configuration, checked once.
 ///
@@ -147,6 +147,40 @@ impl Sessions {
     pub async fn clear_user_sessions(&self, user: &str) -> Result<u64> {
         crate::session::check_user_id(user)?;
         Ok(self.engine.end_user_sessions(user, None).await?.0)
+    }
+
+    /// Logs `user` out on every device but the one `keep` names, with each
+    /// device's other parts; how many sessions ended. For admin code acting
+    /// for a user ("log out my other devices" from a support tool); inside
+    /// a request, [`Session::logout_other_devices`] does this for the
+    /// caller's own session.
+    ///
+    /// # Errors
+    ///
+    /// `Gone` if `keep` names no live session of `user` (nothing is
+    /// ended); `Usage` for a user id [`Session::login`] refuses;
+    /// `Unavailable` if the store cannot be reached; `Unsupported` where the
+    /// login lives in a cookie part.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// let keep = "0123456789abcdef.MjM".parse()?;
+    /// let err = sessions.clear_user_sessions_except("23", &keep).await.unwrap_err();
+    /// assert_eq!(err.kind(), multisession::ErrorKind::Gone);
+    /// # Ok(()) }
+    /// ```
+    pub async fn clear_user_sessions_except(&self, user: &str, keep: &SessionHandle) -> Result<u64> {
+        crate::session::check_user_id(user)?;
+        let store = self.engine.user_store()?;
+        let kept = if keep.user() == user {
+            store.user_sessions(user).await?.into_iter().find(|s| keep.matches(&s.key))
+        } else {
+            None
+        };
+        let kept =
+            kept.ok_or_else(|| Error::new(ErrorKind::Gone, "the session to keep is not a live session of this user"))?;
+        Ok(self.engine.end_user_sessions(user, Some(&kept.key)).await?.0)
     }
 
     /// Logs out the one session `handle` names; whether it existed.

@@ -424,3 +424,40 @@ mod client_cache {
         assert!(err.to_string().contains("standalone"), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_another_type_under_the_prefix_is_unreadable_and_does_not_stop_the_walk() {
+    let redis = support::standalone().await;
+    let store = redis.store();
+    let now = time::OffsetDateTime::now_utc();
+    let record = multisession::Record {
+        data: serde_json::Map::new(),
+        meta: multisession::Meta {
+            user_id: None,
+            created_at: now,
+            last_active_at: now,
+            expires_at: now + time::Duration::hours(1),
+            absolute_expires_at: None,
+            permanent: false,
+            device: multisession::Device::default(),
+            siblings: Default::default(),
+        },
+    };
+    let key = multisession::SessionId::generate().expect("rng").store_key();
+    store.create(&key, &record).await.expect("created");
+    let _: () = redis.raw(redis::cmd("SET").arg(format!("{}:s:not-a-hash", redis.prefix)).arg("hello")).await;
+    let _: () = redis.raw(redis::cmd("RPUSH").arg(format!("{}:s:a-list", redis.prefix)).arg("x")).await;
+
+    let (mut found, mut unreadable, mut cursor) = (Vec::new(), 0, None);
+    loop {
+        let page = store.sessions_page(cursor.as_ref(), 5).await.expect("the walk goes on past foreign keys");
+        unreadable += page.unreadable;
+        found.extend(page.sessions.into_iter().map(|(key, _)| key));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert!(found.contains(&key), "the session was not walked");
+    assert!(unreadable >= 2, "the foreign keys were not counted as unreadable");
+}

@@ -27,9 +27,12 @@ async fn admin_calls_refuse_user_ids_no_store_can_hold_as_usage() {
             let listed = sessions.user_sessions(bad).await.map(|_| ());
             let cleared = sessions.clear_user_sessions(bad).await.map(|_| ());
             let cleared_in_request = session.clear_user_sessions(bad).await.map(|_| ());
+            let keep = "0123456789abcdef.MjM".parse().expect("a handle");
+            let all_but = sessions.clear_user_sessions_except(bad, &keep).await.map(|_| ());
             for (call, result) in [
                 ("Sessions::user_sessions", listed),
                 ("Sessions::clear_user_sessions", cleared),
+                ("Sessions::clear_user_sessions_except", all_but),
                 ("Session::clear_user_sessions", cleared_in_request),
             ] {
                 let err = result.expect_err("an impossible user id was accepted");

@@ -295,16 +295,17 @@ impl Store for MemoryStore {
             let inner = self.lock()?;
             let start = after.map_or(Bound::Unbounded, Bound::Excluded);
             let mut range = inner.sessions.range((start, Bound::Unbounded));
-            let (mut entries, mut last) = (Vec::new(), None);
+            let (mut entries, mut last, mut examined) = (Vec::new(), None, 0u64);
             for (key, entry) in range.by_ref().take(limit) {
                 last = Some(*key);
+                examined += 1;
                 if entry.expires_at > now {
                     entries.push((*key, entry.record.shared()));
                 }
             }
+            self.examined.fetch_add(examined, Ordering::Relaxed);
             (entries, range.next().and(last))
         };
-        self.examined.fetch_add(limit as u64, Ordering::Relaxed);
         let mut page = SessionsPage { next: next.map(|k| PageCursor::new(k.to_string())), ..SessionsPage::default() };
         for (key, record) in entries {
             match record {

@@ -332,13 +332,15 @@ impl Store for MongoStore {
         let (mut page, mut last, mut read) = (SessionsPage::default(), None, 0usize);
         while found.advance().await.map_err(unavailable)? {
             read += 1;
+            // The `_id` from the raw document first, so that the walk moves
+            // past a document that does not decode.
+            let id = found.current().get_str("_id").ok().map(str::to_owned);
+            last = id.clone().or(last);
             let Ok(doc) = found.deserialize_current() else {
                 page.unreadable += 1;
                 continue;
             };
-            let id = doc.get_str("_id").ok().map(str::to_owned);
             let key = id.as_deref().and_then(|id| id.parse::<StoreKey>().ok());
-            last = id.or(last);
             let record = meta(&doc).and_then(|meta| Ok(Record { data: data(&doc)?, meta }));
             match (key, record) {
                 (Some(key), Ok(record)) if !record.meta.is_expired(now) => page.sessions.push((key, record)),

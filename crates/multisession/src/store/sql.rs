@@ -1152,12 +1152,14 @@ impl Store for SqlStore {
         let mut last = None;
         for row in &rows {
             let key: String = row.try_get("session_key").map_err(db_error)?;
-            last = Some(key.trim().to_owned());
             match (key.trim().parse::<StoreKey>(), self.record(row)) {
                 (Ok(key), Ok(record)) if !record.meta.is_expired(now) => page.sessions.push((key, record)),
                 (Ok(_), Ok(_)) => {}
                 _ => page.unreadable += 1,
             }
+            // The key as stored (not trimmed), so the next page starts
+            // right after this row whatever its key holds.
+            last = Some(key);
         }
         if rows.len() == limit {
             page.next = last.map(PageCursor::new);

@@ -33,6 +33,11 @@ const LAYOUT_VERSION: &str = "1";
 /// The most sessions a `client_cache` may hold.
 const MAX_CLIENT_CACHE: usize = 10_000_000;
 
+/// Reads a session hash for [`Store::sessions_page`]: its fields, nothing
+/// for a key gone meanwhile, 0 for a key of another type.
+const READ_IF_HASH: &str = "local t = redis.call('TYPE', KEYS[1]).ok \
+    if t == 'hash' then return redis.call('HGETALL', KEYS[1]) elseif t == 'none' then return false end return 0";
+
 /// The most nodes of a cluster [`Store::sessions_page`] reads from
 /// `CLUSTER NODES` (Redis Cluster allows about a thousand).
 const MAX_CLUSTER_NODES: usize = 2_000;
@@ -500,10 +505,10 @@ impl RedisStore {
         matches!(self.conn, Conn::Cluster(_))
     }
 
-    /// The cluster's reachable masters, in address order.
-    async fn masters(&self) -> Result<Vec<String>> {
+    /// The cluster's serving masters, and who serves which slots.
+    async fn layout(&self) -> Result<Layout> {
         let nodes: String = self.query(&redis::cmd("CLUSTER").arg("NODES").clone()).await?;
-        Ok(masters_of(&nodes))
+        layout_of(&nodes)
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
@@ -1114,34 +1119,36 @@ impl Store for RedisStore {
         // `SCAN` walks the keyspace by its own cursor, `limit` keys' worth of
         // buckets per call; a cluster is walked node by node, its masters in
         // address order, the cursor naming the node.
-        let (node, scan) = match cursor.map(PageCursor::as_str) {
-            None => (None, 0u64),
-            Some(text) => match text.rsplit_once('/') {
-                Some((node, scan)) if self.is_cluster() => {
-                    (Some(node.to_owned()), scan.parse().map_err(|_| bad_cursor())?)
-                }
-                None if !self.is_cluster() => (None, text.parse().map_err(|_| bad_cursor())?),
-                _ => return Err(bad_cursor()),
-            },
+        let (layout, node, scan) = match cursor.map(PageCursor::as_str) {
+            None => (None, None, 0u64),
+            Some(text) if self.is_cluster() => {
+                let mut parts = text.splitn(3, '/');
+                let (Some(layout), Some(node), Some(scan)) = (parts.next(), parts.next(), parts.next()) else {
+                    return Err(bad_cursor());
+                };
+                (Some(layout.to_owned()), Some(node.to_owned()), scan.parse().map_err(|_| bad_cursor())?)
+            }
+            Some(text) => (None, None, text.parse().map_err(|_| bad_cursor())?),
         };
         let mut cmd = redis::cmd("SCAN");
         cmd.arg(scan).arg("MATCH").arg(format!("{}:s:*", glob_escaped(&self.prefix))).arg("COUNT").arg(limit);
-        let (next_scan, names, node): (u64, Vec<Vec<u8>>, Option<String>) = match &self.conn {
+        let (next_scan, names, place): (u64, Vec<Vec<u8>>, Option<(String, String)>) = match &self.conn {
             Conn::Single(c) => {
                 let (next, names) = cmd.query_async(&mut c.clone()).await.map_err(unavailable)?;
                 (next, names, None)
             }
             Conn::Cluster(c) => {
-                let masters = self.masters().await?;
+                let cluster = self.layout().await?;
+                if layout.as_ref().is_some_and(|layout| *layout != cluster.fingerprint) {
+                    return Err(Error::new(
+                        ErrorKind::Conflict,
+                        "the Redis Cluster's masters or slots changed during the walk: start it again",
+                    ));
+                }
                 let node = match node {
-                    Some(node) if masters.contains(&node) => node,
-                    Some(_) => {
-                        return Err(Error::new(
-                            ErrorKind::Conflict,
-                            "the Redis Cluster's masters changed during the walk: start it again",
-                        ));
-                    }
-                    None => match masters.first() {
+                    Some(node) if cluster.masters.contains(&node) => node,
+                    Some(_) => return Err(bad_cursor()),
+                    None => match cluster.masters.first() {
                         Some(first) => first.clone(),
                         None => return Ok(SessionsPage::default()),
                     },
@@ -1153,20 +1160,23 @@ impl Store for RedisStore {
                 });
                 let reply = c.clone().route_command(cmd, routing).await.map_err(unavailable)?;
                 let (next, names) = redis::from_redis_value(reply).map_err(|_| Error::corrupt("a SCAN reply"))?;
-                let node = if next == 0 { masters.into_iter().find(|m| *m > node) } else { Some(node) };
-                (next, names, node)
+                let node = if next == 0 { cluster.masters.iter().find(|m| **m > node).cloned() } else { Some(node) };
+                (next, names, node.map(|node| (cluster.fingerprint, node)))
             }
         };
         let session_prefix = format!("{}:s:", self.prefix);
-        let hgetalls = names
+        // A script per key, not HGETALL: a key of another type under the
+        // prefix (not ours) answers 0 and is counted as unreadable, where
+        // HGETALL's WRONGTYPE would fail the whole page.
+        let reads = names
             .iter()
             .map(|name| {
-                let mut cmd = redis::cmd("HGETALL");
-                cmd.arg(name);
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(READ_IF_HASH).arg(1).arg(name);
                 cmd
             })
             .collect();
-        let replies = self.each(hgetalls).await?;
+        let replies = self.each(reads).await?;
         let now = OffsetDateTime::now_utc();
         let mut page = SessionsPage::default();
         for (name, reply) in names.iter().zip(&replies) {
@@ -1181,9 +1191,9 @@ impl Store for RedisStore {
                 _ => page.unreadable += 1,
             }
         }
-        page.next = match (&self.conn, node) {
+        page.next = match (&self.conn, place) {
             (Conn::Single(_), _) if next_scan != 0 => Some(PageCursor::new(next_scan.to_string())),
-            (Conn::Cluster(_), Some(node)) => Some(PageCursor::new(format!("{node}/{next_scan}"))),
+            (Conn::Cluster(_), Some((layout, node))) => Some(PageCursor::new(format!("{layout}/{node}/{next_scan}"))),
             _ => None,
         };
         Ok(page)
@@ -1202,22 +1212,99 @@ fn glob_escaped(text: &str) -> String {
     out
 }
 
-/// The masters of a cluster, as `host:port`, from `CLUSTER NODES`: one
-/// line per node, `id host:port@bus[,hostname] flags master-id …`.
-fn masters_of(nodes: &str) -> Vec<String> {
-    let mut masters: Vec<String> = nodes
+/// The serving masters of a cluster, and a fingerprint of who serves which
+/// slots, from `CLUSTER NODES`: one line per node, `id host:port@bus[,hostname]
+/// flags master-id ping pong epoch link slot…`.
+struct Layout {
+    /// `host:port` of each master, in address order.
+    masters: Vec<String>,
+    /// Changes whenever a master or its slots change.
+    fingerprint: String,
+}
+
+/// The number of hash slots of a Redis Cluster.
+const CLUSTER_SLOTS: u32 = 16_384;
+
+fn layout_of(nodes: &str) -> Result<Layout> {
+    use sha2::Digest as _;
+    let mut masters: Vec<String> = Vec::new();
+    let mut slots = 0u32;
+    for line in nodes.lines().take(MAX_CLUSTER_NODES) {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (Some(address), Some(flags)) = (fields.get(1), fields.get(2)) else { continue };
+        let flag = |name: &str| flags.split(',').any(|f| f == name);
+        if !flag("master") || flag("fail") || flag("noaddr") || flag("handshake") {
+            continue;
+        }
+        let Some(address) = address.split(['@', ',']).next().filter(|a| !a.is_empty()) else { continue };
+        // Slot ranges `a-b` or single slots; `[…]` entries are slots on
+        // their way in or out, still served here.
+        for range in fields.iter().skip(8).filter(|f| !f.starts_with('[')) {
+            let (first, last) = range.split_once('-').unwrap_or((range, range));
+            let (Ok(first), Ok(last)) = (first.parse::<u32>(), last.parse::<u32>()) else { continue };
+            slots = slots.saturating_add(last.saturating_sub(first).saturating_add(1));
+        }
+        masters.push(address.to_owned());
+    }
+    if slots != CLUSTER_SLOTS {
+        return Err(Error::new(
+            ErrorKind::Unavailable,
+            format!(
+                "the Redis Cluster's reachable masters serve {slots} of its {CLUSTER_SLOTS} slots: wait for it to heal"
+            ),
+        ));
+    }
+    masters.sort();
+    // Id, address and slots of each master, in an order of their own (each
+    // node lists the others in its own order): not the ping times, which
+    // move, nor the flags, which mark whichever node answered as `myself`.
+    let mut described: Vec<String> = nodes
         .lines()
         .take(MAX_CLUSTER_NODES)
-        .filter_map(|line| {
-            let mut fields = line.split(' ');
-            let address = fields.nth(1)?;
-            let flags = fields.next()?;
-            let usable = flags.split(',').any(|f| f == "master")
-                && !flags.split(',').any(|f| matches!(f, "fail" | "noaddr" | "handshake"));
-            let address = address.split(['@', ',']).next()?;
-            (usable && !address.is_empty()).then(|| address.to_owned())
-        })
+        .map(|line| line.split(' ').collect::<Vec<&str>>())
+        .filter(|fields| fields.get(2).is_some_and(|flags| flags.split(',').any(|f| f == "master")))
+        .map(|fields| fields.iter().take(2).chain(fields.iter().skip(8)).copied().collect::<Vec<&str>>().join(" "))
         .collect();
-    masters.sort();
-    masters
+    described.sort();
+    let mut digest = sha2::Sha256::new();
+    for line in &described {
+        digest.update(line.as_bytes());
+        digest.update(b"\n");
+    }
+    let fingerprint = digest.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+    Ok(Layout { masters, fingerprint })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODES: &str = "\
+8df7 127.0.0.1:6392@16392 master - 0 1796224313277 2 connected 5461-10922
+0fef 127.0.0.1:6391@16391 myself,master - 0 1796224312000 1 connected 0-5460
+bfed 127.0.0.1:6393@16393 master - 0 1796224313277 0 connected 10923-16382 16383
+a1b2 127.0.0.1:6394@16394 slave 0fef 0 1796224313277 1 connected";
+
+    #[test]
+    fn the_layout_lists_masters_in_address_order_whoever_answers() {
+        let layout = layout_of(NODES).expect("every slot served");
+        assert_eq!(layout.masters, ["127.0.0.1:6391", "127.0.0.1:6392", "127.0.0.1:6393"]);
+        // Another node answers: its own line says `myself`, the order and
+        // the ping times differ; the fingerprint does not.
+        let elsewhere = NODES
+            .replace("myself,master - 0 1796224312000", "master - 0 1796224399999")
+            .replace("8df7 127.0.0.1:6392@16392 master", "8df7 127.0.0.1:6392@16392 myself,master");
+        let mut lines: Vec<&str> = elsewhere.lines().collect();
+        lines.reverse();
+        assert_eq!(layout_of(&lines.join("\n")).expect("served").fingerprint, layout.fingerprint);
+    }
+
+    #[test]
+    fn a_moved_slot_changes_the_fingerprint_and_a_lost_master_is_refused() {
+        let layout = layout_of(NODES).expect("every slot served");
+        let moved = NODES.replace("10923-16382 16383", "10923-16382").replace("0-5460", "0-5460 16383");
+        assert_ne!(layout_of(&moved).expect("served").fingerprint, layout.fingerprint);
+        let failed = NODES.replace("myself,master", "myself,master,fail");
+        assert_eq!(layout_of(&failed).err().map(|e| e.kind()), Some(ErrorKind::Unavailable));
+    }
 }

@@ -36,8 +36,8 @@ pub(crate) struct MigrateArgs {
     #[arg(long, value_name = "PREFIX")]
     to_prefix: Option<String>,
 
-    /// Copy only sessions created after this time (RFC 3339), as a first
-    /// run prints it: for the run after the application has switched
+    /// Copy only sessions created at or after this time (RFC 3339), as a
+    /// first run prints it: for the run after the application has switched
     #[arg(long, value_name = "TIME")]
     created_after: Option<String>,
 
@@ -72,7 +72,11 @@ pub(crate) async fn run(args: MigrateArgs, out: &Output) -> Result<(), Failure> 
     // What a second run passes as --created-after: when this walk began.
     // Not earlier: a session this run copies and the new store then logs
     // out must not be copied again.
-    let next_after = crate::output::rfc3339(OffsetDateTime::now_utc());
+    // Sessions record their times to the millisecond, so this is one too,
+    // and a session made in the same millisecond counts as after it.
+    let started = OffsetDateTime::now_utc();
+    let started = started.replace_millisecond(started.millisecond()).unwrap_or(started);
+    let next_after = crate::output::rfc3339(started);
     // A spinner on a terminal; indicatif draws nothing when standard error
     // is not one (a script, a pipe).
     let bar = ProgressBar::new_spinner();
@@ -87,7 +91,7 @@ pub(crate) async fn run(args: MigrateArgs, out: &Output) -> Result<(), Failure> 
     let walked = crate::walk(&*from, batch, reading, async |page| {
         tally.unreadable += page.unreadable;
         let wanted = page.sessions.into_iter().filter(|(_, record)| match created_after {
-            Some(after) => record.meta.created_at > after,
+            Some(after) => record.meta.created_at >= after,
             None => true,
         });
         copy(&to, wanted.collect(), &mut tally).await;

@@ -11,6 +11,7 @@ use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transfor
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use tracing::Instrument as _;
 
 use crate::csrf::OriginCheck;
 use crate::{Device, Error, Session, Sessions};
@@ -108,24 +109,31 @@ where
         request.extensions_mut().insert(session.clone());
 
         let service = Rc::clone(&self.service);
-        Box::pin(async move {
-            let mut response = service.call(request).await?;
-            let commit = match session.commit().await {
-                Ok(commit) => commit,
-                Err(e) => return Ok(answer(response, &e)),
-            };
-            let headers = response.headers_mut();
-            if commit.vary_cookie {
-                headers.append(header::VARY, HeaderValue::from_static("cookie"));
-            }
-            for cookie in commit.set_cookies {
-                match HeaderValue::try_from(cookie) {
-                    Ok(value) => headers.append(header::SET_COOKIE, value),
-                    Err(_) => return Ok(answer(response, &Error::config("cookie: options produce an invalid header"))),
+        // The handler and the commit log inside one `session` span, as on axum.
+        let span = tracing::info_span!("session");
+        Box::pin(
+            async move {
+                let mut response = service.call(request).await?;
+                let commit = match session.commit().await {
+                    Ok(commit) => commit,
+                    Err(e) => return Ok(answer(response, &e)),
+                };
+                let headers = response.headers_mut();
+                if commit.vary_cookie {
+                    headers.append(header::VARY, HeaderValue::from_static("cookie"));
                 }
+                for cookie in commit.set_cookies {
+                    match HeaderValue::try_from(cookie) {
+                        Ok(value) => headers.append(header::SET_COOKIE, value),
+                        Err(_) => {
+                            return Ok(answer(response, &Error::config("cookie: options produce an invalid header")));
+                        }
+                    }
+                }
+                Ok(response.map_into_left_body())
             }
-            Ok(response.map_into_left_body())
-        })
+            .instrument(span),
+        )
     }
 }
 

@@ -7,8 +7,7 @@ mod common;
 #[path = "../examples/demo.rs"]
 mod demo;
 
-use axum::body::Body;
-use common::{Device, Reply};
+use common::{App, Device, Framework, Reply};
 use http::{Request, header};
 use multisession::SessionConfig;
 use multisession::store::SqlStore;
@@ -16,7 +15,7 @@ use multisession::store::SqlStore;
 /// The demo on a throwaway SQLite file, or on the store that
 /// `MULTISESSION_DEMO_TEST_STORE` names (scripts/test runs these tests again
 /// on Redis with its client-side cache), under a key prefix of its own.
-async fn demo_app() -> (axum::Router, tempfile::TempDir) {
+async fn demo_app() -> (App, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let config = SessionConfig::default().with_secure(false);
     let sessions = match std::env::var("MULTISESSION_DEMO_TEST_STORE") {
@@ -31,7 +30,8 @@ async fn demo_app() -> (axum::Router, tempfile::TempDir) {
             demo::sessions(store, config)
         }
     };
-    (demo::app(sessions.expect("valid config")), dir)
+    let sessions = sessions.expect("valid config");
+    (Framework::Axum.app_with(|| demo::app(sessions), actix_web::App::new), dir)
 }
 
 /// The CSRF token of the first form on a page.
@@ -77,7 +77,7 @@ async fn post_from(device: &mut Device, origin: &str, site: Option<&str>, path: 
     if let Some(site) = site {
         request = request.header("sec-fetch-site", site);
     }
-    device.send(request.body(Body::from(form.to_owned())).expect("a request")).await
+    device.send(request.body(form.as_bytes().to_vec()).expect("a request")).await
 }
 
 fn revoke_buttons(page: &str) -> usize {

@@ -26,6 +26,15 @@ use crate::{Device, Error, Session, Sessions};
 /// same rule as the axum layer: see [`SessionMiddleware::trust_origin`] and
 /// [`SessionMiddleware::allow_cross_origin`].
 ///
+/// An error that a middleware inside this one returns (an `Err`, rather
+/// than an error response) passes through as it is, and the session is not
+/// committed, since no cookie could go out with that error: the request's
+/// changes to it (its data, a login, a logout of this device) are not
+/// kept; what acts on the store at once (`logout_all_devices`, `revoke`)
+/// has happened. Let such middleware answer with a response instead, or put
+/// it outside `SessionMiddleware`: `App::wrap` it after (the last
+/// middleware wrapped is the outermost).
+///
 /// ```
 /// use actix_web::{App, web};
 /// use multisession::{Session, SessionMiddleware, Sessions, store::MemoryStore};

@@ -2,9 +2,16 @@
 //! and the Redis `scripts/services.sh` starts), on sessions made by browsers
 //! logging in to the demo.
 
+// The demo binary includes `examples/shared/demo.rs` itself; this test
+// includes it too, for the demo's `sessions`.
+#![allow(clippy::duplicate_mod)]
+
 #[allow(dead_code)]
 #[path = "../../multisession/examples/demo.rs"]
 mod demo;
+#[allow(dead_code)]
+#[path = "../../multisession/examples/shared/demo.rs"]
+mod shared;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -77,7 +84,7 @@ impl Browser {
 
 /// The demo on `store`.
 fn demo_on(store: Arc<dyn Store>) -> Router {
-    demo::app(demo::sessions(store, SessionConfig::default().with_secure(false)).expect("valid config"))
+    demo::app(shared::sessions(store, SessionConfig::default().with_secure(false)).expect("valid config"))
 }
 
 /// What one run of the binary did.

@@ -1,7 +1,8 @@
 //! The example app from Flask-Multi-Session's README, on axum and the
-//! embedded SQLite store: log in as any user id on several browsers, see every
-//! device the user is signed in on, and log out here, everywhere, everywhere
-//! else, or one device at a time.
+//! embedded SQLite store: log in as any user id on several browsers, see
+//! every device the user is signed in on, and log out here, everywhere,
+//! everywhere else, or one device at a time. `demo_actix` serves the same
+//! app on actix-web.
 //!
 //! Run it with
 //!
@@ -20,12 +21,18 @@
 //! Every form that changes something is a POST carrying a CSRF token, kept
 //! in a session part of its own: an encrypted cookie (`csrf`), so handing
 //! out a token writes nothing to the store. [`SessionLayer`] refuses POSTs
-//! a browser marks as coming from another origin, and each handler checks
+//! a browser marks as coming from another origin, and each page checks
 //! the token with [`Session::verify_csrf_token`]. The cookie's key is made
 //! anew at each start, so forms rendered before a restart must be reloaded.
 //!
 //! There are no passwords: the demo trusts whatever user id is typed in, and
 //! it serves plain http, so its cookies are not `Secure`.
+//!
+//! The pages, their HTML and the start-up are in `shared/demo.rs`, which
+//! both demos include; this file is axum's route table and `main`.
+
+#[path = "shared/demo.rs"]
+mod shared;
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;
@@ -35,28 +42,8 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use multisession::store::{CookieStore, Store, spawn_cleanup};
-use multisession::{
-    CSRF_TOKEN_KEY, DeviceSession, ErrorKind, Fields, Key, KeyRing, Result, Session, SessionConfig, SessionHandle,
-    SessionLayer, SessionSpec, Sessions,
-};
-use serde::Deserialize;
-use time::{OffsetDateTime, UtcOffset};
-
-/// The longest user id the login form accepts, in characters.
-const MAX_USER_ID: usize = 64;
-
-/// The demo's router, every route behind [`SessionLayer`].
-///
-/// The demo's sessions: the login and everything else in `store`, and the
-/// CSRF token in an encrypted cookie of its own, under a key made now.
-pub(crate) fn sessions(store: impl Into<multisession::store::Backend>, config: SessionConfig) -> Result<Sessions> {
-    let csrf = CookieStore::new(KeyRing::new(vec![Key::generate()])?);
-    Sessions::from_specs([
-        SessionSpec::new(csrf, config.clone().with_cookie_name("csrf")).with_fields(Fields::include([CSRF_TOKEN_KEY])),
-        SessionSpec::new(store, config).with_fields(Fields::Auto),
-    ])
-}
+use multisession::{Session, SessionLayer, Sessions};
+use shared::{Answer, LoginForm, RevokeForm, Status, Token, fatal};
 
 /// The demo's router, every route behind [`SessionLayer`]. Everything that
 /// changes state is a POST with a CSRF token; a GET of those routes is
@@ -73,47 +60,43 @@ pub(crate) fn sessions(store: impl Into<multisession::store::Backend>, config: S
 /// | `POST /devices/revoke`        | logs out the device a `handle` names           |
 pub(crate) fn app(sessions: Sessions) -> Router {
     Router::new()
-        .route("/", get(index))
-        .route("/login", get(login_form).post(login))
-        .route("/logout", post(logout))
-        .route("/logout_all_devices", post(logout_all_devices))
-        .route("/logout_other_devices", post(logout_other_devices))
-        .route("/devices", get(devices))
-        .route("/devices/revoke", post(revoke))
-        .fallback(not_found)
+        .route("/", get(shared::index))
+        .route("/login", get(shared::login_form).post(|s: Session, Form(f): Form<LoginForm>| shared::login(s, f)))
+        .route("/logout", post(|s: Session, Form(f): Form<Token>| shared::logout(s, f)))
+        .route("/logout_all_devices", post(|s: Session, Form(f): Form<Token>| shared::logout_all_devices(s, f)))
+        .route("/logout_other_devices", post(|s: Session, Form(f): Form<Token>| shared::logout_other_devices(s, f)))
+        .route("/devices", get(shared::devices))
+        .route("/devices/revoke", post(|s: Session, Form(f): Form<RevokeForm>| shared::revoke(s, f)))
+        .fallback(shared::not_found)
         .layer(SessionLayer::new(sessions))
 }
 
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        match self {
+            Answer::Page(status, html) => {
+                let status = match status {
+                    Status::Ok => StatusCode::OK,
+                    Status::BadRequest => StatusCode::BAD_REQUEST,
+                    Status::Forbidden => StatusCode::FORBIDDEN,
+                    Status::NotFound => StatusCode::NOT_FOUND,
+                };
+                (status, Html(html)).into_response()
+            }
+            Answer::SeeOther(path) => Redirect::to(path).into_response(),
+        }
+    }
+}
+
 #[tokio::main]
-async fn main() -> std::result::Result<(), Box<dyn StdError>> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
-
-    let addr = match std::env::var("MULTISESSION_DEMO_ADDR") {
-        Ok(addr) => addr,
-        Err(std::env::VarError::NotPresent) => "127.0.0.1:3000".to_owned(),
-        Err(e) => return Err(fatal(format!("MULTISESSION_DEMO_ADDR: {e}"))),
-    };
-    let url = std::env::var("MULTISESSION_STORE").unwrap_or_else(|_| "sqlite://multisession-demo.db".to_owned());
-    let shown = multisession::store::redacted(&url);
-    let store: std::sync::Arc<dyn Store> = multisession::store::open(&url, None)
-        .await
-        .map_err(|e| fatal(format!("cannot open the session store {shown}: {e}")))?;
-    // The demo serves plain http on localhost, where browsers would drop a
-    // `Secure` cookie; keep the default (`Secure`) behind https.
-    let config = SessionConfig::default().with_secure(false);
-    let sessions = sessions(store.clone(), config).map_err(|e| fatal(e.to_string()))?;
-    // Expired sessions are never served; this only reclaims their rows.
-    let _cleanup = spawn_cleanup(store, multisession::Duration::minutes(1));
-
+async fn main() -> Result<(), Box<dyn StdError>> {
+    let setup = shared::setup().await?;
+    let addr = setup.addr;
     let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| fatal(format!("cannot bind {addr}: {e}")))?;
     let local = listener.local_addr().map_err(|e| fatal(format!("cannot bind {addr}: {e}")))?;
-    println!("multisession demo listening on http://{local} (sessions in {shown})");
-    println!("note: the cookies are sent without `Secure` because the demo serves plain http");
-    println!("note: the CSRF cookie's key was generated at start: forms from before a restart must be reloaded");
+    shared::announce(local, &setup.shown);
 
-    let service = app(sessions).into_make_service_with_connect_info::<SocketAddr>();
+    let service = app(setup.sessions).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, service)
         .with_graceful_shutdown(async {
             // If Ctrl-C cannot be watched, run until killed.
@@ -124,502 +107,4 @@ async fn main() -> std::result::Result<(), Box<dyn StdError>> {
         .await
         .map_err(|e| fatal(format!("server error: {e}")))?;
     Ok(())
-}
-
-/// A start-up failure, which `main` reports as `Error: {message}`.
-struct Fatal(String);
-
-impl std::fmt::Debug for Fatal {
-    // `main` prints its error with `Debug`: show the plain message.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::fmt::Display for Fatal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl StdError for Fatal {}
-
-fn fatal(message: String) -> Box<dyn StdError> {
-    Box::new(Fatal(message))
-}
-
-// ---------------------------------------------------------------------------
-// Handlers
-
-async fn index(session: Session) -> Result<Html<String>> {
-    let Some(user) = session.user().await? else {
-        let body = r#"<h1>Please log in</h1>
-<p>You are not logged in on this device.</p>
-<p><a class="button primary" href="/login">Log in</a></p>"#;
-        return Ok(page("Welcome", None, body));
-    };
-    let remembered = if session.is_permanent().await? {
-        "This device is remembered: you stay logged in after closing the browser."
-    } else {
-        "You stay logged in until you close the browser."
-    };
-    let shown = escape(&user);
-    let token = token_field(&session).await?;
-    let body = format!(
-        r#"<h1>Hello, you are logged in as {shown}</h1>
-<p class="muted">{remembered}</p>
-<div class="actions">
-  <a class="button primary" href="/devices">Your devices</a>
-  <form method="post" action="/logout">{token}<button type="submit">Log out</button></form>
-  <form method="post" action="/logout_all_devices">{token}<button type="submit" class="danger">Log out from all devices</button></form>
-</div>
-<p class="hint">Sign in as {shown} from another browser or a private window too, then open <a href="/devices">Your devices</a>.</p>"#
-    );
-    Ok(page("Home", Some(&user), &body))
-}
-
-/// The hidden field that carries the session's CSRF token in a form.
-async fn token_field(session: &Session) -> Result<String> {
-    let token = session.csrf_token().await?;
-    Ok(format!(r#"<input type="hidden" name="csrf_token" value="{}">"#, escape(&token)))
-}
-
-/// What every state-changing form sends besides its own fields.
-#[derive(Debug, Deserialize)]
-struct Token {
-    #[serde(default)]
-    csrf_token: String,
-}
-
-/// Checks a form's CSRF token: `None` if it is this session's, else the
-/// page that says the form was refused.
-async fn refused(session: &Session, token: &str) -> Result<Option<Response>> {
-    match session.verify_csrf_token(token).await {
-        Ok(()) => Ok(None),
-        Err(e) if e.kind() == ErrorKind::Forbidden => {
-            let user = session.user().await?;
-            let body = r#"<h1>That form has expired</h1>
-<p>It was sent from an old page or from another site, so nothing was changed.</p>
-<p><a class="button" href="/">Back to the start</a></p>"#;
-            Ok(Some((StatusCode::FORBIDDEN, page("Refused", user.as_deref(), body)).into_response()))
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// The login form's fields.
-#[derive(Debug, Deserialize)]
-struct LoginForm {
-    #[serde(default)]
-    user_id: String,
-    /// Present (as `on`) when "Remember me" is checked.
-    remember: Option<String>,
-    #[serde(default)]
-    csrf_token: String,
-}
-
-async fn login_form(session: Session) -> Result<Html<String>> {
-    let user = session.user().await?;
-    login_page(&session, user.as_deref(), None, "", false).await
-}
-
-async fn login(session: Session, Form(form): Form<LoginForm>) -> Result<Response> {
-    if let Some(refusal) = refused(&session, &form.csrf_token).await? {
-        return Ok(refusal);
-    }
-    let user_id = form.user_id.trim();
-    let remember = form.remember.is_some();
-    let problem = if user_id.is_empty() {
-        Some("Enter a user id.".to_owned())
-    } else if user_id.chars().count() > MAX_USER_ID {
-        Some(format!("A user id is at most {MAX_USER_ID} characters."))
-    } else if user_id.chars().any(char::is_control) {
-        Some("A user id cannot contain control characters.".to_owned())
-    } else {
-        None
-    };
-    if let Some(problem) = problem {
-        let current = session.user().await?;
-        let page = login_page(&session, current.as_deref(), Some(&problem), user_id, remember).await?;
-        return Ok((StatusCode::BAD_REQUEST, page).into_response());
-    }
-    session.login(user_id).await?;
-    session.set_permanent(remember).await?;
-    Ok(Redirect::to("/").into_response())
-}
-
-async fn logout(session: Session, Form(form): Form<Token>) -> Result<Response> {
-    if let Some(refusal) = refused(&session, &form.csrf_token).await? {
-        return Ok(refusal);
-    }
-    session.logout().await?;
-    Ok(Redirect::to("/").into_response())
-}
-
-async fn logout_all_devices(session: Session, Form(form): Form<Token>) -> Result<Response> {
-    if let Some(refusal) = refused(&session, &form.csrf_token).await? {
-        return Ok(refusal);
-    }
-    session.logout_all_devices().await?;
-    Ok(Redirect::to("/").into_response())
-}
-
-async fn logout_other_devices(session: Session, Form(form): Form<Token>) -> Result<Response> {
-    if let Some(refusal) = refused(&session, &form.csrf_token).await? {
-        return Ok(refusal);
-    }
-    let ended = session.logout_other_devices().await?;
-    if session.user().await?.is_some() {
-        let message = match ended {
-            0 => "There were no other devices to log out.".to_owned(),
-            1 => "Logged out 1 other device.".to_owned(),
-            n => format!("Logged out {n} other devices."),
-        };
-        session.insert(FLASH, message).await?;
-    }
-    Ok(Redirect::to("/devices").into_response())
-}
-
-/// The session key of a one-time message for the devices page.
-const FLASH: &str = "flash";
-
-async fn devices(session: Session) -> Result<Response> {
-    let Some(user) = session.user().await? else {
-        return Ok(Redirect::to("/login").into_response());
-    };
-    // Most recently active first, as listed, but this device on top.
-    let mut devices = session.devices().await?;
-    devices.sort_by_key(|d| !d.current);
-    let flash = session.remove(FLASH).await?;
-    let now = OffsetDateTime::now_utc();
-    let token = token_field(&session).await?;
-
-    let shown = escape(&user);
-    let count = match devices.len() {
-        1 => "1 device".to_owned(),
-        n => format!("{n} devices"),
-    };
-    let mut body = format!("<h1>Your devices</h1>\n<p class=\"muted\">{shown} is logged in on {count}.</p>\n");
-    if let Some(message) = flash.as_ref().and_then(|v| v.as_str()) {
-        body.push_str(&format!("<p class=\"notice\" role=\"status\">{}</p>\n", escape(message)));
-    }
-    body.push_str(
-        "<div class=\"table-wrap\"><table>\n<thead><tr><th>Device</th><th>IP address</th>\
-         <th class=\"when\">Signed in</th><th class=\"when\">Last active</th><th><span class=\"sr-only\">Action</span></th></tr></thead>\n<tbody>\n",
-    );
-    for device in &devices {
-        body.push_str(&device_row(device, now, &token));
-    }
-    body.push_str("</tbody>\n</table></div>\n");
-    let others = devices.iter().any(|d| !d.current);
-    let disabled = if others { "" } else { " disabled" };
-    body.push_str(&format!(
-        r#"<div class="actions">
-  <form method="post" action="/logout_other_devices">{token}<button type="submit" class="danger"{disabled}>Log out other devices</button></form>
-  <a class="button" href="/">Back</a>
-</div>"#
-    ));
-    Ok(page("Your devices", Some(&user), &body).into_response())
-}
-
-/// One row of the devices table; `token` is the forms' CSRF field.
-fn device_row(device: &DeviceSession, now: OffsetDateTime, token: &str) -> String {
-    let agent = device.device.user_agent.as_deref();
-    let name = escape(&describe_user_agent(agent));
-    let full = escape(agent.unwrap_or("no User-Agent sent"));
-    let ip = device.device.ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
-    let mut tags = String::new();
-    if device.current {
-        tags.push_str(r#"<span class="badge">this device</span>"#);
-    }
-    if device.permanent {
-        tags.push_str(r#"<span class="badge subtle">remembered</span>"#);
-    }
-    if !tags.is_empty() {
-        tags = format!(r#"<div class="tags">{tags}</div>"#);
-    }
-    let action = if device.current {
-        String::new()
-    } else {
-        format!(
-            r#"<form method="post" action="/devices/revoke">{token}<input type="hidden" name="handle" value="{}"><button type="submit" class="small">Revoke</button></form>"#,
-            escape(&device.handle.to_string())
-        )
-    };
-    let row_class = if device.current { r#" class="current""# } else { "" };
-    format!(
-        "<tr{row_class}><td><span class=\"device\" title=\"{full}\">{name}</span>{tags}</td><td class=\"mono\">{ip}</td>\
-         <td class=\"when\">{}</td><td class=\"when\">{}<div class=\"muted small\">{}</div></td><td class=\"action\">{action}</td></tr>\n",
-        format_time(device.created_at),
-        format_time(device.last_active_at),
-        time_ago(device.last_active_at, now),
-    )
-}
-
-/// The revoke button's fields.
-#[derive(Debug, Deserialize)]
-struct RevokeForm {
-    #[serde(default)]
-    handle: String,
-    #[serde(default)]
-    csrf_token: String,
-}
-
-async fn revoke(session: Session, Form(form): Form<RevokeForm>) -> Result<Response> {
-    if let Some(refusal) = refused(&session, &form.csrf_token).await? {
-        return Ok(refusal);
-    }
-    let Ok(handle) = form.handle.parse::<SessionHandle>() else {
-        let user = session.user().await?;
-        let body = r#"<h1>Bad request</h1>
-<p>That is not a device of this account.</p>
-<p><a class="button" href="/devices">Back to your devices</a></p>"#;
-        let page = page("Bad request", user.as_deref(), body);
-        return Ok((StatusCode::BAD_REQUEST, page).into_response());
-    };
-    if session.revoke(&handle).await? && session.user().await?.is_some() {
-        session.insert(FLASH, "The device was logged out.").await?;
-    }
-    Ok(Redirect::to("/devices").into_response())
-}
-
-async fn not_found() -> (StatusCode, Html<String>) {
-    let body = r#"<h1>Not found</h1>
-<p>There is no such page.</p>
-<p><a class="button" href="/">Home</a></p>"#;
-    (StatusCode::NOT_FOUND, page("Not found", None, body))
-}
-
-// ---------------------------------------------------------------------------
-// HTML
-
-/// The login page, with an error `message` and the values to re-show.
-async fn login_page(
-    session: &Session,
-    current: Option<&str>,
-    message: Option<&str>,
-    user_id: &str,
-    remember: bool,
-) -> Result<Html<String>> {
-    let token = token_field(session).await?;
-    let mut body = String::from("<h1>Log in</h1>\n");
-    if let Some(current) = current {
-        body.push_str(&format!(
-            "<p class=\"muted\">You are logged in as {}. Logging in again switches user on this device.</p>\n",
-            escape(current)
-        ));
-    }
-    if let Some(message) = message {
-        body.push_str(&format!("<p class=\"error\" role=\"alert\">{}</p>\n", escape(message)));
-    }
-    let checked = if remember { " checked" } else { "" };
-    body.push_str(&format!(
-        r#"<form method="post" action="/login" class="stack">
-  {token}
-  <label for="user_id">User id</label>
-  <input id="user_id" name="user_id" type="text" value="{}" maxlength="{MAX_USER_ID}" required autofocus autocomplete="username">
-  <label class="check"><input type="checkbox" name="remember"{checked}> Remember me</label>
-  <div><button type="submit" class="primary">Log in</button></div>
-</form>
-<p class="hint">There is no password: any id will do, such as <code>23</code>.</p>"#,
-        escape(user_id)
-    ));
-    Ok(page("Log in", current, &body))
-}
-
-/// The shared layout around `body` (HTML); `title` and the logged-in `user`
-/// are text, escaped here.
-fn page(title: &str, user: Option<&str>, body: &str) -> Html<String> {
-    let who = user.map_or_else(String::new, |u| format!("<span>logged in as {}</span>", escape(u)));
-    Html(format!(
-        r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} · multisession demo</title>
-<style>{STYLE}</style>
-</head>
-<body>
-<main>
-<header><a href="/">multisession demo</a>{who}</header>
-{body}
-</main>
-</body>
-</html>
-"#,
-        title = escape(title),
-    ))
-}
-
-const STYLE: &str = r#"
-:root { color-scheme: light dark; --fg: #1f2328; --muted: #656d76; --line: #d8dee4; --bg: #fff;
-  --soft: #f6f8fa; --accent: #0969da; --danger: #cf222e; --ok: #1a7f37; }
-@media (prefers-color-scheme: dark) { :root { --fg: #e6edf3; --muted: #9198a1; --line: #30363d;
-  --bg: #0d1117; --soft: #161b22; --accent: #4493f8; --danger: #f85149; --ok: #3fb950; } }
-* { box-sizing: border-box; }
-body { margin: 0; background: var(--bg); color: var(--fg); line-height: 1.55;
-  font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-main { max-width: 42rem; margin: 0 auto; padding: 1.5rem 1.25rem 4rem; }
-header { display: flex; justify-content: space-between; gap: 1rem; padding-bottom: .75rem;
-  margin-bottom: 2rem; border-bottom: 1px solid var(--line); color: var(--muted); font-size: .9rem; }
-header a { color: inherit; text-decoration: none; font-weight: 600; letter-spacing: .01em; }
-h1 { font-size: 1.6rem; line-height: 1.25; margin: 0 0 .5rem; overflow-wrap: anywhere; }
-p { margin: 0 0 1rem; }
-a { color: var(--accent); }
-.muted { color: var(--muted); }
-.small { font-size: .85rem; }
-.hint { color: var(--muted); font-size: .9rem; margin-top: 2rem; }
-.mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .85rem; }
-code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: var(--soft);
-  padding: .1rem .3rem; border-radius: 4px; }
-.actions { display: flex; flex-wrap: wrap; gap: .5rem; align-items: center; margin: 1.5rem 0; }
-form { margin: 0; }
-button, .button { display: inline-block; font: inherit; font-size: .95rem; line-height: 1.2;
-  padding: .55rem 1rem; border-radius: 6px; border: 1px solid var(--line); background: var(--soft);
-  color: var(--fg); text-decoration: none; cursor: pointer; }
-button:hover, .button:hover { border-color: var(--muted); }
-button:focus-visible, .button:focus-visible, input:focus-visible { outline: 2px solid var(--accent); outline-offset: 2px; }
-.primary { background: var(--accent); border-color: var(--accent); color: #fff; }
-.primary:hover { border-color: var(--accent); filter: brightness(1.08); }
-.danger { color: var(--danger); }
-button.small { font-size: .85rem; padding: .3rem .7rem; }
-button:disabled { opacity: .5; cursor: default; border-color: var(--line); }
-.stack { display: flex; flex-direction: column; gap: .5rem; max-width: 22rem; margin: 1.5rem 0; }
-.stack > div { margin-top: .5rem; }
-label { font-weight: 600; font-size: .95rem; }
-label.check { font-weight: normal; display: flex; gap: .5rem; align-items: center; }
-input[type=text] { font: inherit; padding: .5rem .65rem; border: 1px solid var(--line); border-radius: 6px;
-  background: var(--bg); color: var(--fg); }
-.error, .notice { padding: .6rem .85rem; border-radius: 6px; border: 1px solid; }
-.error { color: var(--danger); border-color: var(--danger); }
-.notice { color: var(--ok); border-color: var(--ok); }
-.table-wrap { overflow-x: auto; margin: 1.5rem 0; }
-table { width: 100%; min-width: 36rem; border-collapse: collapse; font-size: .9rem; }
-th { text-align: left; font-weight: 600; color: var(--muted); font-size: .75rem; text-transform: uppercase;
-  letter-spacing: .04em; padding: .5rem .6rem; border-bottom: 1px solid var(--line); white-space: nowrap; }
-td { padding: .7rem .6rem; border-bottom: 1px solid var(--line); vertical-align: top; }
-tr.current td { background: var(--soft); }
-td.action { text-align: right; padding-top: .5rem; }
-th.when { width: 7.25rem; }
-td.mono { overflow-wrap: anywhere; }
-.device { font-weight: 500; }
-.tags { display: flex; flex-wrap: wrap; gap: .3rem; margin-top: .3rem; }
-.badge { display: inline-block; font-size: .72rem; font-weight: 600; padding: .05rem .5rem;
-  border-radius: 999px; background: var(--accent); color: #fff; white-space: nowrap; }
-.badge.subtle { background: transparent; color: var(--muted); border: 1px solid var(--line); }
-.sr-only { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); }
-"#;
-
-/// Escapes `text` for HTML element content and quoted attribute values.
-pub(crate) fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// A timestamp as `2026-11-25 14:03 UTC`.
-pub(crate) fn format_time(at: OffsetDateTime) -> String {
-    let at = at.to_offset(UtcOffset::UTC);
-    format!("{:04}-{:02}-{:02} {:02}:{:02} UTC", at.year(), u8::from(at.month()), at.day(), at.hour(), at.minute())
-}
-
-/// How long before `now` `at` was, roughly: `just now`, `5 minutes ago`.
-fn time_ago(at: OffsetDateTime, now: OffsetDateTime) -> String {
-    let seconds = (now - at).whole_seconds().max(0);
-    let (n, unit) = match seconds {
-        0..60 => return "just now".to_owned(),
-        60..3_600 => (seconds / 60, "minute"),
-        3_600..86_400 => (seconds / 3_600, "hour"),
-        _ => (seconds / 86_400, "day"),
-    };
-    let plural = if n == 1 { "" } else { "s" };
-    format!("{n} {unit}{plural} ago")
-}
-
-/// A short name for the device behind a User-Agent, such as `Firefox 128 on
-/// Linux` or `curl 8`; the User-Agent itself, cut, when it is not recognised.
-pub(crate) fn describe_user_agent(user_agent: Option<&str>) -> String {
-    let Some(ua) = user_agent.map(str::trim).filter(|ua| !ua.is_empty()) else {
-        return "Unknown device".to_owned();
-    };
-    match (browser(ua), os(ua)) {
-        (Some(browser), Some(os)) => format!("{browser} on {os}"),
-        (Some(browser), None) => browser,
-        (None, Some(os)) => format!("{os} device"),
-        (None, None) => shorten(ua, 40),
-    }
-}
-
-/// The browser (or tool) and its major version.
-fn browser(ua: &str) -> Option<String> {
-    // Most specific first: Edge and Opera also say Chrome, Chrome also says
-    // Safari, and every iOS browser is Safari underneath.
-    const BROWSERS: &[(&str, &str)] = &[
-        ("Edg/", "Edge"),
-        ("EdgA/", "Edge"),
-        ("EdgiOS/", "Edge"),
-        ("OPR/", "Opera"),
-        ("SamsungBrowser/", "Samsung Internet"),
-        ("Firefox/", "Firefox"),
-        ("FxiOS/", "Firefox"),
-        ("HeadlessChrome/", "Headless Chrome"),
-        ("CriOS/", "Chrome"),
-        ("Chromium/", "Chromium"),
-        ("Chrome/", "Chrome"),
-        ("curl/", "curl"),
-        ("Wget/", "Wget"),
-    ];
-    for (token, name) in BROWSERS {
-        if let Some(at) = ua.find(token) {
-            return Some(with_version(name, &ua[at + token.len()..]));
-        }
-    }
-    if ua.contains("Safari/") {
-        let version = ua.find("Version/").map_or("", |at| &ua[at + "Version/".len()..]);
-        return Some(with_version("Safari", version));
-    }
-    None
-}
-
-/// `name` followed by the major version at the start of `rest`, if any.
-fn with_version(name: &str, rest: &str) -> String {
-    let major: String = rest.chars().take_while(char::is_ascii_digit).take(5).collect();
-    if major.is_empty() { name.to_owned() } else { format!("{name} {major}") }
-}
-
-/// The operating system.
-fn os(ua: &str) -> Option<&'static str> {
-    // iPhones say "like Mac OS X" and Android says Linux: check those first.
-    const SYSTEMS: &[(&str, &str)] = &[
-        ("iPhone", "iPhone"),
-        ("iPad", "iPad"),
-        ("Android", "Android"),
-        ("Windows", "Windows"),
-        ("CrOS", "ChromeOS"),
-        ("Mac OS X", "macOS"),
-        ("Macintosh", "macOS"),
-        ("Linux", "Linux"),
-    ];
-    SYSTEMS.iter().find(|(token, _)| ua.contains(token)).map(|(_, name)| *name)
-}
-
-/// `text` cut to `max` characters, with an ellipsis when cut.
-fn shorten(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        text.to_owned()
-    } else {
-        let mut cut: String = text.chars().take(max - 1).collect();
-        cut.push('…');
-        cut
-    }
 }

@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use common::Device;
+use common::{Device, Framework};
 use multisession::{ErrorKind, Key, Sessions};
 
 struct Folder(tempfile::TempDir);
@@ -61,12 +61,16 @@ key_file = "keys.txt"
 revocation = "sqlite://sessions.db"
 "#;
 
-#[tokio::test]
-async fn flask_session_plus_three_parts_load_and_route() {
+common::both_frameworks!(
+    flask_session_plus_three_parts_load_and_route,
+    durations_too_long_for_any_session_are_refused_naming_the_field
+);
+
+async fn flask_session_plus_three_parts_load_and_route(fw: Framework) {
     let folder = Folder::new();
     let sessions = folder.load(THREE_PARTS).await.expect("the configuration loads");
     assert!(folder.path().join("sessions.db").exists(), "sqlite:// is relative to the file's folder");
-    let mut browser = Device::new(common::app(sessions.clone()), "ua", "127.0.0.1:1");
+    let mut browser = Device::new(fw.app(sessions.clone()), "ua", "127.0.0.1:1");
 
     let reply = browser.get("/set/csrf_token/t").await;
     assert_eq!(reply.set_cookies().len(), 1);
@@ -160,8 +164,7 @@ async fn the_shipped_example_configuration_loads() {
     folder.load(&example).await.expect("examples/multisession.toml loads");
 }
 
-#[tokio::test]
-async fn durations_too_long_for_any_session_are_refused_naming_the_field() {
+async fn durations_too_long_for_any_session_are_refused_naming_the_field(fw: Framework) {
     let folder = Folder::new();
     for (value, field) in [
         ("\"99999999999999999w\"", "lifetime"),
@@ -176,7 +179,7 @@ async fn durations_too_long_for_any_session_are_refused_naming_the_field() {
     }
     let toml = "[[session]]\ncookie_name = \"s\"\nbackend = \"memory://\"\nlifetime = \"400d\"\n";
     let sessions = folder.load(toml).await.expect("400 days load");
-    let mut browser = Device::new(common::app(sessions), "ua", "127.0.0.1:1");
+    let mut browser = Device::new(fw.app(sessions), "ua", "127.0.0.1:1");
     assert_eq!(browser.get("/login/23").await.status, 200);
     assert_eq!(browser.get("/read").await.body, "user=23 n=0");
 }

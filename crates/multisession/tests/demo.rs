@@ -1,22 +1,47 @@
-//! The demo app, driven as two browsers of one user (scripts/demo-smoke does
-//! the same over real HTTP against the built binary).
+//! The demo app, driven as two browsers of one user, on both its twins:
+//! `demo` (axum) and `demo_actix` (actix-web), one test source
+//! (scripts/demo-smoke does the same over real HTTP against the built
+//! binaries).
+// Each demo is a binary that includes `examples/shared/demo.rs` itself, and
+// this test includes both demos (and the shared file, for `sessions`).
+#![allow(clippy::duplicate_mod)]
 
 mod common;
 
 #[allow(dead_code)]
 #[path = "../examples/demo.rs"]
 mod demo;
+#[allow(dead_code)]
+#[path = "../examples/demo_actix.rs"]
+mod demo_actix;
+#[allow(dead_code)]
+#[path = "../examples/shared/demo.rs"]
+mod shared;
 
-use axum::body::Body;
-use common::{Device, Reply};
+use common::{App, Device, Framework, Reply};
 use http::{Request, header};
 use multisession::SessionConfig;
 use multisession::store::SqlStore;
 
+common::both_frameworks!(
+    the_index_offers_a_login_to_anonymous_visitors_and_greets_users,
+    both_devices_are_listed_on_either,
+    logout_all_devices_from_one_makes_the_other_anonymous,
+    logout_other_devices_ends_the_other_and_keeps_the_caller,
+    revoking_the_other_device_from_the_devices_page_logs_it_out,
+    user_ids_and_user_agents_are_escaped,
+    bad_login_input_re_shows_the_form_with_a_400,
+    anonymous_visitors_to_devices_are_sent_to_login,
+    a_login_without_this_sessions_token_is_refused,
+    cross_site_and_cross_origin_posts_are_refused_even_with_a_token,
+    the_logout_routes_do_not_act_on_a_get,
+    an_unknown_path_gets_the_not_found_page,
+);
+
 /// The demo on a throwaway SQLite file, or on the store that
 /// `MULTISESSION_DEMO_TEST_STORE` names (scripts/test runs these tests again
 /// on Redis with its client-side cache), under a key prefix of its own.
-async fn demo_app() -> (axum::Router, tempfile::TempDir) {
+async fn demo_app(fw: Framework) -> (App, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let config = SessionConfig::default().with_secure(false);
     let sessions = match std::env::var("MULTISESSION_DEMO_TEST_STORE") {
@@ -24,14 +49,16 @@ async fn demo_app() -> (axum::Router, tempfile::TempDir) {
             let prefix =
                 format!("demo{}", &multisession::SessionId::generate().expect("rng").store_key().to_string()[..8]);
             let store = multisession::store::open(&url, Some(&prefix)).await.expect("the store opens");
-            demo::sessions(store, config)
+            shared::sessions(store, config)
         }
         Err(_) => {
             let store = SqlStore::open(dir.path().join("demo.db")).await.expect("SQLite opens");
-            demo::sessions(store, config)
+            shared::sessions(store, config)
         }
     };
-    (demo::app(sessions.expect("valid config")), dir)
+    let sessions = sessions.expect("valid config");
+    let for_actix = sessions.clone();
+    (fw.app_with(|| demo::app(sessions), move || demo_actix::app(for_actix)), dir)
 }
 
 /// The CSRF token of the first form on a page.
@@ -56,8 +83,8 @@ async fn log_in(device: &mut Device, user: &str) {
     assert_eq!((reply.status.as_u16(), reply.location()), (303, Some("/")));
 }
 
-async fn two_devices_of(user: &str) -> (Device, Device, tempfile::TempDir) {
-    let (app, dir) = demo_app().await;
+async fn two_devices_of(fw: Framework, user: &str) -> (Device, Device, tempfile::TempDir) {
+    let (app, dir) = demo_app(fw).await;
     let mut laptop = Device::new(app.clone(), "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Firefox/128.0", "192.0.2.1:1");
     let mut phone =
         Device::new(app, "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) Version/17.0 Safari/604.1", "192.0.2.2:1");
@@ -77,16 +104,15 @@ async fn post_from(device: &mut Device, origin: &str, site: Option<&str>, path: 
     if let Some(site) = site {
         request = request.header("sec-fetch-site", site);
     }
-    device.send(request.body(Body::from(form.to_owned())).expect("a request")).await
+    device.send(request.body(form.as_bytes().to_vec()).expect("a request")).await
 }
 
 fn revoke_buttons(page: &str) -> usize {
     page.matches(r#"name="handle""#).count()
 }
 
-#[tokio::test]
-async fn the_index_offers_a_login_to_anonymous_visitors_and_greets_users() {
-    let (app, _dir) = demo_app().await;
+async fn the_index_offers_a_login_to_anonymous_visitors_and_greets_users(fw: Framework) {
+    let (app, _dir) = demo_app(fw).await;
     let mut browser = Device::new(app, "ua", "127.0.0.1:1");
     assert!(browser.get("/").await.body.contains("Please log in"));
     log_in(&mut browser, "23").await;
@@ -94,9 +120,8 @@ async fn the_index_offers_a_login_to_anonymous_visitors_and_greets_users() {
     assert!(page.contains("logged in as 23") && !page.contains("Please log in"));
 }
 
-#[tokio::test]
-async fn both_devices_are_listed_on_either() {
-    let (mut laptop, mut phone, _dir) = two_devices_of("23").await;
+async fn both_devices_are_listed_on_either(fw: Framework) {
+    let (mut laptop, mut phone, _dir) = two_devices_of(fw, "23").await;
     for device in [&mut laptop, &mut phone] {
         let page = device.get("/devices").await.body;
         assert!(page.contains("this device"));
@@ -106,17 +131,15 @@ async fn both_devices_are_listed_on_either() {
     }
 }
 
-#[tokio::test]
-async fn logout_all_devices_from_one_makes_the_other_anonymous() {
-    let (mut laptop, mut phone, _dir) = two_devices_of("23").await;
+async fn logout_all_devices_from_one_makes_the_other_anonymous(fw: Framework) {
+    let (mut laptop, mut phone, _dir) = two_devices_of(fw, "23").await;
     assert_eq!(submit(&mut laptop, "/", "/logout_all_devices", "").await.status, 303);
     assert!(phone.get("/").await.body.contains("Please log in"));
     assert!(laptop.get("/").await.body.contains("Please log in"));
 }
 
-#[tokio::test]
-async fn logout_other_devices_ends_the_other_and_keeps_the_caller() {
-    let (mut laptop, mut phone, _dir) = two_devices_of("23").await;
+async fn logout_other_devices_ends_the_other_and_keeps_the_caller(fw: Framework) {
+    let (mut laptop, mut phone, _dir) = two_devices_of(fw, "23").await;
     let reply = submit(&mut laptop, "/devices", "/logout_other_devices", "").await;
     assert_eq!(reply.location(), Some("/devices"));
     let page = laptop.get("/devices").await.body;
@@ -126,9 +149,8 @@ async fn logout_other_devices_ends_the_other_and_keeps_the_caller() {
     assert!(laptop.get("/").await.body.contains("logged in as 23"));
 }
 
-#[tokio::test]
-async fn revoking_the_other_device_from_the_devices_page_logs_it_out() {
-    let (mut laptop, mut phone, _dir) = two_devices_of("23").await;
+async fn revoking_the_other_device_from_the_devices_page_logs_it_out(fw: Framework) {
+    let (mut laptop, mut phone, _dir) = two_devices_of(fw, "23").await;
     let page = laptop.get("/devices").await.body;
     let handle = page
         .split(r#"name="handle" value=""#)
@@ -142,9 +164,8 @@ async fn revoking_the_other_device_from_the_devices_page_logs_it_out() {
     assert_eq!(submit(&mut laptop, "/devices", "/devices/revoke", "handle=not-a-handle").await.status, 400);
 }
 
-#[tokio::test]
-async fn user_ids_and_user_agents_are_escaped() {
-    let (app, _dir) = demo_app().await;
+async fn user_ids_and_user_agents_are_escaped(fw: Framework) {
+    let (app, _dir) = demo_app(fw).await;
     let mut browser = Device::new(app, "<script>alert(1)</script>", "127.0.0.1:1");
     log_in(&mut browser, "%3Cb%3E%26%22x%22").await;
     for path in ["/", "/devices"] {
@@ -154,9 +175,8 @@ async fn user_ids_and_user_agents_are_escaped() {
     }
 }
 
-#[tokio::test]
-async fn bad_login_input_re_shows_the_form_with_a_400() {
-    let (app, _dir) = demo_app().await;
+async fn bad_login_input_re_shows_the_form_with_a_400(fw: Framework) {
+    let (app, _dir) = demo_app(fw).await;
     let mut browser = Device::new(app, "ua", "127.0.0.1:1");
     for form in ["user_id=", "user_id=%20%20", &format!("user_id={}", "x".repeat(65))] {
         let reply = submit(&mut browser, "/login", "/login", form).await;
@@ -166,16 +186,14 @@ async fn bad_login_input_re_shows_the_form_with_a_400() {
     assert!(browser.get("/").await.body.contains("Please log in"));
 }
 
-#[tokio::test]
-async fn anonymous_visitors_to_devices_are_sent_to_login() {
-    let (app, _dir) = demo_app().await;
+async fn anonymous_visitors_to_devices_are_sent_to_login(fw: Framework) {
+    let (app, _dir) = demo_app(fw).await;
     let reply = Device::new(app, "ua", "127.0.0.1:1").get("/devices").await;
     assert_eq!((reply.status.as_u16(), reply.location()), (303, Some("/login")));
 }
 
-#[tokio::test]
-async fn a_login_without_this_sessions_token_is_refused() {
-    let (app, _dir) = demo_app().await;
+async fn a_login_without_this_sessions_token_is_refused(fw: Framework) {
+    let (app, _dir) = demo_app(fw).await;
     let mut victim = Device::new(app.clone(), "ua", "127.0.0.1:1");
     let mut attacker = Device::new(app, "ua", "127.0.0.1:2");
     // A forged form: no token, or the attacker's own token.
@@ -189,9 +207,8 @@ async fn a_login_without_this_sessions_token_is_refused() {
     assert!(victim.get("/").await.body.contains("Please log in"), "login CSRF logged the victim in");
 }
 
-#[tokio::test]
-async fn cross_site_and_cross_origin_posts_are_refused_even_with_a_token() {
-    let (mut laptop, mut phone, _dir) = two_devices_of("23").await;
+async fn cross_site_and_cross_origin_posts_are_refused_even_with_a_token(fw: Framework) {
+    let (mut laptop, mut phone, _dir) = two_devices_of(fw, "23").await;
     let valid = token(&laptop.get("/").await.body);
     let cases = [
         ("https://evil.example", Some("cross-site")),
@@ -221,12 +238,22 @@ async fn cross_site_and_cross_origin_posts_are_refused_even_with_a_token() {
     assert!(laptop.get("/").await.body.contains("logged in as 23"));
 }
 
-#[tokio::test]
-async fn the_logout_routes_do_not_act_on_a_get() {
-    let (mut laptop, mut phone, _dir) = two_devices_of("23").await;
+async fn the_logout_routes_do_not_act_on_a_get(fw: Framework) {
+    let (mut laptop, mut phone, _dir) = two_devices_of(fw, "23").await;
     for path in ["/logout", "/logout_all_devices", "/logout_other_devices", "/devices/revoke"] {
         assert_eq!(laptop.get(path).await.status, 405, "GET {path}");
     }
+    assert_eq!(laptop.post("/devices", "").await.status, 405, "POST /devices");
     assert!(laptop.get("/").await.body.contains("logged in as 23"));
     assert!(phone.get("/").await.body.contains("logged in as 23"));
+}
+
+async fn an_unknown_path_gets_the_not_found_page(fw: Framework) {
+    let (app, _dir) = demo_app(fw).await;
+    let mut browser = Device::new(app, "ua", "127.0.0.1:1");
+    for path in ["/no/such/page", "/devices/revoke/x"] {
+        let reply = browser.get(path).await;
+        assert_eq!(reply.status, 404, "{path}");
+        assert!(reply.body.contains("There is no such page."), "{path}: {}", reply.body);
+    }
 }

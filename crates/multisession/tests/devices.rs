@@ -1,43 +1,56 @@
 //! One user on several devices: listing, logging out others or all,
-//! revoking one, and admin clears.
+//! revoking one, and admin clears; on axum and on actix-web.
 
 mod common;
 
 use std::sync::Arc;
 
-use common::{Device, app, session_cookie};
+use common::{Device, Framework, session_cookie};
 use multisession::store::{MemoryStore, SessionInfo, Store};
 use multisession::testing::{CountingStore, wait_past};
 use multisession::{Change, Record, SessionConfig, Sessions, StoreKey};
 
-fn setup() -> (Sessions, Device, Device) {
-    setup_over(MemoryStore::new())
+fn setup(fw: Framework) -> (Sessions, Device, Device) {
+    setup_over(fw, MemoryStore::new())
 }
 
 /// A laptop and a phone on an app over `store`.
-fn setup_over(store: impl Store) -> (Sessions, Device, Device) {
+fn setup_over(fw: Framework, store: impl Store) -> (Sessions, Device, Device) {
     let sessions = Sessions::new(store, SessionConfig::default()).expect("valid config");
-    let router = app(sessions.clone());
-    let laptop = Device::new(router.clone(), "laptop", "192.0.2.1:1000");
-    let phone = Device::new(router, "phone", "192.0.2.2:2000");
+    let app = fw.app(sessions.clone());
+    let laptop = Device::new(app.clone(), "laptop", "192.0.2.1:1000");
+    let phone = Device::new(app, "phone", "192.0.2.2:2000");
     (sessions, laptop, phone)
 }
 
-async fn both_logged_in() -> (Sessions, Device, Device) {
-    both_logged_in_over(MemoryStore::new()).await
+async fn both_logged_in(fw: Framework) -> (Sessions, Device, Device) {
+    both_logged_in_over(fw, MemoryStore::new()).await
 }
 
 /// Both devices logged in as user 23, over `store`.
-async fn both_logged_in_over(store: impl Store) -> (Sessions, Device, Device) {
-    let (sessions, mut laptop, mut phone) = setup_over(store);
+async fn both_logged_in_over(fw: Framework, store: impl Store) -> (Sessions, Device, Device) {
+    let (sessions, mut laptop, mut phone) = setup_over(fw, store);
     laptop.get("/login/23").await;
     phone.get("/login/23").await;
     (sessions, laptop, phone)
 }
 
-#[tokio::test]
-async fn each_device_lists_both_and_marks_itself() {
-    let (_, mut laptop, mut phone) = both_logged_in().await;
+common::both_frameworks!(
+    each_device_lists_both_and_marks_itself,
+    logout_all_devices_from_one_makes_the_other_anonymous,
+    logout_other_devices_ends_the_other_and_keeps_the_caller,
+    revoking_a_device_by_handle_logs_only_that_device_out,
+    a_user_cannot_revoke_another_users_session,
+    clear_user_sessions_in_a_request_spares_the_callers_own,
+    admin_revoke_and_listing_work_without_a_request,
+    logout_all_devices_survives_a_concurrent_request,
+    a_touch_after_logout_all_does_not_resurrect_either,
+    cycle_id_then_logout_other_devices_keeps_the_caller,
+    logout_all_devices_ends_a_session_whose_id_changed_while_it_ran,
+);
+
+async fn each_device_lists_both_and_marks_itself(fw: Framework) {
+    let (_, mut laptop, mut phone) = both_logged_in(fw).await;
     for (device, me) in [(&mut laptop, "laptop"), (&mut phone, "phone")] {
         let listing = device.get("/devices").await.body;
         let lines: Vec<&str> = listing.lines().collect();
@@ -49,9 +62,8 @@ async fn each_device_lists_both_and_marks_itself() {
     }
 }
 
-#[tokio::test]
-async fn logout_all_devices_from_one_makes_the_other_anonymous() {
-    let (sessions, mut laptop, mut phone) = both_logged_in().await;
+async fn logout_all_devices_from_one_makes_the_other_anonymous(fw: Framework) {
+    let (sessions, mut laptop, mut phone) = both_logged_in(fw).await;
     assert_eq!(laptop.get("/logout_all").await.body, "ended 2");
     assert_eq!(phone.get("/read").await.body, "user=anonymous n=0");
     assert_eq!(laptop.get("/read").await.body, "user=anonymous n=0");
@@ -59,18 +71,16 @@ async fn logout_all_devices_from_one_makes_the_other_anonymous() {
     assert!(sessions.user_sessions("23").await.expect("listed").is_empty());
 }
 
-#[tokio::test]
-async fn logout_other_devices_ends_the_other_and_keeps_the_caller() {
-    let (_, mut laptop, mut phone) = both_logged_in().await;
+async fn logout_other_devices_ends_the_other_and_keeps_the_caller(fw: Framework) {
+    let (_, mut laptop, mut phone) = both_logged_in(fw).await;
     assert_eq!(laptop.get("/logout_others").await.body, "ended 1");
     assert_eq!(phone.get("/read").await.body, "user=anonymous n=0");
     assert_eq!(laptop.get("/read").await.body, "user=23 n=0");
     assert_eq!(laptop.get("/devices").await.body.lines().count(), 1);
 }
 
-#[tokio::test]
-async fn revoking_a_device_by_handle_logs_only_that_device_out() {
-    let (_, mut laptop, mut phone) = both_logged_in().await;
+async fn revoking_a_device_by_handle_logs_only_that_device_out(fw: Framework) {
+    let (_, mut laptop, mut phone) = both_logged_in(fw).await;
     let listing = laptop.get("/devices").await.body;
     let handle = listing.lines().find(|l| l.contains("current=false")).and_then(|l| l.split(' ').next());
     let reply = laptop.get(&format!("/revoke/{}", handle.expect("the phone is listed"))).await;
@@ -79,9 +89,8 @@ async fn revoking_a_device_by_handle_logs_only_that_device_out() {
     assert_eq!(laptop.get("/read").await.body, "user=23 n=0");
 }
 
-#[tokio::test]
-async fn a_user_cannot_revoke_another_users_session() {
-    let (sessions, mut laptop, mut phone) = setup();
+async fn a_user_cannot_revoke_another_users_session(fw: Framework) {
+    let (sessions, mut laptop, mut phone) = setup(fw);
     laptop.get("/login/23").await;
     phone.get("/login/42").await;
     let victim = sessions.user_sessions("42").await.expect("listed")[0].handle.to_string();
@@ -89,9 +98,8 @@ async fn a_user_cannot_revoke_another_users_session() {
     assert_eq!(phone.get("/read").await.body, "user=42 n=0");
 }
 
-#[tokio::test]
-async fn clear_user_sessions_in_a_request_spares_the_callers_own() {
-    let (sessions, mut laptop, mut phone) = both_logged_in().await;
+async fn clear_user_sessions_in_a_request_spares_the_callers_own(fw: Framework) {
+    let (sessions, mut laptop, mut phone) = both_logged_in(fw).await;
     assert_eq!(laptop.get("/clear_user/23").await.body, "ended 1");
     assert_eq!(laptop.get("/read").await.body, "user=23 n=0");
     assert_eq!(phone.get("/read").await.body, "user=anonymous n=0");
@@ -99,9 +107,8 @@ async fn clear_user_sessions_in_a_request_spares_the_callers_own() {
     assert_eq!(laptop.get("/read").await.body, "user=anonymous n=0");
 }
 
-#[tokio::test]
-async fn admin_revoke_and_listing_work_without_a_request() {
-    let (sessions, _laptop, mut phone) = both_logged_in().await;
+async fn admin_revoke_and_listing_work_without_a_request(fw: Framework) {
+    let (sessions, _laptop, mut phone) = both_logged_in(fw).await;
     let listed = sessions.user_sessions("23").await.expect("listed");
     assert_eq!(listed.len(), 2);
     assert!(listed.iter().all(|s| !s.current));
@@ -113,10 +120,9 @@ async fn admin_revoke_and_listing_work_without_a_request() {
 
 /// A request that loaded its session before another device logged everyone
 /// out must not bring the session back when it commits.
-#[tokio::test]
-async fn logout_all_devices_survives_a_concurrent_request() {
+async fn logout_all_devices_survives_a_concurrent_request(fw: Framework) {
     let store = Arc::new(MemoryStore::new());
-    let (sessions, mut laptop, mut phone) = both_logged_in_over(store.clone()).await;
+    let (sessions, mut laptop, mut phone) = both_logged_in_over(fw, store.clone()).await;
 
     // The phone's request is in flight: it has read its session...
     let phone_header = phone.cookie_header();
@@ -134,13 +140,11 @@ async fn logout_all_devices_survives_a_concurrent_request() {
     assert_eq!(phone.get("/read").await.body, "user=anonymous n=0");
 }
 
-#[tokio::test]
-async fn a_touch_after_logout_all_does_not_resurrect_either() {
+async fn a_touch_after_logout_all_does_not_resurrect_either(fw: Framework) {
     let store = Arc::new(CountingStore::new(MemoryStore::new()));
     let config = SessionConfig::default().with_touch_interval(time::Duration::ZERO);
     let sessions = Sessions::new(store.clone(), config).expect("valid config");
-    let router = app(sessions.clone());
-    let mut phone = Device::new(router, "phone", "192.0.2.2:1");
+    let mut phone = Device::new(fw.app(sessions.clone()), "phone", "192.0.2.2:1");
     phone.get("/login/23").await;
     let header = phone.cookie_header();
     let in_flight = sessions.session([header.as_bytes()], Default::default());
@@ -157,9 +161,8 @@ async fn a_touch_after_logout_all_does_not_resurrect_either() {
 
 /// A password change: the id changes and every other device is logged out,
 /// in one request; the caller stays logged in.
-#[tokio::test]
-async fn cycle_id_then_logout_other_devices_keeps_the_caller() {
-    let (sessions, mut laptop, mut phone) = both_logged_in().await;
+async fn cycle_id_then_logout_other_devices_keeps_the_caller(fw: Framework) {
+    let (sessions, mut laptop, mut phone) = both_logged_in(fw).await;
     let header = laptop.cookie_header();
     let session = sessions.session([header.as_bytes()], Default::default());
     session.cycle_id().await.expect("cycle_id");
@@ -216,10 +219,9 @@ impl Store for ListsThenDeletes {
 /// An id change that lands between a logout-all's listing and its deletes
 /// replaces a session the logout then no longer finds; the logout lists
 /// again and ends the new one too.
-#[tokio::test]
-async fn logout_all_devices_ends_a_session_whose_id_changed_while_it_ran() {
+async fn logout_all_devices_ends_a_session_whose_id_changed_while_it_ran(fw: Framework) {
     let store = Arc::new(ListsThenDeletes { inner: MemoryStore::new(), beside: Default::default() });
-    let (sessions, mut laptop, phone) = both_logged_in_over(store.clone()).await;
+    let (sessions, mut laptop, phone) = both_logged_in_over(fw, store.clone()).await;
     let header = phone.cookie_header();
     let rotating = sessions.session([header.as_bytes()], Default::default());
     rotating.cycle_id().await.expect("cycle_id");

@@ -1,25 +1,38 @@
 //! Logging in and out on one device: id rotation, the permanent flag,
-//! lifetimes and the per-user session limit.
+//! lifetimes and the per-user session limit; what goes through requests, on
+//! axum and on actix-web.
 
 mod common;
 
 use std::sync::Arc;
 
-use common::{Device, app, session_cookie};
+use common::{App, Device, Framework, session_cookie};
 use multisession::store::{MemoryStore, Store};
 use multisession::testing::wait_past;
 use multisession::{Device as DeviceFacts, OnLimit, SessionConfig, SessionId, Sessions};
 use time::{Duration, OffsetDateTime};
 
-fn setup(config: SessionConfig) -> (Arc<MemoryStore>, axum::Router) {
+fn setup(fw: Framework, config: SessionConfig) -> (Arc<MemoryStore>, App) {
     let store = Arc::new(MemoryStore::new());
-    (store.clone(), app(Sessions::new(store, config).expect("valid config")))
+    (store.clone(), fw.app(Sessions::new(store, config).expect("valid config")))
 }
 
-#[tokio::test]
-async fn login_changes_the_id_keeps_the_data_and_the_old_id_no_longer_loads() {
-    let (store, router) = setup(SessionConfig::default());
-    let mut device = Device::new(router.clone(), "ua", "127.0.0.1:1");
+common::both_frameworks!(
+    login_changes_the_id_keeps_the_data_and_the_old_id_no_longer_loads,
+    login_records_the_user_agent_and_client_address,
+    logout_deletes_the_session_and_expires_the_cookie,
+    the_permanent_flag_survives_later_requests_and_sets_max_age,
+    cycle_id_changes_the_id_and_keeps_user_and_data,
+    an_expired_session_is_no_session,
+    a_session_limit_evicts_the_least_recently_active_session,
+    a_session_limit_can_refuse_the_login_instead,
+    logging_in_as_another_user_does_not_inherit_the_previous_users_data,
+    a_refused_login_as_another_user_leaves_the_browser_as_it_was,
+);
+
+async fn login_changes_the_id_keeps_the_data_and_the_old_id_no_longer_loads(fw: Framework) {
+    let (store, app) = setup(fw, SessionConfig::default());
+    let mut device = Device::new(app.clone(), "ua", "127.0.0.1:1");
     device.get("/write").await;
     let before = session_cookie(&device).expect("a session");
     device.get("/login/23").await;
@@ -27,27 +40,25 @@ async fn login_changes_the_id_keeps_the_data_and_the_old_id_no_longer_loads() {
     assert_ne!(before, after, "login kept the id");
     assert_eq!(device.get("/read").await.body, "user=23 n=1", "login lost the data");
 
-    let mut old = Device::new(router, "ua", "127.0.0.1:1");
+    let mut old = Device::new(app, "ua", "127.0.0.1:1");
     old.cookies.insert("session".into(), before.clone());
     assert_eq!(old.get("/read").await.body, "user=anonymous n=0", "the pre-login id still works");
     let sessions = store.user_sessions("23").await.expect("listed");
     assert_eq!(sessions.len(), 1, "the pre-login session was not replaced");
 }
 
-#[tokio::test]
-async fn login_records_the_user_agent_and_client_address() {
-    let (store, router) = setup(SessionConfig::default());
-    let mut device = Device::new(router, "Mozilla/5.0 (X11; Linux)", "198.51.100.7:5555");
+async fn login_records_the_user_agent_and_client_address(fw: Framework) {
+    let (store, app) = setup(fw, SessionConfig::default());
+    let mut device = Device::new(app, "Mozilla/5.0 (X11; Linux)", "198.51.100.7:5555");
     device.get("/login/23").await;
     let info = &store.user_sessions("23").await.expect("listed")[0];
     assert_eq!(info.device.user_agent.as_deref(), Some("Mozilla/5.0 (X11; Linux)"));
     assert_eq!(info.device.ip, "198.51.100.7".parse().ok());
 }
 
-#[tokio::test]
-async fn logout_deletes_the_session_and_expires_the_cookie() {
-    let (store, router) = setup(SessionConfig::default());
-    let mut device = Device::new(router, "ua", "127.0.0.1:1");
+async fn logout_deletes_the_session_and_expires_the_cookie(fw: Framework) {
+    let (store, app) = setup(fw, SessionConfig::default());
+    let mut device = Device::new(app, "ua", "127.0.0.1:1");
     device.get("/login/23").await;
     let reply = device.get("/logout").await;
     assert!(reply.set_cookies().iter().any(|c| c.starts_with("session=;") && c.contains("Max-Age=0")));
@@ -55,10 +66,9 @@ async fn logout_deletes_the_session_and_expires_the_cookie() {
     assert!(store.user_sessions("23").await.expect("listed").is_empty());
 }
 
-#[tokio::test]
-async fn the_permanent_flag_survives_later_requests_and_sets_max_age() {
-    let (_, router) = setup(SessionConfig::default());
-    let mut device = Device::new(router, "ua", "127.0.0.1:1");
+async fn the_permanent_flag_survives_later_requests_and_sets_max_age(fw: Framework) {
+    let (_, app) = setup(fw, SessionConfig::default());
+    let mut device = Device::new(app, "ua", "127.0.0.1:1");
     device.get("/login/23").await;
     let reply = device.get("/permanent").await;
     let set = reply.set_cookies();
@@ -69,10 +79,9 @@ async fn the_permanent_flag_survives_later_requests_and_sets_max_age() {
     assert!(reply.set_cookies().iter().any(|c| c.contains("Max-Age=")), "the permanent flag was lost");
 }
 
-#[tokio::test]
-async fn cycle_id_changes_the_id_and_keeps_user_and_data() {
-    let (_, router) = setup(SessionConfig::default());
-    let mut device = Device::new(router, "ua", "127.0.0.1:1");
+async fn cycle_id_changes_the_id_and_keeps_user_and_data(fw: Framework) {
+    let (_, app) = setup(fw, SessionConfig::default());
+    let mut device = Device::new(app, "ua", "127.0.0.1:1");
     device.get("/login/23").await;
     device.get("/write").await;
     let before = session_cookie(&device);
@@ -93,22 +102,20 @@ async fn an_absolute_lifetime_caps_the_expiry_however_active_the_session() {
     assert!(info.expires_at <= limit, "the idle lifetime of a day outlived the absolute ten minutes");
 }
 
-#[tokio::test]
-async fn an_expired_session_is_no_session() {
+async fn an_expired_session_is_no_session(fw: Framework) {
     let config =
         SessionConfig::default().with_lifetime(Duration::milliseconds(200)).with_touch_interval(Duration::ZERO);
-    let (store, router) = setup(config);
-    let mut device = Device::new(router, "ua", "127.0.0.1:1");
+    let (store, app) = setup(fw, config);
+    let mut device = Device::new(app, "ua", "127.0.0.1:1");
     device.get("/login/23").await;
     wait_past(store.user_sessions("23").await.expect("listed")[0].expires_at).await;
     assert_eq!(device.get("/read").await.body, "user=anonymous n=0");
 }
 
-#[tokio::test]
-async fn a_session_limit_evicts_the_least_recently_active_session() {
-    let (store, router) = setup(SessionConfig::default().with_max_sessions_per_user(2, OnLimit::EvictLeastRecent));
+async fn a_session_limit_evicts_the_least_recently_active_session(fw: Framework) {
+    let (store, app) = setup(fw, SessionConfig::default().with_max_sessions_per_user(2, OnLimit::EvictLeastRecent));
     let mut devices: Vec<Device> =
-        (0..3).map(|i| Device::new(router.clone(), &format!("device-{i}"), "127.0.0.1:1")).collect();
+        (0..3).map(|i| Device::new(app.clone(), &format!("device-{i}"), "127.0.0.1:1")).collect();
     for device in &mut devices {
         device.get("/login/23").await;
         // Activity is kept to the millisecond: the next login is later.
@@ -122,11 +129,10 @@ async fn a_session_limit_evicts_the_least_recently_active_session() {
     assert_eq!(devices[0].get("/read").await.body, "user=anonymous n=0");
 }
 
-#[tokio::test]
-async fn a_session_limit_can_refuse_the_login_instead() {
-    let (store, router) = setup(SessionConfig::default().with_max_sessions_per_user(1, OnLimit::RefuseLogin));
-    let mut first = Device::new(router.clone(), "first", "127.0.0.1:1");
-    let mut second = Device::new(router, "second", "127.0.0.1:2");
+async fn a_session_limit_can_refuse_the_login_instead(fw: Framework) {
+    let (store, app) = setup(fw, SessionConfig::default().with_max_sessions_per_user(1, OnLimit::RefuseLogin));
+    let mut first = Device::new(app.clone(), "first", "127.0.0.1:1");
+    let mut second = Device::new(app, "second", "127.0.0.1:2");
     first.get("/login/23").await;
     let reply = second.get("/login/23").await;
     assert_eq!(reply.status, 409);
@@ -142,10 +148,9 @@ async fn ids_are_fresh_every_time() {
     assert_eq!(ids.len(), 1000);
 }
 
-#[tokio::test]
-async fn logging_in_as_another_user_does_not_inherit_the_previous_users_data() {
-    let (_, router) = setup(SessionConfig::default());
-    let mut device = Device::new(router, "shared computer", "127.0.0.1:1");
+async fn logging_in_as_another_user_does_not_inherit_the_previous_users_data(fw: Framework) {
+    let (_, app) = setup(fw, SessionConfig::default());
+    let mut device = Device::new(app, "shared computer", "127.0.0.1:1");
     device.get("/write").await;
     device.get("/login/alice").await;
     assert_eq!(device.get("/read").await.body, "user=alice n=1", "an anonymous visitor's data follows the login");
@@ -156,12 +161,11 @@ async fn logging_in_as_another_user_does_not_inherit_the_previous_users_data() {
 
 /// Bob, at his session cap, is refused on Alice's browser: Alice stays
 /// logged in with her data, as if Bob had not tried.
-#[tokio::test]
-async fn a_refused_login_as_another_user_leaves_the_browser_as_it_was() {
-    let (_, router) = setup(SessionConfig::default().with_max_sessions_per_user(1, OnLimit::RefuseLogin));
-    let mut elsewhere = Device::new(router.clone(), "bob's phone", "127.0.0.1:2");
+async fn a_refused_login_as_another_user_leaves_the_browser_as_it_was(fw: Framework) {
+    let (_, app) = setup(fw, SessionConfig::default().with_max_sessions_per_user(1, OnLimit::RefuseLogin));
+    let mut elsewhere = Device::new(app.clone(), "bob's phone", "127.0.0.1:2");
     elsewhere.get("/login/bob").await;
-    let mut shared = Device::new(router, "shared computer", "127.0.0.1:1");
+    let mut shared = Device::new(app, "shared computer", "127.0.0.1:1");
     shared.get("/login/alice").await;
     shared.get("/write").await;
     assert_eq!(shared.get("/login/bob").await.status, 409);

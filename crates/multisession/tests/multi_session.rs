@@ -1,14 +1,27 @@
 //! One session split across cookies and backends: routing, cookie parts,
-//! ownership, revocation and start-up validation.
+//! ownership, revocation and start-up validation; what goes through
+//! requests, on axum and on actix-web.
 
 mod common;
 
 use std::sync::Arc;
 
-use common::{Device, app};
+use common::{Device, Framework};
 use multisession::store::{CookieStore, MemoryStore, Store};
 use multisession::testing::CountingStore;
 use multisession::{ErrorKind, Fields, Key, KeyRing, SessionConfig, SessionSpec, Sessions};
+
+common::both_frameworks!(
+    each_key_lands_in_its_own_cookie_and_reads_back_as_one_session,
+    changing_only_a_csrf_key_sets_only_the_csrf_cookie_and_touches_no_store,
+    a_key_named_by_two_parts_is_written_to_both,
+    a_forged_or_replayed_data_cookie_carrying_user_id_logs_nobody_in,
+    logout_ends_every_part_for_this_device,
+    logout_all_devices_refuses_cookie_sessions_captured_before_it,
+    logout_other_devices_on_cookie_sessions_keeps_the_caller,
+    a_cookie_under_a_rotated_out_key_is_read_and_reissued_under_the_new_one,
+    a_5_kb_value_in_a_cookie_part_fails_with_the_documented_error_and_no_cookie,
+);
 
 fn named(name: &str) -> SessionConfig {
     SessionConfig::default().with_cookie_name(name)
@@ -36,11 +49,10 @@ fn cookie_names(reply: &common::Reply) -> Vec<String> {
     names
 }
 
-#[tokio::test]
-async fn each_key_lands_in_its_own_cookie_and_reads_back_as_one_session() {
+async fn each_key_lands_in_its_own_cookie_and_reads_back_as_one_session(fw: Framework) {
     let key = Key::generate();
     let store = Arc::new(CountingStore::new(MemoryStore::new()));
-    let mut browser = Device::new(app(three_parts(&key, store.clone())), "ua", "127.0.0.1:1");
+    let mut browser = Device::new(fw.app(three_parts(&key, store.clone())), "ua", "127.0.0.1:1");
     assert_eq!(cookie_names(&browser.get("/set/csrf_token/before").await), ["csrf"]);
     assert_eq!(cookie_names(&browser.get("/set/theme/dark").await), ["data"]);
     assert_eq!(cookie_names(&browser.get("/set/user_data/profile").await), ["session"]);
@@ -56,11 +68,10 @@ async fn each_key_lands_in_its_own_cookie_and_reads_back_as_one_session() {
     assert_eq!(stored.len(), 1, "the login lives in the server part");
 }
 
-#[tokio::test]
-async fn changing_only_a_csrf_key_sets_only_the_csrf_cookie_and_touches_no_store() {
+async fn changing_only_a_csrf_key_sets_only_the_csrf_cookie_and_touches_no_store(fw: Framework) {
     let key = Key::generate();
     let store = Arc::new(CountingStore::new(MemoryStore::new()));
-    let mut browser = Device::new(app(three_parts(&key, store.clone())), "ua", "127.0.0.1:1");
+    let mut browser = Device::new(fw.app(three_parts(&key, store.clone())), "ua", "127.0.0.1:1");
     browser.get("/login/23").await;
     browser.get("/set/theme/dark").await;
     let before = store.counts();
@@ -70,8 +81,7 @@ async fn changing_only_a_csrf_key_sets_only_the_csrf_cookie_and_touches_no_store
     assert_eq!(browser.get("/read").await.body, "user=23 n=0");
 }
 
-#[tokio::test]
-async fn a_key_named_by_two_parts_is_written_to_both() {
+async fn a_key_named_by_two_parts_is_written_to_both(fw: Framework) {
     let key = Key::generate();
     let store = Arc::new(MemoryStore::new());
     let sessions = Sessions::from_specs([
@@ -79,17 +89,16 @@ async fn a_key_named_by_two_parts_is_written_to_both() {
         SessionSpec::new(store, named("b")).with_fields(Fields::include(["shared", "user_id"])),
     ])
     .expect("valid configuration");
-    let mut browser = Device::new(app(sessions), "ua", "127.0.0.1:1");
+    let mut browser = Device::new(fw.app(sessions), "ua", "127.0.0.1:1");
     assert_eq!(cookie_names(&browser.get("/set/shared/1").await), ["a", "b"]);
     browser.cookies.remove("a");
     assert_eq!(browser.get("/get/shared").await.body, "\"1\"", "the server part lost its copy");
 }
 
-#[tokio::test]
-async fn a_forged_or_replayed_data_cookie_carrying_user_id_logs_nobody_in() {
+async fn a_forged_or_replayed_data_cookie_carrying_user_id_logs_nobody_in(fw: Framework) {
     let key = Key::generate();
     let store = Arc::new(CountingStore::new(MemoryStore::new()));
-    let router = app(three_parts(&key, store.clone()));
+    let app = fw.app(three_parts(&key, store.clone()));
     // Someone with the key (or a copy of another config) mints a `data` cookie
     // that logs in as admin and carries `user_id` as data.
     let forger = Sessions::new(CookieStore::new(ring(&[&key])), named("data")).expect("valid configuration");
@@ -99,18 +108,17 @@ async fn a_forged_or_replayed_data_cookie_carrying_user_id_logs_nobody_in() {
     let set = forged.commit().await.expect("commit").set_cookies.remove(0);
     let value = cookie::Cookie::parse_encoded(set).expect("parses").value().to_owned();
 
-    let mut attacker = Device::new(router, "ua", "127.0.0.1:1");
+    let mut attacker = Device::new(app, "ua", "127.0.0.1:1");
     attacker.cookies.insert("data".into(), value);
     assert_eq!(attacker.get("/read").await.body, "user=anonymous n=0", "the data cookie logged someone in");
     assert_eq!(attacker.get("/get/user_id").await.body, "none");
     assert_eq!(attacker.get("/get/theme").await.body, "\"stolen\"", "keys the part keeps still read");
 }
 
-#[tokio::test]
-async fn logout_ends_every_part_for_this_device() {
+async fn logout_ends_every_part_for_this_device(fw: Framework) {
     let key = Key::generate();
     let store = Arc::new(CountingStore::new(MemoryStore::new()));
-    let mut browser = Device::new(app(three_parts(&key, store.clone())), "ua", "127.0.0.1:1");
+    let mut browser = Device::new(fw.app(three_parts(&key, store.clone())), "ua", "127.0.0.1:1");
     browser.get("/set/csrf_token/t").await;
     browser.get("/set/theme/dark").await;
     browser.get("/login/23").await;
@@ -125,13 +133,11 @@ fn revocable(key: &Key, counters: Arc<MemoryStore>) -> Sessions {
         .expect("valid configuration")
 }
 
-#[tokio::test]
-async fn logout_all_devices_refuses_cookie_sessions_captured_before_it() {
+async fn logout_all_devices_refuses_cookie_sessions_captured_before_it(fw: Framework) {
     let key = Key::generate();
     let counters = Arc::new(MemoryStore::new());
-    let router = app(revocable(&key, counters.clone()));
-    let (mut laptop, mut phone) =
-        (Device::new(router.clone(), "l", "127.0.0.1:1"), Device::new(router, "p", "127.0.0.1:2"));
+    let app = fw.app(revocable(&key, counters.clone()));
+    let (mut laptop, mut phone) = (Device::new(app.clone(), "l", "127.0.0.1:1"), Device::new(app, "p", "127.0.0.1:2"));
     laptop.get("/login/23").await;
     phone.get("/login/23").await;
     let captured = laptop.cookies.clone();
@@ -146,12 +152,10 @@ async fn logout_all_devices_refuses_cookie_sessions_captured_before_it() {
     assert_eq!(phone.get("/read").await.body, "user=23 n=0", "logging in again works");
 }
 
-#[tokio::test]
-async fn logout_other_devices_on_cookie_sessions_keeps_the_caller() {
+async fn logout_other_devices_on_cookie_sessions_keeps_the_caller(fw: Framework) {
     let key = Key::generate();
-    let router = app(revocable(&key, Arc::new(MemoryStore::new())));
-    let (mut laptop, mut phone) =
-        (Device::new(router.clone(), "l", "127.0.0.1:1"), Device::new(router, "p", "127.0.0.1:2"));
+    let app = fw.app(revocable(&key, Arc::new(MemoryStore::new())));
+    let (mut laptop, mut phone) = (Device::new(app.clone(), "l", "127.0.0.1:1"), Device::new(app, "p", "127.0.0.1:2"));
     laptop.get("/login/23").await;
     phone.get("/login/23").await;
     laptop.get("/logout_others").await;
@@ -172,16 +176,15 @@ async fn cookie_sessions_without_a_revocation_store_answer_unsupported() {
     assert_eq!(err.kind(), ErrorKind::Unsupported);
 }
 
-#[tokio::test]
-async fn a_cookie_under_a_rotated_out_key_is_read_and_reissued_under_the_new_one() {
+async fn a_cookie_under_a_rotated_out_key_is_read_and_reissued_under_the_new_one(fw: Framework) {
     let (old, new) = (Key::generate(), Key::generate());
     let before = Sessions::new(CookieStore::new(ring(&[&old])), SessionConfig::default()).expect("valid");
-    let mut browser = Device::new(app(before), "ua", "127.0.0.1:1");
+    let mut browser = Device::new(fw.app(before), "ua", "127.0.0.1:1");
     browser.get("/write").await;
     let old_cookie = browser.cookies.clone();
 
     let rotated = Sessions::new(CookieStore::new(ring(&[&new, &old])), SessionConfig::default()).expect("valid");
-    let mut browser = Device::new(app(rotated), "ua", "127.0.0.1:1");
+    let mut browser = Device::new(fw.app(rotated), "ua", "127.0.0.1:1");
     browser.cookies = old_cookie.clone();
     let reply = browser.get("/read").await;
     assert_eq!(reply.body, "user=anonymous n=1");
@@ -190,19 +193,18 @@ async fn a_cookie_under_a_rotated_out_key_is_read_and_reissued_under_the_new_one
     assert_ne!(reissued, old_cookie);
 
     let only_new = Sessions::new(CookieStore::new(ring(&[&new])), SessionConfig::default()).expect("valid");
-    let mut browser = Device::new(app(only_new.clone()), "ua", "127.0.0.1:1");
+    let mut browser = Device::new(fw.app(only_new.clone()), "ua", "127.0.0.1:1");
     browser.cookies = reissued;
     assert_eq!(browser.get("/read").await.body, "user=anonymous n=1", "the re-issued cookie is not under the new key");
-    let mut stranger = Device::new(app(only_new), "ua", "127.0.0.1:1");
+    let mut stranger = Device::new(fw.app(only_new), "ua", "127.0.0.1:1");
     stranger.cookies = old_cookie;
     assert_eq!(stranger.get("/read").await.body, "user=anonymous n=0", "a cookie under an unknown key was read");
 }
 
-#[tokio::test]
-async fn a_5_kb_value_in_a_cookie_part_fails_with_the_documented_error_and_no_cookie() {
+async fn a_5_kb_value_in_a_cookie_part_fails_with_the_documented_error_and_no_cookie(fw: Framework) {
     let key = Key::generate();
     let store = Arc::new(CountingStore::new(MemoryStore::new()));
-    let mut browser = Device::new(app(three_parts(&key, store.clone())), "ua", "127.0.0.1:1");
+    let mut browser = Device::new(fw.app(three_parts(&key, store.clone())), "ua", "127.0.0.1:1");
     browser.get("/set/theme/dark").await;
     let before_cookies = browser.cookies.clone();
     let before = store.counts();

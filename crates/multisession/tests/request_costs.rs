@@ -1,20 +1,28 @@
 //! What each kind of request costs the store, counted by a wrapper around a
-//! real store.
+//! real store; on axum and on actix-web.
 
 mod common;
 
 use std::sync::Arc;
 
-use common::{Device, app};
+use common::{Device, Framework};
 use multisession::store::MemoryStore;
 use multisession::testing::{CountingStore, Counts};
 use multisession::{SessionConfig, Sessions};
 
-fn setup(config: SessionConfig) -> (Arc<CountingStore<MemoryStore>>, Device) {
+fn setup(fw: Framework, config: SessionConfig) -> (Arc<CountingStore<MemoryStore>>, Device) {
     let store = Arc::new(CountingStore::new(MemoryStore::new()));
     let sessions = Sessions::new(store.clone(), config).expect("valid config");
-    (store, Device::new(app(sessions), "test-agent", "127.0.0.1:4000"))
+    (store, Device::new(fw.app(sessions), "test-agent", "127.0.0.1:4000"))
 }
+
+common::both_frameworks!(
+    a_route_that_never_touches_the_session_costs_nothing,
+    a_read_only_request_costs_exactly_one_load_and_no_write,
+    reading_without_a_cookie_costs_nothing_and_stores_nothing,
+    a_new_session_is_one_create_and_a_change_is_one_apply,
+    a_read_touches_only_once_the_expiry_moved_past_the_touch_interval,
+);
 
 fn delta(after: Counts, before: Counts) -> Counts {
     Counts {
@@ -28,9 +36,8 @@ fn delta(after: Counts, before: Counts) -> Counts {
     }
 }
 
-#[tokio::test]
-async fn a_route_that_never_touches_the_session_costs_nothing() {
-    let (store, mut device) = setup(SessionConfig::default());
+async fn a_route_that_never_touches_the_session_costs_nothing(fw: Framework) {
+    let (store, mut device) = setup(fw, SessionConfig::default());
     device.get("/write").await;
     let before = store.counts();
     let reply = device.get("/none").await;
@@ -39,9 +46,8 @@ async fn a_route_that_never_touches_the_session_costs_nothing() {
     assert!(reply.headers.get("vary").is_none(), "an untouched session must not add Vary");
 }
 
-#[tokio::test]
-async fn a_read_only_request_costs_exactly_one_load_and_no_write() {
-    let (store, mut device) = setup(SessionConfig::default());
+async fn a_read_only_request_costs_exactly_one_load_and_no_write(fw: Framework) {
+    let (store, mut device) = setup(fw, SessionConfig::default());
     device.get("/write").await;
     let before = store.counts();
     let reply = device.get("/read").await;
@@ -52,18 +58,16 @@ async fn a_read_only_request_costs_exactly_one_load_and_no_write() {
     assert_eq!(reply.headers.get("vary").and_then(|v| v.to_str().ok()), Some("cookie"));
 }
 
-#[tokio::test]
-async fn reading_without_a_cookie_costs_nothing_and_stores_nothing() {
-    let (store, mut device) = setup(SessionConfig::default());
+async fn reading_without_a_cookie_costs_nothing_and_stores_nothing(fw: Framework) {
+    let (store, mut device) = setup(fw, SessionConfig::default());
     let reply = device.get("/read").await;
     assert_eq!(reply.body, "user=anonymous n=0");
     assert_eq!(store.counts().total(), 0);
     assert!(reply.set_cookies().is_empty(), "an empty session must not be created");
 }
 
-#[tokio::test]
-async fn a_new_session_is_one_create_and_a_change_is_one_apply() {
-    let (store, mut device) = setup(SessionConfig::default());
+async fn a_new_session_is_one_create_and_a_change_is_one_apply(fw: Framework) {
+    let (store, mut device) = setup(fw, SessionConfig::default());
     device.get("/write").await;
     assert_eq!(store.counts(), Counts { creates: 1, ..Counts::default() });
     let before = store.counts();
@@ -71,14 +75,13 @@ async fn a_new_session_is_one_create_and_a_change_is_one_apply() {
     assert_eq!(delta(store.counts(), before), Counts { loads: 1, applies: 1, ..Counts::default() });
 }
 
-#[tokio::test]
-async fn a_read_touches_only_once_the_expiry_moved_past_the_touch_interval() {
+async fn a_read_touches_only_once_the_expiry_moved_past_the_touch_interval(fw: Framework) {
     // One store, read through two configurations: an hour's interval, which
     // no test run outlasts, and none at all, once the clock has moved.
     let store = Arc::new(CountingStore::new(MemoryStore::new()));
     let through = |interval| {
         let config = SessionConfig::default().with_touch_interval(interval);
-        app(Sessions::new(store.clone(), config).expect("valid config"))
+        fw.app(Sessions::new(store.clone(), config).expect("valid config"))
     };
     let mut device = Device::new(through(time::Duration::HOUR), "test-agent", "127.0.0.1:4000");
     device.get("/write").await;

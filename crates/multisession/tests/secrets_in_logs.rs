@@ -1,7 +1,7 @@
 //! No session value, session id or store key appears in an error message,
 //! a response body or a log line, whatever fails: a value of the wrong type,
 //! stored data that does not decode, a store that is down, a cookie too
-//! large to send.
+//! large to send; on axum and on actix-web.
 
 mod common;
 #[path = "support/switchable.rs"]
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use common::Captured;
-use common::{Device, Reply, app};
+use common::{Device, Framework, Reply};
 use multisession::store::{CookieStore, Store};
 use multisession::{Fields, Key, KeyRing, SessionConfig, SessionSpec, Sessions};
 use switchable::Switchable;
@@ -25,8 +25,9 @@ fn assert_clean(what: &str, text: &str, id: &str, key: &str) {
     }
 }
 
-#[tokio::test]
-async fn every_error_path_keeps_values_ids_and_keys_out_of_logs_and_bodies() {
+common::both_frameworks!(every_error_path_keeps_values_ids_and_keys_out_of_logs_and_bodies);
+
+async fn every_error_path_keeps_values_ids_and_keys_out_of_logs_and_bodies(fw: Framework) {
     let logs = Captured::default();
     let _guard = tracing::subscriber::set_default(logs.subscriber());
     let store = Arc::new(Switchable::default());
@@ -41,7 +42,7 @@ async fn every_error_path_keeps_values_ids_and_keys_out_of_logs_and_bodies() {
         .with_fields(Fields::include(["big"])),
     ])
     .expect("valid configuration");
-    let mut device = Device::new(app(sessions), "ua", "127.0.0.1:1");
+    let mut device = Device::new(fw.app(sessions), "ua", "127.0.0.1:1");
     device.get("/login/23").await;
     let id = common::session_cookie(&device).expect("logged in");
     let store_key = store.inner.user_sessions("23").await.expect("listed")[0].key.to_string();

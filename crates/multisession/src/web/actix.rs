@@ -11,6 +11,7 @@ use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transfor
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use tracing::Instrument as _;
 
 use crate::csrf::OriginCheck;
 use crate::{Device, Error, Session, Sessions};
@@ -24,6 +25,15 @@ use crate::{Device, Error, Session, Sessions};
 /// browser requests that could change state get `403 Forbidden`, by the
 /// same rule as the axum layer: see [`SessionMiddleware::trust_origin`] and
 /// [`SessionMiddleware::allow_cross_origin`].
+///
+/// An error that a middleware inside this one returns (an `Err`, rather
+/// than an error response) passes through as it is, and the session is not
+/// committed, since no cookie could go out with that error: the request's
+/// changes to it (its data, a login, a logout of this device) are not
+/// kept; what acts on the store at once (`logout_all_devices`, `revoke`)
+/// has happened. Let such middleware answer with a response instead, or put
+/// it outside `SessionMiddleware`: `App::wrap` it after (the last
+/// middleware wrapped is the outermost).
 ///
 /// ```
 /// use actix_web::{App, web};
@@ -108,24 +118,31 @@ where
         request.extensions_mut().insert(session.clone());
 
         let service = Rc::clone(&self.service);
-        Box::pin(async move {
-            let mut response = service.call(request).await?;
-            let commit = match session.commit().await {
-                Ok(commit) => commit,
-                Err(e) => return Ok(answer(response, &e)),
-            };
-            let headers = response.headers_mut();
-            if commit.vary_cookie {
-                headers.append(header::VARY, HeaderValue::from_static("cookie"));
-            }
-            for cookie in commit.set_cookies {
-                match HeaderValue::try_from(cookie) {
-                    Ok(value) => headers.append(header::SET_COOKIE, value),
-                    Err(_) => return Ok(answer(response, &Error::config("cookie: options produce an invalid header"))),
+        // The handler and the commit log inside one `session` span, as on axum.
+        let span = tracing::info_span!("session");
+        Box::pin(
+            async move {
+                let mut response = service.call(request).await?;
+                let commit = match session.commit().await {
+                    Ok(commit) => commit,
+                    Err(e) => return Ok(answer(response, &e)),
+                };
+                let headers = response.headers_mut();
+                if commit.vary_cookie {
+                    headers.append(header::VARY, HeaderValue::from_static("cookie"));
                 }
+                for cookie in commit.set_cookies {
+                    match HeaderValue::try_from(cookie) {
+                        Ok(value) => headers.append(header::SET_COOKIE, value),
+                        Err(_) => {
+                            return Ok(answer(response, &Error::config("cookie: options produce an invalid header")));
+                        }
+                    }
+                }
+                Ok(response.map_into_left_body())
             }
-            Ok(response.map_into_left_body())
-        })
+            .instrument(span),
+        )
     }
 }
 

@@ -129,6 +129,8 @@ macro_rules! store_conformance_tests {
             a_session_of_ten_thousand_keys_round_trips,
             a_part_made_or_moved_while_its_user_is_logged_out_everywhere_reads_nothing,
             every_live_session_is_walked_a_page_at_a_time,
+            a_device_writing_while_its_user_logs_out_everywhere_ends_logged_out,
+            two_hundred_concurrent_requests_writing_their_own_keys_lose_none,
         );
     };
     (@tests $harness:expr; $($check:ident),* $(,)?) => {
@@ -1406,5 +1408,72 @@ pub mod checks {
         let intact: BTreeSet<StoreKey> = mine.keys().filter(|key| !broken.contains(key)).copied().collect();
         assert_eq!(readable, intact, "the walk lost intact sessions after corrupt ones");
         assert!(unreadable >= broken.len() as u64, "{unreadable} unreadable records counted, not {}", broken.len());
+    }
+
+    /// One device keeps writing, request after request, while another
+    /// device of the same user logs out everywhere. Afterwards the store
+    /// holds no session of that user, and the writing device's next request
+    /// is anonymous: no write in flight brought a session back.
+    pub async fn a_device_writing_while_its_user_logs_out_everywhere_ends_logged_out(h: &dyn Harness) {
+        if !h.has_user_index() {
+            return;
+        }
+        let sessions = server_parts(h, 1, crate::SessionConfig::default().with_touch_interval(Duration::ZERO));
+        let u = user("race-logout");
+        let (mut writer, mut other) = (Jar::default(), Jar::default());
+        writer.login(&sessions, &u).await;
+        other.login(&sessions, &u).await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writes = {
+            let (sessions, stop, mut writer) = (sessions.clone(), stop.clone(), writer.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                // Until told to stop, and at least 50 requests, however the
+                // scheduler interleaves the two tasks.
+                while n < 50 || !stop.load(Ordering::SeqCst) {
+                    let request = writer.request(&sessions);
+                    request.insert("n", n).await.expect("insert succeeds");
+                    // Ended meanwhile: the commit creates nothing for the
+                    // user; the browser keeps whatever cookie it is sent.
+                    if let Ok(commit) = request.commit().await {
+                        writer.absorb(&commit);
+                    }
+                    n += 1;
+                }
+                writer
+            })
+        };
+        tokio::task::yield_now().await;
+        let request = other.request(&sessions);
+        request.logout_all_devices().await.expect("logout_all succeeds");
+        request.commit().await.expect("commit succeeds");
+        stop.store(true, Ordering::SeqCst);
+        let writer = writes.await.expect("the writer does not panic");
+        assert!(h.store().user_sessions(&u).await.expect("listed").is_empty(), "a session of the user survived");
+        let next = writer.request(&sessions);
+        assert_eq!(next.user().await.expect("reads"), None, "the writing device is still logged in");
+    }
+
+    /// 200 requests of one session at the same moment, each writing a key of
+    /// its own: every key is there afterwards.
+    pub async fn two_hundred_concurrent_requests_writing_their_own_keys_lose_none(h: &dyn Harness) {
+        let sessions = server_parts(h, 1, crate::SessionConfig::default());
+        let mut device = Jar::default();
+        device.set(&sessions, "start", "1").await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let request = device.request(&sessions);
+            tasks.spawn(async move {
+                request.insert(&format!("key-{i}"), i).await?;
+                request.commit().await
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("no panic").expect("every write commits");
+        }
+        let request = device.request(&sessions);
+        for i in 0..200 {
+            assert_eq!(request.get::<i64>(&format!("key-{i}")).await.expect("reads"), Some(i), "key-{i} was lost");
+        }
     }
 }

@@ -1227,7 +1227,7 @@ const CLUSTER_SLOTS: u32 = 16_384;
 
 fn layout_of(nodes: &str) -> Result<Layout> {
     use sha2::Digest as _;
-    let mut masters: Vec<String> = Vec::new();
+    let (mut masters, mut described): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
     let mut slots = 0u32;
     for line in nodes.lines().take(MAX_CLUSTER_NODES) {
         let fields: Vec<&str> = line.split(' ').collect();
@@ -1245,6 +1245,9 @@ fn layout_of(nodes: &str) -> Result<Layout> {
             slots = slots.saturating_add(last.saturating_sub(first).saturating_add(1));
         }
         masters.push(address.to_owned());
+        // Id, address and slots: not the ping times, which move, nor the
+        // flags, which mark whichever node answered as `myself`.
+        described.push(fields.iter().take(2).chain(fields.iter().skip(8)).copied().collect::<Vec<&str>>().join(" "));
     }
     if slots != CLUSTER_SLOTS {
         return Err(Error::new(
@@ -1255,16 +1258,7 @@ fn layout_of(nodes: &str) -> Result<Layout> {
         ));
     }
     masters.sort();
-    // Id, address and slots of each master, in an order of their own (each
-    // node lists the others in its own order): not the ping times, which
-    // move, nor the flags, which mark whichever node answered as `myself`.
-    let mut described: Vec<String> = nodes
-        .lines()
-        .take(MAX_CLUSTER_NODES)
-        .map(|line| line.split(' ').collect::<Vec<&str>>())
-        .filter(|fields| fields.get(2).is_some_and(|flags| flags.split(',').any(|f| f == "master")))
-        .map(|fields| fields.iter().take(2).chain(fields.iter().skip(8)).copied().collect::<Vec<&str>>().join(" "))
-        .collect();
+    // Each node lists the others in an order of its own.
     described.sort();
     let mut digest = sha2::Sha256::new();
     for line in &described {

@@ -27,6 +27,16 @@ use crate::{
 /// up on sessions that keep appearing (see [`Engine::end_user_sessions`]).
 const END_ROUNDS: usize = 4;
 
+/// How long a session replaced by a login or an id change leaves a mark
+/// behind (see [`PartState::mint`]): longer than a request stays in flight.
+const REPLACED_MARK_LIFETIME: time::Duration = time::Duration::seconds(60);
+
+/// Where the mark of the replaced session `key` lives: a derived key no
+/// session id hashes to, holding an empty anonymous record.
+fn replaced_mark(key: &StoreKey) -> StoreKey {
+    StoreKey::derive("multisession.replaced.v1", &key.to_string())
+}
+
 /// One configured part: its cookie and lifetimes, and its backend.
 pub(crate) struct Part {
     pub(crate) config: SessionConfig,
@@ -410,6 +420,12 @@ impl State {
         for &i in &servers {
             self.parts[i].prepare()?;
         }
+        if self.replaced_beside(engine, &servers).await? {
+            tracing::info!(
+                "the device's session was replaced by a login beside this request; its changes were dropped"
+            );
+            return Ok(commit);
+        }
         let siblings = self.siblings(engine).await?;
         let user = engine.user_part.filter(|u| servers.contains(u));
         let owner = user.filter(|_| engine.has_siblings()).and_then(|u| self.owner_after_commit(engine, u));
@@ -419,13 +435,25 @@ impl State {
             others.push((i, outcome));
         }
         let mut ended = false;
+        let server_cookies_from = commit.set_cookies.len();
+        let mut minted = None;
         if let Some(u) = user {
-            match self.parts[u].commit_server(&engine.parts[u], device, siblings.as_ref(), false).await {
+            // A login whose other parts lost their sessions to a request
+            // beside it (a login there, or a logout everywhere) gives way, as
+            // it would had its own part lost.
+            let lost = others.iter().any(|(_, outcome)| outcome.ended_elsewhere) && self.parts[u].next.is_some();
+            let committed = if lost {
+                Ok(ended_elsewhere())
+            } else {
+                self.parts[u].commit_server(&engine.parts[u], device, siblings.as_ref(), false).await
+            };
+            match committed {
                 Ok(outcome) => {
                     for info in &outcome.evicted {
                         engine.delete_siblings(&info.siblings).await?;
                     }
                     ended = outcome.ended_elsewhere;
+                    minted = outcome.minted.map(|key| (u, key));
                     commit.set_cookies.extend(outcome.set_cookie);
                 }
                 Err(e) => {
@@ -436,19 +464,57 @@ impl State {
                 }
             }
         }
-        for (i, outcome) in others {
-            let part = &engine.parts[i];
+        let mut replaced_beside = false;
+        for (i, outcome) in &others {
+            let part = &engine.parts[*i];
             if ended {
                 // The device's login was ended by another request: so is the
                 // rest of its session, what this request made included.
-                let stored = self.parts[i].stored_key();
+                let stored = self.parts[*i].stored_key();
                 part.delete_all(outcome.minted.iter().chain(&outcome.replaced).chain(&stored)).await?;
             } else {
-                part.delete_all(outcome.replaced.iter()).await?;
-                commit.set_cookies.extend(outcome.set_cookie);
+                if let Some(old) = &outcome.replaced {
+                    // Already gone: a request beside this one replaced it
+                    // too (both passed the check before either deleted it).
+                    replaced_beside |= !part.delete(old).await?;
+                }
+                commit.set_cookies.extend(outcome.set_cookie.clone());
             }
         }
+        if replaced_beside {
+            // The other request keeps the device; what this one made goes.
+            tracing::info!(
+                "the device's session was replaced by a login beside this request; its changes were dropped"
+            );
+            for (i, outcome) in others.iter().map(|(i, o)| (*i, o.minted)).chain(minted.map(|(u, key)| (u, Some(key))))
+            {
+                engine.parts[i].delete_all(outcome.iter()).await?;
+            }
+            commit.set_cookies.truncate(server_cookies_from);
+        }
         Ok(commit)
+    }
+
+    /// Whether a request beside this one replaced the device's session (a
+    /// login or an id change) after this one read it, so that this one
+    /// found nothing to load and would start a session of its own or clear
+    /// the cookie. Such a request gives way: otherwise two tabs logging in
+    /// at once leave two live sessions, and a slower tab's fresh anonymous
+    /// session, or its cleared cookie, can log the browser out. Costs one
+    /// read per cookie id, only on a request that found no session where
+    /// its cookie named one.
+    async fn replaced_beside(&self, engine: &Engine, servers: &[usize]) -> Result<bool> {
+        if !servers.iter().any(|&i| self.parts[i].starts_afresh()) {
+            return Ok(false);
+        }
+        for &i in servers {
+            if let Backend::Server(store) = &engine.parts[i].backend
+                && self.parts[i].named_a_replaced_session(&**store).await?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// What a server part other than the login's records as its owner after
@@ -508,6 +574,33 @@ impl Owner {
     }
 }
 
+/// Marks `old` as replaced (by a login or an id change) for
+/// [`REPLACED_MARK_LIFETIME`], before it is deleted, so that a request still
+/// carrying its id gives way ([`State::replaced_beside`]). The mark
+/// only prevents a stray extra session, so failing to leave it is logged,
+/// not an error; a mark already there (two requests replaced `old` at once,
+/// and one will give way) is fine.
+async fn leave_replaced_mark(store: &dyn Store, old: &StoreKey, now: OffsetDateTime) {
+    let mark = Record {
+        data: Map::new(),
+        meta: Meta {
+            user_id: None,
+            created_at: now,
+            last_active_at: now,
+            expires_at: crate::config::later(now, REPLACED_MARK_LIFETIME),
+            absolute_expires_at: None,
+            permanent: false,
+            device: Device::default(),
+            siblings: BTreeMap::new(),
+        },
+    };
+    match store.create(&replaced_mark(old), &mark).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::Conflict => {}
+        Err(e) => tracing::warn!(error = %e, "the mark of a replaced session could not be stored"),
+    }
+}
+
 /// What committing one server part did.
 #[derive(Default)]
 struct Outcome {
@@ -524,6 +617,14 @@ struct Outcome {
 }
 
 impl Part {
+    /// Deletes `key` of this part's store; whether a live session was there.
+    async fn delete(&self, key: &StoreKey) -> Result<bool> {
+        match &self.backend {
+            Backend::Server(store) => store.delete(key).await,
+            Backend::Cookie(_) => Ok(false),
+        }
+    }
+
     /// Deletes these keys of this part's store.
     async fn delete_all(&self, keys: impl Iterator<Item = &StoreKey>) -> Result<()> {
         if let Backend::Server(store) = &self.backend {
@@ -936,6 +1037,7 @@ impl PartState {
         let set_cookie = Some(part.config.id_cookie(&id, self.permanent, record.meta.expires_at));
         let outcome = Outcome { set_cookie, evicted, minted: Some(key), ..Outcome::default() };
         let Some(old) = replaces else { return Ok(outcome) };
+        leave_replaced_mark(store, &old, now).await;
         if defer_old {
             return Ok(Outcome { replaced: Some(old), ..outcome });
         }
@@ -955,6 +1057,23 @@ impl PartState {
                 Err(e)
             }
         }
+    }
+
+    /// Whether this part's cookie named a session it did not find, so that
+    /// its commit would start a new one or clear the cookie.
+    fn starts_afresh(&self) -> bool {
+        self.loaded && !self.ended && self.current.is_none() && !self.incoming.is_empty()
+    }
+
+    /// Whether a session this part's cookie named was replaced moments ago
+    /// (its mark is in `store`, see [`leave_replaced_mark`]).
+    async fn named_a_replaced_session(&self, store: &dyn Store) -> Result<bool> {
+        for incoming in &self.incoming {
+            if store.load(&replaced_mark(&incoming.id.store_key())).await?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Applies the request's changes to its existing session, or touches it

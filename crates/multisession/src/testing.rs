@@ -131,6 +131,7 @@ macro_rules! store_conformance_tests {
             every_live_session_is_walked_a_page_at_a_time,
             a_device_writing_while_its_user_logs_out_everywhere_ends_logged_out,
             two_hundred_concurrent_requests_writing_their_own_keys_lose_none,
+            requests_beside_a_login_of_their_session_leave_one_logged_in_session,
         );
     };
     (@tests $harness:expr; $($check:ident),* $(,)?) => {
@@ -1452,6 +1453,75 @@ pub mod checks {
         assert!(h.store().user_sessions(&u).await.expect("listed").is_empty(), "a session of the user survived");
         let next = writer.request(&sessions);
         assert_eq!(next.user().await.expect("reads"), None, "the writing device is still logged in");
+    }
+
+    /// Two requests of one browser carry the same session while one of them
+    /// logs in: the other logs in too, writes, or only reads. Whether both read the
+    /// old session before either committed, or the second read it only after
+    /// the first had replaced it, the user ends with exactly one live
+    /// session, and the browser is logged in with it whichever response
+    /// arrives last. Then the same again, the two spawned at once.
+    pub async fn requests_beside_a_login_of_their_session_leave_one_logged_in_session(h: &dyn Harness) {
+        if !h.has_user_index() {
+            return;
+        }
+        for parts in [1, 2] {
+            let sessions = server_parts(h, parts, crate::SessionConfig::default());
+            let cases =
+                [true, false].into_iter().flat_map(|overlap| ["login", "write", "read"].map(|then| (overlap, then)));
+            for (round, (overlap, then)) in cases.enumerate() {
+                let u = user(&format!("race-login-{parts}-{round}"));
+                let mut browser = Jar::default();
+                browser.set(&sessions, "cart", "1").await;
+                let (first, second) = (browser.request(&sessions), browser.request(&sessions));
+                first.login(&u).await.expect("login succeeds");
+                if overlap {
+                    // Both read the old session before either commits.
+                    second.get::<String>("cart").await.expect("reads");
+                }
+                let one = first.commit().await.expect("the first commit succeeds");
+                match then {
+                    "login" => second.login(&u).await.expect("login succeeds"),
+                    "write" => second.insert("cart", "2").await.expect("insert succeeds"),
+                    _ => drop(second.get::<String>("cart").await.expect("reads")),
+                }
+                let two = second.commit().await.expect("the second commit succeeds");
+                let what = format!("{parts} part(s), overlapping: {overlap}, the second request: {then}");
+                let live = h.store().user_sessions(&u).await.expect("listed");
+                assert_eq!(live.len(), 1, "{what}: the user holds {} sessions", live.len());
+                for order in [[&one, &two], [&two, &one]] {
+                    let mut jar = browser.clone();
+                    order.into_iter().for_each(|commit| jar.absorb(commit));
+                    let user = jar.request(&sessions).user().await.expect("reads");
+                    assert_eq!(user.as_deref(), Some(u.as_str()), "{what}: the browser is not logged in");
+                }
+            }
+            for round in 0..10 {
+                let u = user(&format!("race-login-spawned-{parts}-{round}"));
+                let mut browser = Jar::default();
+                browser.set(&sessions, "cart", "1").await;
+                let mut tasks = tokio::task::JoinSet::new();
+                for _ in 0..2 {
+                    let (request, u) = (browser.request(&sessions), u.clone());
+                    tasks.spawn(async move {
+                        request.login(&u).await?;
+                        request.commit().await
+                    });
+                }
+                while let Some(done) = tasks.join_next().await {
+                    browser.absorb(&done.expect("no panic").expect("the commit succeeds"));
+                }
+                let live = h.store().user_sessions(&u).await.expect("listed");
+                assert_eq!(
+                    live.len(),
+                    1,
+                    "spawned round {round}, {parts} part(s): the user holds {} sessions",
+                    live.len()
+                );
+                let user = browser.request(&sessions).user().await.expect("reads");
+                assert_eq!(user.as_deref(), Some(u.as_str()), "spawned round {round}: the browser is not logged in");
+            }
+        }
     }
 
     /// 200 requests of one session at the same moment, each writing a key of

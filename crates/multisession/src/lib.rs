@@ -6,6 +6,9 @@ mod csrf;
 mod engine;
 mod error;
 mod fields;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod id;
 mod record;
 mod session;

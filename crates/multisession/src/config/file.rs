@@ -239,9 +239,17 @@ impl Sessions {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::config(format!("cannot read the configuration file {}", path.display())).with_source(e)
         })?;
+        let folder = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_config_text(&text, path, Stores { folder, opened: HashMap::new(), offline: None }).await
+    }
+
+    /// [`Sessions::from_config_file`] once the file is read: its `text`
+    /// parsed and checked, named `path` in messages, its keys and stores
+    /// found through `stores`.
+    async fn from_config_text(text: &str, path: &Path, mut stores: Stores) -> Result<Self> {
         // toml's own message quotes the offending line, which may hold a
         // password: give the place and the reason only.
-        let file: File = toml::from_str(&text).map_err(|e| {
+        let file: File = toml::from_str(text).map_err(|e| {
             let at = e.span().map_or(0, |span| span.start).min(text.len());
             let line = text.get(..at).map_or(1, |before| before.matches('\n').count() + 1);
             // The key of that line, never its value.
@@ -254,8 +262,6 @@ impl Sessions {
             let field = key.map(|key| format!(" {key}:")).unwrap_or_default();
             Error::config(format!("{}: line {line}:{field} {}", path.display(), e.message().trim_end()))
         })?;
-        let folder = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let mut stores = Stores { folder, opened: HashMap::new() };
         let mut specs = Vec::with_capacity(file.session.len());
         for part in file.session {
             specs.push(part.into_spec(&mut stores).await?);
@@ -269,6 +275,10 @@ impl Sessions {
 struct Stores {
     folder: PathBuf,
     opened: HashMap<(String, Option<String>), Arc<dyn Store>>,
+    /// For checking a text alone (the fuzz targets): every `key_env` and
+    /// `key_file` holds this text, and every server store is a memory
+    /// store. Nothing outside the text is read, opened or connected to.
+    offline: Option<String>,
 }
 
 impl Stores {
@@ -294,9 +304,12 @@ impl Stores {
         if let Some(store) = self.opened.get(&id) {
             return Ok(store.clone());
         }
-        let store = crate::store::open(&id.0, key_prefix)
-            .await
-            .map_err(|e| e.context(format_args!("session `{cookie}`: {field}")))?;
+        let store: Arc<dyn Store> = match self.offline {
+            Some(_) => Arc::new(crate::store::MemoryStore::new()),
+            None => crate::store::open(&id.0, key_prefix)
+                .await
+                .map_err(|e| e.context(format_args!("session `{cookie}`: {field}")))?,
+        };
         self.opened.insert(id, store.clone());
         Ok(store)
     }
@@ -306,7 +319,7 @@ impl Part {
     async fn into_spec(self, stores: &mut Stores) -> Result<SessionSpec> {
         let name = self.cookie_name.clone();
         let fail = |field: &str, why: String| Error::config(format!("session `{name}`: {field}: {why}"));
-        let keys = self.keys(&stores.folder)?;
+        let keys = self.keys(stores)?;
         let mut config = SessionConfig::default().with_cookie_name(&self.cookie_name);
         if let Some(domain) = self.domain {
             config = config.with_domain(domain);
@@ -398,11 +411,17 @@ impl Part {
     }
 
     /// The key ring from `key_env` or `key_file`, if either is given.
-    fn keys(&self, folder: &Path) -> Result<Option<KeyRing>> {
+    fn keys(&self, stores: &Stores) -> Result<Option<KeyRing>> {
         let name = &self.cookie_name;
         let (field, source, text) = match (&self.key_env, &self.key_file) {
             (Some(_), Some(_)) => {
                 return Err(Error::config(format!("session `{name}`: key_env and key_file: give one, not both")));
+            }
+            (Some(var), None) if stores.offline.is_some() => {
+                ("key_env", var.clone(), stores.offline.clone().unwrap_or_default())
+            }
+            (None, Some(file)) if stores.offline.is_some() => {
+                ("key_file", file.display().to_string(), stores.offline.clone().unwrap_or_default())
             }
             (Some(var), None) => {
                 let text = std::env::var(var).map_err(|_| {
@@ -414,7 +433,7 @@ impl Part {
                 ("key_env", var.clone(), text)
             }
             (None, Some(file)) => {
-                let path = folder.join(file);
+                let path = stores.folder.join(file);
                 let text = std::fs::read_to_string(&path).map_err(|e| {
                     Error::config(format!("session `{name}`: key_file: cannot read {}", path.display())).with_source(e)
                 })?;
@@ -446,6 +465,41 @@ impl Part {
             return Err(Error::config(format!("session `{name}`: {field}: {source} holds no key")));
         }
         KeyRing::new(keys).map(Some)
+    }
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl crate::fuzzing::Decode {
+    /// A configuration file's `text`, parsed and checked as
+    /// [`Sessions::from_config_file`] does, offline: every `key_env` and
+    /// `key_file` holds `keys`, every server store is a memory store
+    /// (`store::open`'s own checks of a URL are not reached). Whether it
+    /// made sessions.
+    ///
+    /// # Panics
+    ///
+    /// On a finding: a refusal that is not `Config`.
+    pub async fn config_toml(text: &str, keys: &str) -> bool {
+        let stores = Stores { folder: PathBuf::new(), opened: HashMap::new(), offline: Some(keys.to_owned()) };
+        match Sessions::from_config_text(text, Path::new("fuzz.toml"), stores).await {
+            Ok(_) => true,
+            Err(e) => {
+                assert!(e.kind() == crate::ErrorKind::Config, "a configuration was refused as {:?}", e.kind());
+                false
+            }
+        }
+    }
+
+    /// A duration as the configuration writes it: whether it parsed. A
+    /// parsed duration is never negative.
+    ///
+    /// # Panics
+    ///
+    /// On a finding: a negative duration.
+    pub fn config_duration(text: &str) -> bool {
+        let parsed = parse_duration(text);
+        assert!(parsed.as_ref().map_or(true, |d| !d.is_negative()), "a duration parsed as negative");
+        parsed.is_ok()
     }
 }
 

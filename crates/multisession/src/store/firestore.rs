@@ -375,6 +375,25 @@ fn map_of(data: impl IntoIterator<Item = (String, Value)>) -> Result<Value> {
     Ok(json!({ "mapValue": { "fields": fields } }))
 }
 
+/// The fields of a new session's document, as `create` writes them.
+fn fields_of(record: &Record) -> Result<Value> {
+    let meta = &record.meta;
+    Ok(json!({
+        "v": integer(1),
+        "user_id": optional(meta.user_id.as_deref()),
+        "data": map_of(record.data.clone())?,
+        "created_ms": integer(to_millis(meta.created_at)),
+        "last_active_ms": integer(to_millis(meta.last_active_at)),
+        "expires_ms": integer(to_millis(meta.expires_at)),
+        "absolute_ms": meta.absolute_expires_at.map_or(json!({ "nullValue": null }), |t| integer(to_millis(t))),
+        "expires_at": timestamp(meta.expires_at),
+        "permanent": integer(i64::from(meta.permanent)),
+        "user_agent": optional(meta.device.user_agent.as_deref()),
+        "ip": optional(meta.device.ip.map(|ip| ip.to_string()).as_deref()),
+        "siblings": string(&serde_json::to_string(&meta.siblings)?),
+    }))
+}
+
 fn key_of(document: &Value) -> Result<StoreKey> {
     let name = document.get("name").and_then(Value::as_str).unwrap_or_default();
     name.rsplit('/').next().unwrap_or_default().parse()
@@ -398,21 +417,7 @@ impl Store for FirestoreStore {
     }
 
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<()> {
-        let meta = &record.meta;
-        let fields = json!({
-            "v": integer(1),
-            "user_id": optional(meta.user_id.as_deref()),
-            "data": map_of(record.data.clone())?,
-            "created_ms": integer(to_millis(meta.created_at)),
-            "last_active_ms": integer(to_millis(meta.last_active_at)),
-            "expires_ms": integer(to_millis(meta.expires_at)),
-            "absolute_ms": meta.absolute_expires_at.map_or(json!({ "nullValue": null }), |t| integer(to_millis(t))),
-            "expires_at": timestamp(meta.expires_at),
-            "permanent": integer(i64::from(meta.permanent)),
-            "user_agent": optional(meta.device.user_agent.as_deref()),
-            "ip": optional(meta.device.ip.map(|ip| ip.to_string()).as_deref()),
-            "siblings": string(&serde_json::to_string(&meta.siblings)?),
-        });
+        let fields = fields_of(record)?;
         let url = format!("{}/{}", self.documents, self.collection);
         let query = [("documentId", key.to_string())];
         let (status, reply) = self.send(Method::POST, &url, &query, Some(json!({ "fields": fields }))).await?;
@@ -568,6 +573,41 @@ impl Store for FirestoreStore {
                 return Ok(total);
             }
         }
+    }
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl crate::fuzzing::Decode {
+    /// A reply of Firestore's REST API, as JSON bytes, read at the Unix
+    /// millisecond `now_ms` as a session document (`load`), as a page of a
+    /// listing (`documents`) and as a query's answer (an array of
+    /// `{document}`), as [`FirestoreStore`] reads each. Whether the reply
+    /// was a live session document; each record re-encodes (as `create`
+    /// writes it) to the same record.
+    ///
+    /// # Panics
+    ///
+    /// On a finding: a refusal that is not `Corrupt`, or a record that does
+    /// not survive its own encoding.
+    pub fn firestore_reply(bytes: &[u8], now_ms: i64) -> bool {
+        let now = from_millis(now_ms).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let Ok(reply) = serde_json::from_slice::<Value>(bytes) else { return false };
+        let read = |document: &Value| meta(document).and_then(|meta| Ok(Record { data: data(document)?, meta }));
+        let check = |record: &Record| {
+            let again = fields_of(record).ok().and_then(|fields| read(&json!({ "fields": fields })).ok());
+            assert!(again.as_ref() == Some(record), "a decoded Firestore document re-encodes to another record");
+        };
+        let listed = reply.get("documents").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        let queried = reply.as_array().into_iter().flatten().filter_map(|r| r.get("document"));
+        for document in listed.iter().chain(queried) {
+            crate::fuzzing::refused_as_corrupt(key_of(document));
+            if let Some(record) = crate::fuzzing::refused_as_corrupt(read(document)) {
+                check(&record);
+            }
+        }
+        let Some(record) = crate::fuzzing::refused_as_corrupt(read(&reply)) else { return false };
+        check(&record);
+        !record.meta.is_expired(now)
     }
 }
 

@@ -198,6 +198,36 @@ fn json_text(value: &Value) -> Result<Bson> {
     Ok(Bson::String(serde_json::to_string(value)?))
 }
 
+/// The document of a new session, as `create` inserts it.
+fn document(key: &StoreKey, record: &Record) -> Result<Document> {
+    let meta = &record.meta;
+    let mut data = Document::new();
+    for (name, value) in &record.data {
+        data.insert(encode_key(name), json_text(value)?);
+    }
+    let mut device = Document::new();
+    if let Some(user_agent) = &meta.device.user_agent {
+        device.insert("user_agent", user_agent);
+    }
+    if let Some(ip) = meta.device.ip {
+        device.insert("ip", ip.to_string());
+    }
+    Ok(doc! {
+        "_id": key.to_string(),
+        "v": LAYOUT_VERSION,
+        "user_id": meta.user_id.as_deref().map_or(Bson::Null, |u| Bson::String(u.to_owned())),
+        "data": data,
+        "created_ms": to_millis(meta.created_at),
+        "last_active_ms": to_millis(meta.last_active_at),
+        "expires_ms": to_millis(meta.expires_at),
+        "absolute_ms": meta.absolute_expires_at.map_or(Bson::Null, |t| Bson::Int64(to_millis(t))),
+        "expires_at": DateTime::from_millis(to_millis(meta.expires_at)),
+        "permanent": i32::from(meta.permanent),
+        "device": device,
+        "siblings": serde_json::to_string(&meta.siblings)?,
+    })
+}
+
 #[async_trait]
 impl Store for MongoStore {
     async fn load(&self, key: &StoreKey) -> Result<Option<Record>> {
@@ -211,33 +241,7 @@ impl Store for MongoStore {
     }
 
     async fn create(&self, key: &StoreKey, record: &Record) -> Result<()> {
-        let meta = &record.meta;
-        let mut data = Document::new();
-        for (name, value) in &record.data {
-            data.insert(encode_key(name), json_text(value)?);
-        }
-        let mut device = Document::new();
-        if let Some(user_agent) = &meta.device.user_agent {
-            device.insert("user_agent", user_agent);
-        }
-        if let Some(ip) = meta.device.ip {
-            device.insert("ip", ip.to_string());
-        }
-        let document = doc! {
-            "_id": key.to_string(),
-            "v": LAYOUT_VERSION,
-            "user_id": meta.user_id.as_deref().map_or(Bson::Null, |u| Bson::String(u.to_owned())),
-            "data": data,
-            "created_ms": to_millis(meta.created_at),
-            "last_active_ms": to_millis(meta.last_active_at),
-            "expires_ms": to_millis(meta.expires_at),
-            "absolute_ms": meta.absolute_expires_at.map_or(Bson::Null, |t| Bson::Int64(to_millis(t))),
-            "expires_at": DateTime::from_millis(to_millis(meta.expires_at)),
-            "permanent": i32::from(meta.permanent),
-            "device": device,
-            "siblings": serde_json::to_string(&meta.siblings)?,
-        };
-        match self.sessions.insert_one(document).await {
+        match self.sessions.insert_one(document(key, record)?).await {
             Ok(_) => Ok(()),
             Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(ref w)) if w.code == 11000) => {
                 Err(Error::new(ErrorKind::Conflict, "a session with this key exists"))
@@ -359,6 +363,36 @@ impl Store for MongoStore {
         // removes what it has not reached yet.
         let done = self.sessions.delete_many(doc! { "expires_ms": { "$lte": now_ms() } }).await.map_err(unavailable)?;
         Ok(done.deleted_count)
+    }
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl crate::fuzzing::Decode {
+    /// A session document as the driver hands it over, read at the Unix
+    /// millisecond `now_ms` as [`MongoStore`]'s `load` and a listing read
+    /// it. Whether a live record came out; it re-encodes (as `create`
+    /// writes it, through BSON bytes) to the same record.
+    ///
+    /// # Panics
+    ///
+    /// On a finding: a refusal that is not `Corrupt`, or a record that does
+    /// not survive its own encoding.
+    pub fn mongodb_document(doc: &Document, now_ms: i64) -> bool {
+        let now = from_millis(now_ms).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let listed = meta(doc).and_then(|meta| {
+            let key: StoreKey = doc.get_str("_id").map_err(|_| Error::corrupt("a session _id"))?.parse()?;
+            Ok(SessionInfo::from_meta(key, &meta))
+        });
+        crate::fuzzing::refused_as_corrupt(listed);
+        let read = |doc: &Document| meta(doc).and_then(|meta| Ok(Record { data: data(doc)?, meta }));
+        let Some(record) = crate::fuzzing::refused_as_corrupt(read(doc)) else { return false };
+        let again = document(&StoreKey::derive("fuzzing", "a session"), &record)
+            .ok()
+            .and_then(|doc| mongodb::bson::to_vec(&doc).ok())
+            .and_then(|bytes| Document::from_reader(bytes.as_slice()).ok())
+            .and_then(|doc| read(&doc).ok());
+        assert!(again.as_ref() == Some(&record), "a decoded MongoDB document re-encodes to another record");
+        !record.meta.is_expired(now)
     }
 }
 

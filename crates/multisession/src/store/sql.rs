@@ -821,6 +821,25 @@ pub(super) fn data(text: &str) -> Result<Map<String, Value>> {
     }
 }
 
+/// A row's `data` text as `dialect` keeps it, as a session's data.
+fn dialect_data(dialect: Dialect, text: &str) -> Result<Map<String, Value>> {
+    let data = data(text)?;
+    Ok(match dialect {
+        Dialect::Postgres => {
+            data.into_iter().map(|(k, v)| (pg_unescape(&k).into_owned(), pg_value(&v, pg_unescape))).collect()
+        }
+        _ => data,
+    })
+}
+
+/// A session's data as the `data` text `dialect` keeps.
+fn data_json(dialect: Dialect, data: &Map<String, Value>) -> Result<String> {
+    Ok(match dialect {
+        Dialect::Postgres => serde_json::to_string(&pg_value(&Value::Object(data.clone()), pg_escape))?,
+        _ => serde_json::to_string(data)?,
+    })
+}
+
 fn info(row: &AnyRow) -> Result<SessionInfo> {
     let meta = meta(row)?;
     let key: String = row.try_get("session_key").map_err(db_error)?;
@@ -833,11 +852,7 @@ impl SqlStore {
     /// The record a row of `COLUMNS` and `data` holds.
     fn record(&self, row: &AnyRow) -> Result<Record> {
         let text: String = row.try_get("data").map_err(db_error)?;
-        let mut data = data(&text)?;
-        if self.dialect == Dialect::Postgres {
-            data = data.into_iter().map(|(k, v)| (pg_unescape(&k).into_owned(), pg_value(&v, pg_unescape))).collect();
-        }
-        Ok(Record { data, meta: meta(row)? })
+        Ok(Record { data: dialect_data(self.dialect, &text)?, meta: meta(row)? })
     }
 
     /// The INSERT of a new session.
@@ -848,10 +863,7 @@ impl SqlStore {
             "INSERT INTO {{t}} (namespace, session_key, user_id, data, created_at, last_active_at, expires_at,
                 absolute_expires_at, permanent, user_agent, ip, siblings) VALUES (?, ?, ?, {json}, ?, ?, ?, ?, ?, ?, ?, ?)"
         );
-        let data = match self.dialect {
-            Dialect::Postgres => serde_json::to_string(&pg_value(&Value::Object(record.data.clone()), pg_escape))?,
-            _ => serde_json::to_string(&record.data)?,
-        };
+        let data = data_json(self.dialect, &record.data)?;
         Ok(sqlx::query(self.sql(&sql))
             .bind(self.prefix.clone())
             .bind(key.to_string())
@@ -1190,5 +1202,58 @@ impl Store for SqlStore {
                 return Ok(total);
             }
         }
+    }
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl crate::fuzzing::Decode {
+    /// A session row's columns as the database typed them, read at the Unix
+    /// millisecond `now_ms` as [`SqlStore`] reads a session (its data as
+    /// `dialect` keeps it) and a listing reads its metadata and key. Whether
+    /// a live record came out; it re-encodes (as the INSERT binds it) to the
+    /// same record.
+    ///
+    /// # Panics
+    ///
+    /// On a finding: a refusal that is not `Corrupt`, or a record that does
+    /// not survive its own encoding.
+    pub fn sql_row(row: &crate::fuzzing::SqlRow, dialect: Dialect, now_ms: i64) -> bool {
+        let now = crate::record::from_millis(now_ms).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let columns = || MetaColumns {
+            user_id: row.user_id.clone(),
+            created_at: row.created_at,
+            last_active_at: row.last_active_at,
+            expires_at: row.expires_at,
+            absolute_expires_at: row.absolute_expires_at,
+            permanent: row.permanent,
+            user_agent: row.user_agent.clone(),
+            ip: row.ip.clone(),
+            siblings: row.siblings.clone(),
+        };
+        let listed = columns().into_meta().and_then(|meta| {
+            SessionInfo::from_meta(row.session_key.trim().parse()?, &meta)
+                .ok_or_else(|| Error::corrupt("a user's session row has no user"))
+        });
+        crate::fuzzing::refused_as_corrupt(listed);
+        let read = dialect_data(dialect, &row.data).and_then(|data| Ok(Record { data, meta: columns().into_meta()? }));
+        let Some(record) = crate::fuzzing::refused_as_corrupt(read) else { return false };
+        let meta = &record.meta;
+        let again = MetaColumns {
+            user_id: meta.user_id.clone(),
+            created_at: millis(meta.created_at),
+            last_active_at: millis(meta.last_active_at),
+            expires_at: millis(meta.expires_at),
+            absolute_expires_at: meta.absolute_expires_at.map(millis),
+            permanent: i64::from(meta.permanent),
+            user_agent: meta.device.user_agent.clone(),
+            ip: meta.device.ip.map(|ip| ip.to_string()),
+            siblings: siblings_text(&meta.siblings),
+        };
+        let again = data_json(dialect, &record.data)
+            .and_then(|text| dialect_data(dialect, &text))
+            .and_then(|data| Ok(Record { data, meta: again.into_meta()? }))
+            .ok();
+        assert!(again.as_ref() == Some(&record), "a decoded SQL row re-encodes to another record");
+        !record.meta.is_expired(now)
     }
 }

@@ -593,6 +593,41 @@ impl Store for MemcachedStore {
     }
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
+impl crate::fuzzing::Decode {
+    /// A session item's value, read at the Unix millisecond `now_ms` as
+    /// [`MemcachedStore`]'s `load` reads it. Whether a live record came
+    /// out; it re-encodes to the same record.
+    ///
+    /// # Panics
+    ///
+    /// On a finding: a refusal that is not `Corrupt`, or a record that does
+    /// not survive its own encoding.
+    pub fn memcached_item(value: &[u8], now_ms: i64) -> bool {
+        let now = OffsetDateTime::from_unix_timestamp_nanos(i128::from(now_ms) * 1_000_000)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let Some(record) = crate::fuzzing::refused_as_corrupt(Record::from_bytes(value)) else { return false };
+        let again = record.to_bytes().and_then(|bytes| Record::from_bytes(&bytes)).ok();
+        assert!(again.as_ref() == Some(&record), "a decoded Memcached item re-encodes to another record");
+        !record.meta.is_expired(now)
+    }
+
+    /// A user's index item, as the store reads it: the number of sessions
+    /// it names. Rendered and read again, it names the same entries, one
+    /// line each.
+    ///
+    /// # Panics
+    ///
+    /// On a finding: an index that does not survive its own rendering.
+    pub fn memcached_index(value: &[u8]) -> usize {
+        let (entries, lines) = parse_index(value);
+        assert!(entries.len() <= lines, "an index names more sessions than it has lines");
+        let again = parse_index(&render_index(&entries));
+        assert!(again == (entries.clone(), entries.len()), "a read index renders to another index");
+        entries.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1269,6 +1269,58 @@ fn layout_of(nodes: &str) -> Result<Layout> {
     Ok(Layout { masters, fingerprint })
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
+impl crate::fuzzing::Decode {
+    /// A session hash as `HGETALL` answers it (`fields` as a RESP2 array of
+    /// pairs, or a RESP3 map when `resp3`), read at the Unix millisecond
+    /// `now_ms` as [`RedisStore`]'s `load` reads it, and its [`INFO_FIELDS`]
+    /// as a listing reads them for `member`. Whether a live record came out;
+    /// it re-encodes (as `create` writes it) to the same record.
+    ///
+    /// # Panics
+    ///
+    /// On a finding: a refusal that is not `Corrupt`, or a record that does
+    /// not survive its own encoding.
+    pub fn redis_hash(fields: &[(Vec<u8>, Vec<u8>)], resp3: bool, now_ms: i64, member: &str) -> bool {
+        let bulk = |bytes: &Vec<u8>| Reply::BulkString(bytes.clone());
+        let reply = if resp3 {
+            Reply::Map(fields.iter().map(|(name, value)| (bulk(name), bulk(value))).collect())
+        } else {
+            Reply::Array(fields.iter().flat_map(|(name, value)| [bulk(name), bulk(value)]).collect())
+        };
+        let now = from_millis(now_ms).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let info = INFO_FIELDS
+            .iter()
+            .map(|wanted| match fields.iter().find(|(name, _)| name == wanted.as_bytes()) {
+                Some((_, value)) => bulk(value),
+                None => Reply::Nil,
+            })
+            .collect();
+        crate::fuzzing::refused_as_corrupt(info_of(member, Reply::Array(info)));
+        let decoded = fields_of(&reply).and_then(|fields| record_of(&fields, now));
+        let Some((record, _)) = crate::fuzzing::refused_as_corrupt(decoded).flatten() else { return false };
+        let key = StoreKey::derive("fuzzing", "a session");
+        let again = create_args(&key, &record, index_score(record.meta.expires_at, now)).and_then(|args| {
+            let mut fields = Fields::default();
+            for pair in args.get(3..).unwrap_or_default().chunks_exact(2) {
+                if let [name, value] = pair {
+                    fields.push(name, value);
+                }
+            }
+            record_of(&fields, now)
+        });
+        let again = again.ok().flatten().map(|(record, _)| record);
+        assert!(again.as_ref() == Some(&record), "a decoded Redis hash re-encodes to another record");
+        true
+    }
+
+    /// `CLUSTER NODES` text as the cluster layout reads it: a layout, or
+    /// `Unavailable` for a cluster whose masters do not serve every slot.
+    pub fn redis_cluster_nodes(text: &str) -> bool {
+        layout_of(text).is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

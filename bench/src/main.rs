@@ -85,7 +85,10 @@ mod tower {
                 .route("/", get(|| async { "user=bench" }))
                 .route("/write", get(|| async { "n=1" })),
             "ms-memory" => multisession_app(multisession::store::MemoryStore::new())?,
-            "ms-sqlite" => multisession_app(multisession::store::SqlStore::open(folder.path().join("s.db")).await?)?,
+            "ms-sqlite" => {
+                let file = std::env::var("BENCH_SQLITE_FILE").map_or_else(|_| folder.path().join("s.db"), Into::into);
+                multisession_app(multisession::store::SqlStore::open(file).await?)?
+            }
             "ms-postgres" => multisession_app(
                 multisession::store::SqlStore::connect(&env("BENCH_POSTGRES_URL")?).await?.with_key_prefix("bench"),
             )?,
@@ -113,8 +116,14 @@ mod tower {
         Ok(())
     }
 
+    /// The multisession app. For `bench/soak`, `BENCH_LIFETIME_SECONDS`
+    /// sets the sessions' idle lifetime (touched every quarter of it) and
+    /// `BENCH_CLEANUP_SECONDS` runs the store's cleanup that often.
     fn multisession_app(store: impl multisession::store::Store) -> Result<Router, Failure> {
         use multisession::{Result, Session, SessionConfig, SessionLayer, Sessions};
+        let seconds = |name: &str| -> std::result::Result<Option<i64>, Failure> {
+            std::env::var(name).ok().map(|v| v.parse().map_err(|e| format!("{name}: {e}").into())).transpose()
+        };
         async fn login(session: Session, Query(login): Query<Login>) -> Result<&'static str> {
             session.login(login.user()).await?;
             Ok("ok")
@@ -128,7 +137,16 @@ mod tower {
             Ok(format!("n={n}"))
         }
         // Plain http on loopback: no Secure flag, or the client drops the cookie.
-        let sessions = Sessions::new(store, SessionConfig::default().with_secure(false))?;
+        let mut config = SessionConfig::default().with_secure(false);
+        if let Some(lifetime) = seconds("BENCH_LIFETIME_SECONDS")? {
+            let lifetime = multisession::Duration::seconds(lifetime);
+            config = config.with_lifetime(lifetime).with_touch_interval(lifetime / 4);
+        }
+        let store: std::sync::Arc<dyn multisession::store::Store> = std::sync::Arc::new(store);
+        if let Some(every) = seconds("BENCH_CLEANUP_SECONDS")? {
+            multisession::store::spawn_cleanup(store.clone(), multisession::Duration::seconds(every));
+        }
+        let sessions = Sessions::new(store, config)?;
         Ok(Router::new()
             .route("/login", get(login))
             .route("/", get(read))

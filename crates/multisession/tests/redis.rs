@@ -89,6 +89,23 @@ async fn requests_get_503_while_redis_is_down_and_succeed_once_it_is_back() {
     outage::outage_gives_503_then_recovery(&mut server, sessions, false).await;
 }
 
+/// The same outage on a Redis that persists every write before answering
+/// (`appendfsync always`): killed and started again, it still holds every
+/// session and every write it acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_persists_keeps_every_acknowledged_write_across_a_kill() {
+    let mut server = OwnServer::new(|port, dir| {
+        let mut redis = Command::new("redis-server");
+        redis.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""]);
+        redis.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        redis.arg("--dir").arg(dir);
+        redis
+    });
+    let store = RedisStore::connect(&format!("redis://127.0.0.1:{}", server.port)).await.expect("connects");
+    let sessions = Sessions::new(store, SessionConfig::default()).expect("valid config");
+    outage::outage_gives_503_then_recovery(&mut server, sessions, true).await;
+}
+
 /// Unix milliseconds, as Redis scores hold them.
 fn ms(t: time::OffsetDateTime) -> f64 {
     (t.unix_timestamp_nanos() / 1_000_000) as f64

@@ -5,9 +5,11 @@
 use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::common::{Device, app, process_log};
+use super::common::{App, Device, app, process_log};
 use multisession::Sessions;
 
 /// How long a test waits for a server to start or a store to recover: a
@@ -85,7 +87,7 @@ impl OwnServer {
 
 /// A port nothing listens on now. Another process may take it before the
 /// server binds it: see [`start_on_a_free_port`].
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
 
@@ -195,23 +197,158 @@ async fn succeeds(device: &mut Device, path: &str) -> bool {
     true
 }
 
-/// Logs a device in, stops the server: session routes answer 503 within the
-/// store's timeout and others keep working; starts it again: requests
-/// succeed on the same `Sessions`. Whether the session itself is still
+/// The store key of a session id from a cookie: SHA-256 of the id's bytes.
+pub fn store_key_of(id: &str) -> [u8; 32] {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(id).expect("an id is base64url");
+    sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(bytes)).into()
+}
+
+/// Where the server is, as the traffic sees it.
+const UP: u8 = 0;
+const DOWN: u8 = 1;
+const BACK: u8 = 2;
+
+/// What one flowing device saw, by the phase its request started in.
+#[derive(Default)]
+pub struct Seen {
+    pub ok: [u64; 3],
+    pub unavailable: [u64; 3],
+    /// Answers other than 200 and 503, or requests that took too long.
+    pub wrong: Vec<String>,
+    /// The highest count a write answered 200 for, started before the restart.
+    pub acknowledged: i64,
+    /// The count of the first write that answered 200 after the restart.
+    pub first_after: Option<i64>,
+}
+
+/// Devices that keep writing to their own logged-in sessions, one request
+/// after another, while the test stops the server and starts it again.
+pub struct Traffic {
+    phase: Arc<AtomicU8>,
+    stop: Arc<AtomicBool>,
+    pub seen: Vec<Arc<Mutex<Seen>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Each device's session id, which no log line may hold.
+    pub ids: Vec<String>,
+}
+
+impl Traffic {
+    /// Logs in `n` devices (users `flow-0`…) and sets them writing.
+    pub async fn start(app: &App, n: usize) -> Self {
+        let mut devices = Vec::new();
+        for i in 0..n {
+            let mut device = Device::new(app.clone(), "flow", "127.0.0.1:2");
+            assert!(succeeds(&mut device, &format!("/login/flow-{i}")).await, "the server never answered");
+            devices.push(device);
+        }
+        Self::of(devices).await
+    }
+
+    /// Sets these logged-in devices writing.
+    pub async fn of(devices: Vec<Device>) -> Self {
+        let (phase, stop) = (Arc::new(AtomicU8::new(UP)), Arc::new(AtomicBool::new(false)));
+        let (mut seen, mut tasks, mut ids) = (Vec::new(), Vec::new(), Vec::new());
+        for mut device in devices {
+            ids.push(device.cookies.get("session").cloned().expect("logged in"));
+            let mine = Arc::new(Mutex::new(Seen::default()));
+            let (phase, stop, record) = (phase.clone(), stop.clone(), mine.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let (started_in, started) = (phase.load(Ordering::SeqCst), Instant::now());
+                    let reply = device.get("/write").await;
+                    let n = reply.body.strip_prefix("n=").and_then(|n| n.parse::<i64>().ok());
+                    let unavailable = reply.status == 503;
+                    {
+                        let mut seen = record.lock().expect("not poisoned");
+                        let took = started.elapsed();
+                        if took > Duration::from_secs(15) {
+                            seen.wrong.push(format!("a write took {took:?}"));
+                        }
+                        match (reply.status.as_u16(), n) {
+                            (200, Some(n)) => {
+                                seen.ok[usize::from(started_in)] += 1;
+                                if started_in == BACK {
+                                    seen.first_after.get_or_insert(n);
+                                } else {
+                                    seen.acknowledged = seen.acknowledged.max(n);
+                                }
+                            }
+                            (503, _) => seen.unavailable[usize::from(started_in)] += 1,
+                            (status, _) => seen.wrong.push(format!("{status}: {}", reply.body)),
+                        }
+                    }
+                    if unavailable {
+                        // Not hammering a dead server; no timing rests on it.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }));
+            seen.push(mine);
+        }
+        let traffic = Self { phase, stop, seen, tasks, ids };
+        traffic.wait_until("every device wrote while the server was up", |s| s.ok[UP as usize] >= 3).await;
+        traffic
+    }
+
+    /// Waits until `condition` holds for every device, for up to a minute.
+    pub async fn wait_until(&self, what: &str, condition: impl Fn(&Seen) -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.seen.iter().all(|s| condition(&s.lock().expect("not poisoned"))) {
+            assert!(Instant::now() < deadline, "not within a minute: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The server is being stopped: requests from now on are of the outage.
+    pub fn going_down(&self) {
+        self.phase.store(DOWN, Ordering::SeqCst);
+    }
+
+    /// The server answers again.
+    pub fn back(&self) {
+        self.phase.store(BACK, Ordering::SeqCst);
+    }
+
+    /// Stops the devices, and checks what they saw: only 200 and 503, each
+    /// answer within 15 s, and, where the server keeps its data, every
+    /// acknowledged write still counted after the restart.
+    pub async fn finish(self, data_survives: bool) {
+        self.stop.store(true, Ordering::SeqCst);
+        for task in self.tasks {
+            task.await.expect("a device's requests do not panic");
+        }
+        for (i, seen) in self.seen.iter().enumerate() {
+            let seen = seen.lock().expect("not poisoned");
+            assert!(seen.wrong.is_empty(), "device {i} got wrong answers: {:?}", seen.wrong);
+            if data_survives {
+                let after = seen.first_after.expect("a write after the restart");
+                assert!(
+                    after > seen.acknowledged,
+                    "device {i}: an acknowledged write was lost ({} acknowledged, then n={after})",
+                    seen.acknowledged
+                );
+            }
+        }
+    }
+}
+
+/// Logs a device in, stops the server while other devices keep writing:
+/// session routes answer 503 within the store's timeout and others keep
+/// working; starts it again: requests succeed on the same `Sessions`, the
+/// flowing ones included, by themselves. Whether the sessions are still
 /// there depends on whether the server keeps data across a restart.
 pub async fn outage_gives_503_then_recovery(server: &mut dyn Server, sessions: Sessions, data_survives: bool) {
     let log = process_log();
-    let mut device = Device::new(app(sessions), "ua", "127.0.0.1:1");
+    let app = app(sessions);
+    let mut device = Device::new(app.clone(), "ua", "127.0.0.1:1");
     assert!(succeeds(&mut device, "/login/23").await, "the server never answered");
+    let traffic = Traffic::start(&app, 4).await;
     assert_eq!(device.get("/write").await.body, "n=1");
     let id = device.cookies.get("session").cloned().expect("logged in");
-    // The store key: SHA-256 of the id's bytes.
-    let key: [u8; 32] = {
-        use base64::Engine as _;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&id).expect("an id is base64url");
-        sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(bytes)).into()
-    };
+    let key = store_key_of(&id);
 
+    traffic.going_down();
     server.kill();
     for path in ["/read", "/write", "/login/24", "/devices"] {
         let started = Instant::now();
@@ -221,18 +358,24 @@ pub async fn outage_gives_503_then_recovery(server: &mut dyn Server, sessions: S
     }
     assert_eq!(device.get("/none").await.status, 200, "a route without the session failed");
 
+    traffic.wait_until("every device got 503 while the server was down", |s| s.unavailable[DOWN as usize] >= 1).await;
+
     server.start();
+    traffic.back();
     let probe = if data_survives { "/read" } else { "/write" };
     assert!(succeeds(&mut device, probe).await, "the store did not recover after the server came back");
     let expected = if data_survives { "user=23 n=1" } else { "user=anonymous n=1" };
     assert_eq!(device.get("/read").await.body, expected);
+    traffic.wait_until("every device's writes succeed again by themselves", |s| s.ok[BACK as usize] >= 3).await;
+    let ids = traffic.ids.clone();
+    traffic.finish(data_survives).await;
 
     // The outage was logged, and no line names the session.
     use base64::Engine as _;
     let text = log.text();
     assert!(text.contains("unavailable"), "no log line for the outage");
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    let forms = [id, hex, base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)];
+    let forms = [id, hex, base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)].into_iter().chain(ids);
     for form in forms {
         assert!(!text.contains(&form), "a log line names the session:\n{text}");
     }

@@ -17,9 +17,10 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // A bound against a hang, not a guess at how long it takes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !condition().await {
-        assert!(std::time::Instant::now() < deadline, "waited 10 s for {what}");
+        assert!(std::time::Instant::now() < deadline, "waited a minute for {what}");
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 }

@@ -420,7 +420,7 @@ impl State {
         for &i in &servers {
             self.parts[i].prepare()?;
         }
-        if self.replaced_beside(engine, &servers).await? {
+        if self.replaced_beside(engine, &servers).await {
             tracing::info!(
                 "the device's session was replaced by a login beside this request; its changes were dropped"
             );
@@ -437,6 +437,7 @@ impl State {
         let mut ended = false;
         let server_cookies_from = commit.set_cookies.len();
         let mut minted = None;
+        let mut won = false;
         if let Some(u) = user {
             // A login whose other parts lost their sessions to a request
             // beside it (a login there, or a logout everywhere) gives way, as
@@ -454,6 +455,7 @@ impl State {
                     }
                     ended = outcome.ended_elsewhere;
                     minted = outcome.minted.map(|key| (u, key));
+                    won = outcome.won;
                     commit.set_cookies.extend(outcome.set_cookie);
                 }
                 Err(e) => {
@@ -475,8 +477,9 @@ impl State {
             } else {
                 if let Some(old) = &outcome.replaced {
                     // Already gone: a request beside this one replaced it
-                    // too (both passed the check before either deleted it).
-                    replaced_beside |= !part.delete(old).await?;
+                    // too (both passed the check before either deleted it),
+                    // unless this one won the login part's own replace.
+                    replaced_beside |= !part.delete(old).await? && !won;
                 }
                 commit.set_cookies.extend(outcome.set_cookie.clone());
             }
@@ -503,18 +506,23 @@ impl State {
     /// session, or its cleared cookie, can log the browser out. Costs one
     /// read per cookie id, only on a request that found no session where
     /// its cookie named one.
-    async fn replaced_beside(&self, engine: &Engine, servers: &[usize]) -> Result<bool> {
-        if !servers.iter().any(|&i| self.parts[i].starts_afresh()) {
-            return Ok(false);
+    ///
+    /// A login never gives way: a double-submitted login form whose first
+    /// answer the browser dropped must still log in (the first login's
+    /// session then stays listed until it expires).
+    async fn replaced_beside(&self, engine: &Engine, servers: &[usize]) -> bool {
+        if self.parts.iter().any(|p| p.cycle == Some(Cycle::Login)) {
+            return false;
         }
         for &i in servers {
             if let Backend::Server(store) = &engine.parts[i].backend
-                && self.parts[i].named_a_replaced_session(&**store).await?
+                && self.parts[i].starts_afresh()
+                && self.parts[i].named_a_replaced_session(&**store).await
             {
-                return Ok(true);
+                return true;
             }
         }
-        Ok(false)
+        false
     }
 
     /// What a server part other than the login's records as its owner after
@@ -614,6 +622,9 @@ struct Outcome {
     minted: Option<StoreKey>,
     /// The session the new one replaces, left for the caller to delete.
     replaced: Option<StoreKey>,
+    /// This commit replaced a session and deleted it itself: no request
+    /// beside it got there first.
+    won: bool,
 }
 
 impl Part {
@@ -1042,7 +1053,7 @@ impl PartState {
             return Ok(Outcome { replaced: Some(old), ..outcome });
         }
         match store.delete(&old).await {
-            Ok(true) => Ok(outcome),
+            Ok(true) => Ok(Outcome { won: true, ..outcome }),
             // Ended between the store's check and now: the new one goes too.
             Ok(false) => {
                 store.delete(&key).await?;
@@ -1067,13 +1078,17 @@ impl PartState {
 
     /// Whether a session this part's cookie named was replaced moments ago
     /// (its mark is in `store`, see [`leave_replaced_mark`]).
-    async fn named_a_replaced_session(&self, store: &dyn Store) -> Result<bool> {
+    /// The mark only spares a stray session, so a mark that cannot be read
+    /// counts as none (logged), never as a failed request.
+    async fn named_a_replaced_session(&self, store: &dyn Store) -> bool {
         for incoming in &self.incoming {
-            if store.load(&replaced_mark(&incoming.id.store_key())).await?.is_some() {
-                return Ok(true);
+            match store.load(&replaced_mark(&incoming.id.store_key())).await {
+                Ok(Some(mark)) if !mark.meta.is_expired(now()) => return true,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "the mark of a replaced session could not be read"),
             }
         }
-        Ok(false)
+        false
     }
 
     /// Applies the request's changes to its existing session, or touches it

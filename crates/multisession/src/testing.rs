@@ -131,7 +131,7 @@ macro_rules! store_conformance_tests {
             every_live_session_is_walked_a_page_at_a_time,
             a_device_writing_while_its_user_logs_out_everywhere_ends_logged_out,
             two_hundred_concurrent_requests_writing_their_own_keys_lose_none,
-            requests_beside_a_login_of_their_session_leave_one_logged_in_session,
+            requests_beside_a_login_of_their_session_keep_the_browser_logged_in,
         );
     };
     (@tests $harness:expr; $($check:ident),* $(,)?) => {
@@ -1456,12 +1456,14 @@ pub mod checks {
     }
 
     /// Two requests of one browser carry the same session while one of them
-    /// logs in: the other logs in too, writes, or only reads. Whether both read the
-    /// old session before either committed, or the second read it only after
-    /// the first had replaced it, the user ends with exactly one live
-    /// session, and the browser is logged in with it whichever response
-    /// arrives last. Then the same again, the two spawned at once.
-    pub async fn requests_beside_a_login_of_their_session_leave_one_logged_in_session(h: &dyn Harness) {
+    /// logs in: the other logs in too, writes, or only reads. The browser
+    /// ends logged in whichever response arrives last, and the user holds
+    /// exactly one live session, except when the second, also a login,
+    /// read the session only after the first had replaced it: it logs in
+    /// afresh (a double-submitted form whose first answer the browser
+    /// dropped must log in), leaving at most two. Then two logins spawned
+    /// at once, which leave at most two.
+    pub async fn requests_beside_a_login_of_their_session_keep_the_browser_logged_in(h: &dyn Harness) {
         if !h.has_user_index() {
             return;
         }
@@ -1488,7 +1490,8 @@ pub mod checks {
                 let two = second.commit().await.expect("the second commit succeeds");
                 let what = format!("{parts} part(s), overlapping: {overlap}, the second request: {then}");
                 let live = h.store().user_sessions(&u).await.expect("listed");
-                assert_eq!(live.len(), 1, "{what}: the user holds {} sessions", live.len());
+                let most = if then == "login" && !overlap { 2 } else { 1 };
+                assert!((1..=most).contains(&live.len()), "{what}: the user holds {} sessions", live.len());
                 for order in [[&one, &two], [&two, &one]] {
                     let mut jar = browser.clone();
                     order.into_iter().for_each(|commit| jar.absorb(commit));
@@ -1512,9 +1515,8 @@ pub mod checks {
                     browser.absorb(&done.expect("no panic").expect("the commit succeeds"));
                 }
                 let live = h.store().user_sessions(&u).await.expect("listed");
-                assert_eq!(
-                    live.len(),
-                    1,
+                assert!(
+                    (1..=2).contains(&live.len()),
                     "spawned round {round}, {parts} part(s): the user holds {} sessions",
                     live.len()
                 );

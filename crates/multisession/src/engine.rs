@@ -501,11 +501,10 @@ impl State {
     /// Whether a request beside this one replaced the device's session (a
     /// login or an id change) after this one read it, so that this one
     /// found nothing to load and would start a session of its own or clear
-    /// the cookie. Such a request gives way: otherwise two tabs logging in
-    /// at once leave two live sessions, and a slower tab's fresh anonymous
-    /// session, or its cleared cookie, can log the browser out. Costs one
-    /// read per cookie id, only on a request that found no session where
-    /// its cookie named one.
+    /// the cookie. Such a request gives way: otherwise a slower tab's fresh
+    /// anonymous session, or its cleared cookie, can log the browser out.
+    /// Costs one read per cookie id of each part that found no session
+    /// where its cookie named one.
     ///
     /// A login never gives way: a double-submitted login form whose first
     /// answer the browser dropped must still log in (the first login's
@@ -585,7 +584,7 @@ impl Owner {
 /// Marks `old` as replaced (by a login or an id change) for
 /// [`REPLACED_MARK_LIFETIME`], before it is deleted, so that a request still
 /// carrying its id gives way ([`State::replaced_beside`]). The mark
-/// only prevents a stray extra session, so failing to leave it is logged,
+/// only spares the browser a stray session, so failing to leave it is logged,
 /// not an error; a mark already there (two requests replaced `old` at once,
 /// and one will give way) is fine.
 async fn leave_replaced_mark(store: &dyn Store, old: &StoreKey, now: OffsetDateTime) {

@@ -144,7 +144,9 @@ async fn run() -> Result<(), Failure> {
         picked.iter().sum::<u64>() / picked.len().max(1) as u64
     };
     let secs = config.seconds;
-    let early = mean(60, 60 + (secs - 60) / 4);
+    // A run shorter than the warm-up compares the whole run with its end.
+    let warm = if secs > 60 { 60 } else { 0 };
+    let early = mean(warm, warm + (secs - warm) / 4);
     let late = mean(secs - secs / 4, secs + 1);
     let peak = rss.iter().map(|(_, kib)| *kib).max().unwrap_or(0);
     let growth = late as f64 / early.max(1) as f64 - 1.0;

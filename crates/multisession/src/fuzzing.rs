@@ -82,8 +82,12 @@ mod tests {
     #[allow(unused_imports)] // with no store feature, only the JSON record and the cookie are replayed
     use super::Decode;
 
+    /// Read where `cargo test` runs the package, not where it was compiled:
+    /// a test binary built in another checkout sharing the target
+    /// directory would look in that checkout.
     fn folder() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz_cases")
+        let package = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+        PathBuf::from(package).join("tests/fuzz_cases")
     }
 
     /// The cases of a structured target: one JSON object a line.

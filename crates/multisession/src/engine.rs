@@ -32,10 +32,18 @@ const END_ROUNDS: usize = 4;
 const REPLACED_MARK_LIFETIME: time::Duration = time::Duration::seconds(60);
 
 /// Where the mark of the replaced session `key` lives: a derived key no
-/// session id hashes to, holding an empty anonymous record.
+/// session id hashes to, holding an anonymous record whose one field names
+/// the session that replaced it ([`REPLACED_BY`]).
 fn replaced_mark(key: &StoreKey) -> StoreKey {
     StoreKey::derive("multisession.replaced.v1", &key.to_string())
 }
+
+/// The field of a replaced mark that holds the replacing session's key.
+const REPLACED_BY: &str = "replaced_by";
+
+/// How many replacements a late login follows from the session its cookie
+/// named (see [`PartState::replacers`]).
+const REPLACED_HOPS: usize = 4;
 
 /// One configured part: its cookie and lifetimes, and its backend.
 pub(crate) struct Part {
@@ -276,6 +284,30 @@ impl Engine {
         Ok(())
     }
 
+    /// Replaces, by login part `u`'s new session `by`, the sessions a late
+    /// login found had replaced its device's ([`State::late_login_over`]):
+    /// those of the same user are marked and deleted with their other
+    /// parts. Another user's are left alone, so an old id cannot end
+    /// someone else's login. This only spares the user a stray session, so
+    /// a failure is logged, not an error: the login has committed.
+    async fn replace_late(&self, u: usize, over: &[StoreKey], by: &StoreKey, user: Option<&str>) {
+        let Backend::Server(store) = &self.parts[u].backend else { return };
+        for key in over.iter().filter(|&key| key != by) {
+            let ended = async {
+                let Some(record) = store.load(key).await? else { return Ok(()) };
+                if record.meta.user_id.is_none() || record.meta.user_id.as_deref() != user {
+                    return Ok(());
+                }
+                leave_replaced_mark(&**store, key, by, now()).await;
+                store.delete(key).await?;
+                self.delete_siblings(&record.meta.siblings).await
+            };
+            if let Err(e) = ended.await {
+                tracing::warn!(error = %e, "a session replaced by a later login could not be ended");
+            }
+        }
+    }
+
     /// Ends one device's session: the session that keeps the login first
     /// (a commit of that device still under way then finds it gone and
     /// drops what it made), then its other parts. Whether it was live.
@@ -438,7 +470,9 @@ impl State {
         let server_cookies_from = commit.set_cookies.len();
         let mut minted = None;
         let mut won = false;
+        let mut late_over = Vec::new();
         if let Some(u) = user {
+            late_over = self.late_login_over(engine, u).await;
             // A login whose other parts lost their sessions to a request
             // beside it (a login there, or a logout everywhere) gives way, as
             // it would had its own part lost.
@@ -484,6 +518,9 @@ impl State {
                 commit.set_cookies.extend(outcome.set_cookie.clone());
             }
         }
+        if let Some((u, key)) = minted.filter(|_| !ended && !replaced_beside) {
+            engine.replace_late(u, &late_over, &key, self.parts[u].user.as_deref()).await;
+        }
         if replaced_beside {
             // The other request keeps the device; what this one made goes.
             tracing::info!(
@@ -522,6 +559,47 @@ impl State {
             }
         }
         false
+    }
+
+    /// A login that read the device's session only after a login beside it
+    /// had replaced it (a double-submitted form, two tabs): the sessions
+    /// that replaced it, which this login replaces in turn once it has
+    /// committed ([`Engine::replace_late`]), so that the user is left with
+    /// one. A login never gives way: the browser may have dropped the other
+    /// one's answer.
+    ///
+    /// Any server part whose session was replaced leads there: the login
+    /// part's marks name the login sessions directly, another part's name
+    /// sessions that record their login ([`Meta::siblings`]).
+    async fn late_login_over(&self, engine: &Engine, u: usize) -> Vec<StoreKey> {
+        let mut over = Vec::new();
+        if self.parts[u].cycle != Some(Cycle::Login) {
+            return over;
+        }
+        let login_name = &engine.parts[u].config.cookie_name;
+        for (i, (part, state)) in engine.parts.iter().zip(&self.parts).enumerate() {
+            let Backend::Server(store) = &part.backend else { continue };
+            if !state.starts_afresh() {
+                continue;
+            }
+            for key in state.replacers(&**store).await {
+                let login = if i == u {
+                    Some(key)
+                } else {
+                    match store.load(&key).await {
+                        Ok(record) => record.and_then(|r| r.meta.siblings.get(login_name).copied()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "a session that replaced this device's could not be read");
+                            None
+                        }
+                    }
+                };
+                if let Some(login) = login.filter(|login| !over.contains(login)) {
+                    over.push(login);
+                }
+            }
+        }
+        over
     }
 
     /// What a server part other than the login's records as its owner after
@@ -581,15 +659,15 @@ impl Owner {
     }
 }
 
-/// Marks `old` as replaced (by a login or an id change) for
+/// Marks `old` as replaced by `by` (a login or an id change) for
 /// [`REPLACED_MARK_LIFETIME`], before it is deleted, so that a request still
 /// carrying its id gives way ([`State::replaced_beside`]). The mark
 /// only spares the browser a stray session, so failing to leave it is logged,
 /// not an error; a mark already there (two requests replaced `old` at once,
 /// and one will give way) is fine.
-async fn leave_replaced_mark(store: &dyn Store, old: &StoreKey, now: OffsetDateTime) {
+async fn leave_replaced_mark(store: &dyn Store, old: &StoreKey, by: &StoreKey, now: OffsetDateTime) {
     let mark = Record {
-        data: Map::new(),
+        data: Map::from_iter([(REPLACED_BY.to_owned(), Value::String(by.to_string()))]),
         meta: Meta {
             user_id: None,
             created_at: now,
@@ -1047,7 +1125,7 @@ impl PartState {
         let set_cookie = Some(part.config.id_cookie(&id, self.permanent, record.meta.expires_at));
         let outcome = Outcome { set_cookie, evicted, minted: Some(key), ..Outcome::default() };
         let Some(old) = replaces else { return Ok(outcome) };
-        leave_replaced_mark(store, &old, now).await;
+        leave_replaced_mark(store, &old, &key, now).await;
         if defer_old {
             return Ok(Outcome { replaced: Some(old), ..outcome });
         }
@@ -1088,6 +1166,33 @@ impl PartState {
             }
         }
         false
+    }
+
+    /// The sessions that replaced the one this part's cookie named, moments
+    /// ago, as their marks record, following later replacements a few
+    /// hops (a login then an id change, say). A mark that cannot be read
+    /// or holds no key ends the walk.
+    async fn replacers(&self, store: &dyn Store) -> Vec<StoreKey> {
+        let mut found = Vec::new();
+        for incoming in &self.incoming {
+            let mut key = incoming.id.store_key();
+            for _ in 0..REPLACED_HOPS {
+                let by = match store.load(&replaced_mark(&key)).await {
+                    Ok(Some(mark)) if !mark.meta.is_expired(now()) => {
+                        mark.data.get(REPLACED_BY).and_then(|by| by.as_str().and_then(|by| by.parse::<StoreKey>().ok()))
+                    }
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the mark of a replaced session could not be read");
+                        None
+                    }
+                };
+                let Some(by) = by.filter(|by| !found.contains(by)) else { break };
+                found.push(by);
+                key = by;
+            }
+        }
+        found
     }
 
     /// Applies the request's changes to its existing session, or touches it

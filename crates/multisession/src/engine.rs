@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
-use crate::config::{IncomingId, Limit, MAX_CANDIDATES};
+use crate::config::{IdCarrier, IncomingId, Limit, MAX_CANDIDATES};
 use crate::fields::Routing;
 use crate::record::now;
 use crate::store::{Backend, CookieStore, SessionInfo, Store, Traced};
@@ -165,6 +165,20 @@ impl Engine {
                     name(i)
                 )));
             }
+            if spec.config.id_header.is_some() && !matches!(spec.backend, Backend::Server(_)) {
+                return Err(Error::config(format!(
+                    "session `{}`: id_header: only a server-side part's id can travel in a header; a cookie store's \
+                     session is the cookie itself",
+                    name(i)
+                )));
+            }
+            let headers = specs.iter().filter_map(|s| s.config.id_header.as_ref());
+            if spec.config.id_header.as_ref().is_some_and(|h| headers.filter(|o| o.name == h.name).count() > 1) {
+                return Err(Error::config(format!(
+                    "session `{}`: id_header: another part reads the same header; give each part its own",
+                    name(i)
+                )));
+            }
             let caps_users = Some(i) == user_part && spec.backend.keeps_user_index();
             if matches!(spec.config.session_limit, Limit::Set(_)) && !caps_users {
                 return Err(Error::config(format!(
@@ -196,12 +210,24 @@ impl Engine {
         Ok(Self { parts, routing, user_part })
     }
 
+    /// The request headers that may carry a part's id, lowercase.
+    pub(crate) fn id_headers(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| p.config.id_header.as_ref()).map(|h| h.name.as_str())
+    }
+
     /// A request's state, from its `Cookie` header values, read as bytes:
     /// a cookie of another application that is not UTF-8 (or not even
-    /// ASCII) is skipped on its own and never hides ours. Reads nothing.
-    pub(crate) fn start<'a>(&self, headers: impl IntoIterator<Item = &'a [u8]>) -> State {
+    /// ASCII) is skipped on its own and never hides ours; and, for a part
+    /// whose id may travel in a header ([`IdHeader`](crate::IdHeader)), from
+    /// that header's values (`header` gives them by lowercase name). Reads
+    /// nothing.
+    pub(crate) fn start<'a>(
+        &self,
+        cookies: impl IntoIterator<Item = &'a [u8]>,
+        header: &dyn Fn(&str) -> Vec<&'a [u8]>,
+    ) -> State {
         let mut values: Vec<Vec<Cow<'a, str>>> = self.parts.iter().map(|_| Vec::new()).collect();
-        for pair in headers.into_iter().flat_map(|header| header.split(|&b| b == b';')) {
+        for pair in cookies.into_iter().flat_map(|header| header.split(|&b| b == b';')) {
             if let Some((i, value)) = self.our_cookie(pair) {
                 values[i].push(value);
             }
@@ -210,13 +236,32 @@ impl Engine {
             .parts
             .iter()
             .zip(values)
-            .map(|(part, values)| {
-                let present = !values.is_empty();
-                let (incoming, raw) = match part.backend {
-                    Backend::Server(_) => (part.config.read_ids(values.iter().map(|v| &**v)), Vec::new()),
-                    Backend::Cookie(_) => (Vec::new(), values.into_iter().map(Cow::into_owned).collect()),
-                };
-                PartState::new(incoming, raw, present)
+            .map(|(part, values)| match (&part.backend, &part.config.id_header) {
+                (Backend::Server(_), None) => {
+                    let present = !values.is_empty();
+                    PartState::new(part.config.read_ids(values.iter().map(|v| &**v)), Vec::new(), present)
+                }
+                (Backend::Server(_), Some(id_header)) => {
+                    let sent: Vec<&str> = header(&id_header.name)
+                        .into_iter()
+                        .filter_map(|value| std::str::from_utf8(value).ok())
+                        .filter_map(|value| id_header.id_text(value))
+                        .collect();
+                    let cookies: Vec<&str> =
+                        if id_header.cookie { values.iter().map(|v| &**v).collect() } else { Vec::new() };
+                    let ordered = match id_header.winner {
+                        IdCarrier::Header => sent.iter().chain(&cookies),
+                        IdCarrier::Cookie => cookies.iter().chain(&sent),
+                    };
+                    let mut state =
+                        PartState::new(part.config.read_ids(ordered.copied()), Vec::new(), !cookies.is_empty());
+                    state.by_header = !sent.is_empty() || !id_header.cookie;
+                    state
+                }
+                (Backend::Cookie(_), _) => {
+                    let present = !values.is_empty();
+                    PartState::new(Vec::new(), values.into_iter().map(Cow::into_owned).collect(), present)
+                }
             })
             .collect();
         State { parts }
@@ -366,7 +411,11 @@ impl Engine {
 /// `Debug` names the cookies but never shows their values.
 ///
 /// ```
-/// let commit = multisession::Commit { set_cookies: vec!["session=s3cret; Path=/".into()], vary_cookie: true };
+/// let commit = multisession::Commit {
+///     set_cookies: vec!["session=s3cret; Path=/".into()],
+///     headers: vec![("x-auth-token".into(), "s3cret".into())],
+///     ..Default::default()
+/// };
 /// assert!(!format!("{commit:?}").contains("s3cret"));
 /// assert!(!multisession::Commit::default().vary_cookie);
 /// ```
@@ -376,6 +425,11 @@ pub struct Commit {
     pub set_cookies: Vec<String>,
     /// Whether the response depended on the session: add `Vary: Cookie`.
     pub vary_cookie: bool,
+    /// Other response headers to add (append), name and value: an id
+    /// answered in a header ([`IdHeader`](crate::IdHeader)) with its `Vary`,
+    /// and `Clear-Site-Data` after a logout
+    /// ([`SessionConfig::with_clear_site_data`](crate::SessionConfig::with_clear_site_data)).
+    pub headers: Vec<(String, String)>,
 }
 
 /// Names the cookies only: their values are session ids and sealed sessions.
@@ -383,7 +437,12 @@ impl std::fmt::Debug for Commit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<&str> =
             self.set_cookies.iter().map(|c| c.split_once('=').map_or("", |(name, _)| name)).collect();
-        f.debug_struct("Commit").field("set_cookies", &names).field("vary_cookie", &self.vary_cookie).finish()
+        let headers: Vec<&str> = self.headers.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("Commit")
+            .field("set_cookies", &names)
+            .field("vary_cookie", &self.vary_cookie)
+            .field("headers", &headers)
+            .finish()
     }
 }
 
@@ -442,7 +501,13 @@ impl State {
     /// fails (a refused login) what they made is deleted again and the old
     /// ones stay; if the device's login was ended meanwhile, all of it goes.
     pub(crate) async fn commit(&mut self, engine: &Engine, device: &Device) -> Result<Commit> {
-        let mut commit = Commit { set_cookies: Vec::new(), vary_cookie: self.parts.iter().any(|p| p.loaded) };
+        let mut commit =
+            Commit { set_cookies: Vec::new(), vary_cookie: self.parts.iter().any(|p| p.loaded), headers: Vec::new() };
+        for (part, state) in engine.parts.iter().zip(&self.parts) {
+            if let Some(header) = part.config.id_header.as_ref().filter(|_| state.loaded) {
+                commit.headers.push(("vary".to_owned(), header.name.clone()));
+            }
+        }
         for (part, state) in engine.parts.iter().zip(&mut self.parts) {
             if let Backend::Cookie(cookie) = &part.backend {
                 commit.set_cookies.extend(state.commit_cookie(&part.config, cookie)?);
@@ -467,7 +532,7 @@ impl State {
             others.push((i, outcome));
         }
         let mut ended = false;
-        let server_cookies_from = commit.set_cookies.len();
+        let server_answers_from = (commit.set_cookies.len(), commit.headers.len());
         let mut minted = None;
         let mut won = false;
         let mut late_over = Vec::new();
@@ -490,7 +555,7 @@ impl State {
                     ended = outcome.ended_elsewhere;
                     minted = outcome.minted.map(|key| (u, key));
                     won = outcome.won;
-                    commit.set_cookies.extend(outcome.set_cookie);
+                    commit.add(outcome.answer);
                 }
                 Err(e) => {
                     for (i, outcome) in &others {
@@ -515,7 +580,7 @@ impl State {
                     // unless this one won the login part's own replace.
                     replaced_beside |= !part.delete(old).await? && !won;
                 }
-                commit.set_cookies.extend(outcome.set_cookie.clone());
+                commit.add(outcome.answer.clone());
             }
         }
         if let Some((u, key)) = minted.filter(|_| !ended && !replaced_beside) {
@@ -530,7 +595,13 @@ impl State {
             {
                 engine.parts[i].delete_all(outcome.iter()).await?;
             }
-            commit.set_cookies.truncate(server_cookies_from);
+            commit.set_cookies.truncate(server_answers_from.0);
+            commit.headers.truncate(server_answers_from.1);
+            return Ok(commit);
+        }
+        let logged_out = engine.parts.iter().zip(&self.parts).any(|(p, s)| p.config.clear_site_data && s.logged_out());
+        if logged_out {
+            commit.headers.push(("clear-site-data".to_owned(), "\"cookies\"".to_owned()));
         }
         Ok(commit)
     }
@@ -544,8 +615,8 @@ impl State {
     /// where its cookie named one.
     ///
     /// A login never gives way: a double-submitted login form whose first
-    /// answer the browser dropped must still log in (the first login's
-    /// session then stays listed until it expires).
+    /// answer the browser dropped must still log in (it replaces the first
+    /// login's session in turn, see [`State::late_login_over`]).
     async fn replaced_beside(&self, engine: &Engine, servers: &[usize]) -> bool {
         if self.parts.iter().any(|p| p.cycle == Some(Cycle::Login)) {
             return false;
@@ -686,11 +757,29 @@ async fn leave_replaced_mark(store: &dyn Store, old: &StoreKey, by: &StoreKey, n
     }
 }
 
+/// How a part answers the client its id: a `Set-Cookie` value, or a header
+/// (name, value) for a client that carries its id in one.
+#[derive(Clone)]
+enum Answer {
+    Cookie(String),
+    Header(String, String),
+}
+
+impl Commit {
+    fn add(&mut self, answer: Option<Answer>) {
+        match answer {
+            Some(Answer::Cookie(cookie)) => self.set_cookies.push(cookie),
+            Some(Answer::Header(name, value)) => self.headers.push((name, value)),
+            None => {}
+        }
+    }
+}
+
 /// What committing one server part did.
 #[derive(Default)]
 struct Outcome {
-    /// The cookie to set, if it changed.
-    set_cookie: Option<String>,
+    /// The id to answer (a cookie or a header), if it changed.
+    answer: Option<Answer>,
     /// The sessions a login evicted to stay within the user's cap.
     evicted: Vec<SessionInfo>,
     /// The session this request loaded was ended by another request.
@@ -753,6 +842,9 @@ pub(crate) struct PartState {
     /// A cookie part's cookie values, opened on load.
     raw: Vec<String>,
     cookie_present: bool,
+    /// The part answers in its id header: the request carried it, or the
+    /// part takes no cookie.
+    by_header: bool,
     pub(crate) loaded: bool,
     pub(crate) current: Option<Current>,
     pub(crate) data: Map<String, Value>,
@@ -780,6 +872,7 @@ impl PartState {
             incoming,
             raw,
             cookie_present,
+            by_header: false,
             loaded: false,
             current: None,
             data: Map::new(),
@@ -931,6 +1024,17 @@ impl PartState {
         Ok(())
     }
 
+    /// When the user of this (login) part logged in: the stored session's
+    /// creation, since a login always starts a new one; now, for a login
+    /// this request holds.
+    pub(crate) fn authenticated_at(&self) -> Option<OffsetDateTime> {
+        self.user.as_ref()?;
+        match (&self.current, self.cycle) {
+            (_, Some(Cycle::Login)) | (None, _) => Some(now()),
+            (Some(current), _) => Some(current.meta.created_at),
+        }
+    }
+
     pub(crate) fn stored_key(&self) -> Option<StoreKey> {
         self.current.as_ref().and_then(|c| c.stored.as_ref()).map(|(_, key)| *key)
     }
@@ -1024,7 +1128,8 @@ impl PartState {
     ) -> Result<Outcome> {
         let Backend::Server(store) = &part.backend else { return Ok(Outcome::default()) };
         let store = &**store;
-        let cookie = |set_cookie: Option<String>| Outcome { set_cookie, ..Outcome::default() };
+        let cookie = |answer: Option<Answer>| Outcome { answer, ..Outcome::default() };
+        let carried = self.cookie_present || self.by_header || self.ended;
         if !self.loaded {
             return Ok(cookie(None));
         }
@@ -1042,10 +1147,10 @@ impl PartState {
             if let Some(old) = self.stored_key() {
                 store.delete(&old).await?;
             }
-            return Ok(cookie((self.cookie_present || self.ended).then(|| config.removal_cookie())));
+            return Ok(cookie(carried.then(|| self.removal_answer(config))));
         }
         let Some(current) = &self.current else {
-            return Ok(cookie((self.cookie_present || self.ended).then(|| config.removal_cookie())));
+            return Ok(cookie(carried.then(|| self.removal_answer(config))));
         };
         let Some((id, key)) = &current.stored else { return Ok(cookie(None)) };
         match self.update(config, store, key, &current.meta, now, siblings).await {
@@ -1053,7 +1158,7 @@ impl PartState {
                 let permanent_changed = self.permanent != current.meta.permanent;
                 if (self.permanent && wrote) || permanent_changed || self.reissue {
                     let expires_at = config.expiry(now, self.permanent, current.meta.absolute_expires_at);
-                    return Ok(cookie(Some(config.id_cookie(id, self.permanent, expires_at))));
+                    return Ok(cookie(Some(self.id_answer(config, id, expires_at))));
                 }
                 Ok(cookie(None))
             }
@@ -1122,8 +1227,8 @@ impl PartState {
             store.create(&key, &record).await?;
             Vec::new()
         };
-        let set_cookie = Some(part.config.id_cookie(&id, self.permanent, record.meta.expires_at));
-        let outcome = Outcome { set_cookie, evicted, minted: Some(key), ..Outcome::default() };
+        let answer = Some(self.id_answer(&part.config, &id, record.meta.expires_at));
+        let outcome = Outcome { answer, evicted, minted: Some(key), ..Outcome::default() };
         let Some(old) = replaces else { return Ok(outcome) };
         leave_replaced_mark(store, &old, &key, now).await;
         if defer_old {
@@ -1145,6 +1250,30 @@ impl PartState {
                 Err(e)
             }
         }
+    }
+
+    /// The answer carrying `id`: its header, for a client that carried it
+    /// (or a part without a cookie), else its cookie.
+    fn id_answer(&self, config: &SessionConfig, id: &SessionId, expires_at: OffsetDateTime) -> Answer {
+        match config.id_header.as_ref().filter(|_| self.by_header) {
+            Some(header) => Answer::Header(header.name.clone(), header.carry(&config.id_value(id))),
+            None => Answer::Cookie(config.id_cookie(id, self.permanent, expires_at)),
+        }
+    }
+
+    /// The answer that tells the client to drop its id: the header empty,
+    /// or the cookie expired.
+    fn removal_answer(&self, config: &SessionConfig) -> Answer {
+        match config.id_header.as_ref().filter(|_| self.by_header) {
+            Some(header) => Answer::Header(header.name.clone(), String::new()),
+            None => Answer::Cookie(config.removal_cookie()),
+        }
+    }
+
+    /// Whether this request ended the device's session on this part and
+    /// starts no new one (a logout, or a logout of every device).
+    fn logged_out(&self) -> bool {
+        self.ended && !self.has_content()
     }
 
     /// Whether this part's cookie named a session it did not find, so that

@@ -18,7 +18,7 @@ pub mod testing;
 mod users;
 pub mod web;
 
-pub use config::{KeyRing, OnLimit, SessionConfig, SessionLimit, SessionSpec};
+pub use config::{IdHeader, KeyRing, OnLimit, SessionConfig, SessionLimit, SessionSpec};
 pub use engine::Commit;
 pub use error::{Error, ErrorKind, Result};
 pub use fields::Fields;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
 use crate::engine::{Commit, Cycle, Engine, State};
@@ -226,6 +227,30 @@ impl Session {
     pub async fn user(&self) -> Result<Option<String>> {
         let Some(u) = self.engine().user_part else { return Ok(None) };
         Ok(self.state().await.load(self.engine(), u).await?.user.clone())
+    }
+
+    /// When the user logged in on this device (`None` if no one is logged
+    /// in; the time of this request for a login it holds), so that an
+    /// application can ask for the password again before a sensitive action
+    /// (ASVS 7.5.1). An id change ([`Session::cycle_id`]) keeps it; only a
+    /// login moves it.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the store cannot be read.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// # let session = sessions.session([], Default::default());
+    /// assert_eq!(session.authenticated_at().await?, None);
+    /// session.login("23").await?;
+    /// assert!(session.authenticated_at().await?.is_some());
+    /// # Ok(()) }
+    /// ```
+    pub async fn authenticated_at(&self) -> Result<Option<OffsetDateTime>> {
+        let Some(u) = self.engine().user_part else { return Ok(None) };
+        Ok(self.state().await.load(self.engine(), u).await?.authenticated_at())
     }
 
     /// Logs `user` in on this device: at the end of the request the session

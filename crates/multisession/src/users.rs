@@ -99,7 +99,48 @@ impl Sessions {
     /// # Ok::<(), multisession::Error>(())
     /// ```
     pub fn session<'a>(&self, cookie_headers: impl IntoIterator<Item = &'a [u8]>, device: Device) -> Session {
-        Session::new(self.engine.clone(), self.engine.start(cookie_headers), device)
+        Session::new(self.engine.clone(), self.engine.start(cookie_headers, &|_| Vec::new()), device)
+    }
+
+    /// The session of a request whose id may also travel in a header
+    /// ([`IdHeader`](crate::IdHeader)): as [`Sessions::session`], with
+    /// `header` giving the values of a request header by its lowercase
+    /// name (one of [`Sessions::id_headers`]). The adapters call this.
+    ///
+    /// ```
+    /// use multisession::{IdHeader, SessionConfig, Sessions};
+    /// let config = SessionConfig::default().with_id_header(IdHeader::named("X-Auth-Token"));
+    /// let sessions = Sessions::new(multisession::store::MemoryStore::new(), config)?;
+    /// assert_eq!(sessions.id_headers().collect::<Vec<_>>(), ["x-auth-token"]);
+    /// let token = b"not an id".as_slice();
+    /// let session = sessions.session_with_headers(
+    ///     [],
+    ///     |name| if name == "x-auth-token" { vec![token] } else { vec![] },
+    ///     multisession::Device::default(),
+    /// );
+    /// # let _ = session;
+    /// # Ok::<(), multisession::Error>(())
+    /// ```
+    pub fn session_with_headers<'a>(
+        &self,
+        cookie_headers: impl IntoIterator<Item = &'a [u8]>,
+        header: impl Fn(&str) -> Vec<&'a [u8]>,
+        device: Device,
+    ) -> Session {
+        Session::new(self.engine.clone(), self.engine.start(cookie_headers, &header), device)
+    }
+
+    /// The request headers that may carry an id, lowercase: what an adapter
+    /// passes to [`Sessions::session_with_headers`]. Empty unless a part
+    /// has an [`IdHeader`](crate::IdHeader).
+    ///
+    /// ```
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// assert_eq!(sessions.id_headers().count(), 0);
+    /// # Ok::<(), multisession::Error>(())
+    /// ```
+    pub fn id_headers(&self) -> impl Iterator<Item = &str> {
+        self.engine.id_headers()
     }
 
     /// Every live session of `user`, most recently active first.

@@ -275,12 +275,22 @@ async fn cookies_browsers_would_drop_and_touches_that_come_too_late_are_refused_
         (part("s", "max_age = \"0s\"\n"), "max_age"),
         (part("s", "max_age = \"500ms\"\n"), "max_age"),
         (part("s", "permanent_lifetime = \"1h\"\ntouch_interval = \"2h\"\n"), "touch_interval"),
+        (part("s", "id_header = \"X Auth\"\n"), "id_header"),
+        (part("s", "id_header_mode = \"header_only\"\n"), "id_header_mode"),
+        (part("s", "id_header = \"bearer\"\nid_header_mode = \"sometimes\"\n"), "id_header_mode"),
     ] {
         let err = folder.load(&toml).await.expect_err("a configuration that cannot work was accepted");
         assert_eq!(err.kind(), ErrorKind::Config);
         assert!(err.to_string().contains(&format!("{field}:")), "{err} does not name {field}");
     }
     folder.load(&part("__Host-sid", "max_age = \"1s\"\n")).await.expect("a __Host- cookie with the defaults loads");
+    for (rest, header) in [
+        ("id_header = \"X-Auth-Token\"\nclear_site_data = true\n", "x-auth-token"),
+        ("id_header = \"bearer\"\nid_header_mode = \"header_only\"\n", "authorization"),
+    ] {
+        let sessions = folder.load(&part("s", rest)).await.expect("an id header loads");
+        assert_eq!(sessions.id_headers().collect::<Vec<_>>(), [header]);
+    }
 }
 
 #[tokio::test]

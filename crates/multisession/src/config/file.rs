@@ -47,6 +47,22 @@ struct Part {
     revocation: Option<Url>,
     max_sessions_per_user: Option<MaxSessions>,
     on_limit: Option<OnLimitName>,
+    /// A header that may carry the id: a header name, or `"bearer"` for
+    /// `Authorization: Bearer`.
+    id_header: Option<String>,
+    id_header_mode: Option<IdHeaderMode>,
+    #[serde(default)]
+    clear_site_data: bool,
+}
+
+/// `id_header_mode`: which id wins when a request carries both, or
+/// whether the part takes a cookie at all.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum IdHeaderMode {
+    HeaderWins,
+    CookieWins,
+    HeaderOnly,
 }
 
 /// `max_sessions_per_user`: a number, or `"unlimited"`.
@@ -354,6 +370,25 @@ impl Part {
         }
         if let Some(HumanDuration(d)) = self.touch_interval {
             config = config.with_touch_interval(d);
+        }
+        if self.clear_site_data {
+            config = config.with_clear_site_data(true);
+        }
+        match (self.id_header.as_deref(), self.id_header_mode) {
+            (Some(name), mode) => {
+                let header = if name.eq_ignore_ascii_case("bearer") {
+                    crate::IdHeader::bearer()
+                } else {
+                    crate::IdHeader::named(name)
+                };
+                config = config.with_id_header(match mode {
+                    None | Some(IdHeaderMode::HeaderWins) => header,
+                    Some(IdHeaderMode::CookieWins) => header.cookie_wins(),
+                    Some(IdHeaderMode::HeaderOnly) => header.without_cookie(),
+                });
+            }
+            (None, Some(_)) => return Err(fail("id_header_mode", "needs id_header".into())),
+            (None, None) => {}
         }
         match (self.max_sessions_per_user, self.on_limit) {
             (Some(MaxSessions::Count(max)), on_limit) => {

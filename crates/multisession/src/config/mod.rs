@@ -61,6 +61,8 @@ pub struct SessionConfig {
     pub(crate) touch_interval: Duration,
     pub(crate) signing_keys: Option<KeyRing>,
     pub(crate) session_limit: Limit,
+    pub(crate) id_header: Option<IdHeader>,
+    pub(crate) clear_site_data: bool,
 }
 
 impl Default for SessionConfig {
@@ -79,6 +81,8 @@ impl Default for SessionConfig {
             touch_interval: Duration::MINUTE,
             signing_keys: None,
             session_limit: Limit::Default,
+            id_header: None,
+            clear_site_data: false,
         }
     }
 }
@@ -163,6 +167,122 @@ pub(crate) enum Limit {
     Default,
     Unlimited,
     Set(SessionLimit),
+}
+
+/// A request header that may carry a server-side part's session id, for API
+/// and mobile clients that keep no cookies (Spring Session's `X-Auth-Token`
+/// resolver, axum_session's REST mode). The engine and its rules are the
+/// cookie's: a login answers the new id in the same header, a logout
+/// answers the header empty. A request that carried the header is answered
+/// in it; one that did not is answered with the cookie, unless the part
+/// takes no cookie ([`IdHeader::without_cookie`]). An id is never read
+/// from the URL.
+///
+/// ```
+/// use multisession::{IdHeader, SessionConfig};
+///
+/// let api = SessionConfig::default().with_id_header(IdHeader::named("X-Auth-Token"));
+/// let mobile = SessionConfig::default().with_id_header(IdHeader::bearer().without_cookie());
+/// # let _ = (api, mobile);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdHeader {
+    /// The header's name, lowercase.
+    pub(crate) name: String,
+    /// `Authorization: Bearer <id>` rather than the bare id.
+    pub(crate) bearer: bool,
+    pub(crate) winner: IdCarrier,
+    pub(crate) cookie: bool,
+}
+
+/// Which id wins when a request carries both a cookie and the header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IdCarrier {
+    Header,
+    Cookie,
+}
+
+impl IdHeader {
+    /// The id alone, in the header `name` (for example `X-Auth-Token`).
+    ///
+    /// ```
+    /// let header = multisession::IdHeader::named("X-Auth-Token");
+    /// assert_eq!(header.name(), "x-auth-token");
+    /// ```
+    pub fn named(name: impl Into<String>) -> Self {
+        Self { name: name.into().to_ascii_lowercase(), bearer: false, winner: IdCarrier::Header, cookie: true }
+    }
+
+    /// `Authorization: Bearer <id>` (RFC 6750); a login answers the same.
+    ///
+    /// ```
+    /// assert_eq!(multisession::IdHeader::bearer().name(), "authorization");
+    /// ```
+    pub fn bearer() -> Self {
+        Self { bearer: true, ..Self::named("authorization") }
+    }
+
+    /// When a request carries both, the cookie's id wins (by default the
+    /// header's does: a client that sends it means it).
+    ///
+    /// ```
+    /// let header = multisession::IdHeader::named("X-Auth-Token").cookie_wins();
+    /// # let _ = header;
+    /// ```
+    pub fn cookie_wins(mut self) -> Self {
+        self.winner = IdCarrier::Cookie;
+        self
+    }
+
+    /// The part neither reads nor sets a cookie: every answer is in the
+    /// header, the first login's included.
+    ///
+    /// ```
+    /// let header = multisession::IdHeader::bearer().without_cookie();
+    /// # let _ = header;
+    /// ```
+    pub fn without_cookie(mut self) -> Self {
+        self.cookie = false;
+        self
+    }
+
+    /// The header's name, lowercase.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The header value that carries `value` (an encoded, maybe signed id).
+    pub(crate) fn carry(&self, value: &str) -> String {
+        if self.bearer { format!("Bearer {value}") } else { value.to_owned() }
+    }
+
+    /// The id text a header value carries: for `Authorization`, only a
+    /// `Bearer` credential (the scheme in any case, RFC 9110 11.1).
+    pub(crate) fn id_text<'a>(&self, value: &'a str) -> Option<&'a str> {
+        if !self.bearer {
+            return Some(value.trim());
+        }
+        let (scheme, token) = value.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start())
+    }
+
+    fn validate(&self) -> Result<()> {
+        let token =
+            |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token(&self.name) {
+            return Err(Error::config(format!("id_header: {:?} is not a valid header name", self.name)));
+        }
+        if ["cookie", "set-cookie", "host", "content-length", "transfer-encoding"].contains(&self.name.as_str()) {
+            return Err(Error::config(format!(
+                "id_header: {:?} is a header HTTP itself uses; pick another",
+                self.name
+            )));
+        }
+        if !self.cookie && self.winner == IdCarrier::Cookie {
+            return Err(Error::config("id_header: a part without a cookie cannot let the cookie win"));
+        }
+        Ok(())
+    }
 }
 
 impl SessionConfig {
@@ -356,6 +476,33 @@ impl SessionConfig {
         &self.cookie_name
     }
 
+    /// Lets the id also travel in a request header, for API and mobile
+    /// clients (see [`IdHeader`]). Only a server-side part's id can.
+    ///
+    /// ```
+    /// use multisession::{IdHeader, SessionConfig};
+    /// let config = SessionConfig::default().with_id_header(IdHeader::named("X-Auth-Token"));
+    /// # let _ = config;
+    /// ```
+    pub fn with_id_header(mut self, header: IdHeader) -> Self {
+        self.id_header = Some(header);
+        self
+    }
+
+    /// Answers a logout (and a logout of every device) from this device
+    /// with `Clear-Site-Data: "cookies"`, so that the browser also drops
+    /// the cookies the application set itself (ASVS 14.3.1). Off by
+    /// default: it clears every cookie of the site, not only the session's.
+    ///
+    /// ```
+    /// let config = multisession::SessionConfig::default().with_clear_site_data(true);
+    /// # let _ = config;
+    /// ```
+    pub fn with_clear_site_data(mut self, clear: bool) -> Self {
+        self.clear_site_data = clear;
+        self
+    }
+
     /// Checks the configuration once, at start-up.
     pub(crate) fn validate(&self) -> Result<()> {
         let is_token =
@@ -422,6 +569,9 @@ impl SessionConfig {
         if matches!(self.session_limit, Limit::Set(l) if l.max == 0) {
             return Err(Error::config("max_sessions_per_user: must be at least 1"));
         }
+        if let Some(header) = &self.id_header {
+            header.validate()?;
+        }
         Ok(())
     }
 
@@ -478,13 +628,19 @@ impl SessionConfig {
 
     /// The `Set-Cookie` value carrying `id`.
     pub(crate) fn id_cookie(&self, id: &SessionId, permanent: bool, expires_at: OffsetDateTime) -> String {
+        self.value_cookie(self.id_value(id), permanent, expires_at)
+    }
+
+    /// The text that carries `id`, in a cookie or a header: the encoded id,
+    /// signed if the part signs its ids.
+    pub(crate) fn id_value(&self, id: &SessionId) -> String {
         let mut value = id.encode();
         if let Some(keys) = &self.signing_keys {
             let signature = keys.sign(&self.cookie_name, &value, 0);
             value.push('.');
             value.push_str(&signature);
         }
-        self.value_cookie(value, permanent, expires_at)
+        value
     }
 
     /// The `Set-Cookie` value carrying `value` for a session expiring at

@@ -114,7 +114,8 @@ where
         let cookies = headers.get_all(header::COOKIE).map(HeaderValue::as_bytes);
         let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let ip = request.peer_addr().map(|address| address.ip());
-        let session = self.sessions.session(cookies, Device::new(user_agent, ip));
+        let id_header = |name: &str| headers.get_all(name).map(HeaderValue::as_bytes).collect();
+        let session = self.sessions.session_with_headers(cookies, id_header, Device::new(user_agent, ip));
         request.extensions_mut().insert(session.clone());
 
         let service = Rc::clone(&self.service);
@@ -137,6 +138,12 @@ where
                         Err(_) => {
                             return Ok(answer(response, &Error::config("cookie: options produce an invalid header")));
                         }
+                    }
+                }
+                for (name, value) in commit.headers {
+                    match (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+                        (Ok(name), Ok(value)) => headers.append(name, value),
+                        _ => return Ok(answer(response, &Error::config("id_header: produces an invalid header"))),
                     }
                 }
                 Ok(response.map_into_left_body())

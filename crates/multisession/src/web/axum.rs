@@ -102,7 +102,8 @@ where
         let cookies = headers.get_all(COOKIE).iter().map(HeaderValue::as_bytes);
         let user_agent = headers.get(USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let ip = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-        let session = self.sessions.session(cookies, Device::new(user_agent, ip));
+        let id_header = |name: &str| headers.get_all(name).iter().map(HeaderValue::as_bytes).collect();
+        let session = self.sessions.session_with_headers(cookies, id_header, Device::new(user_agent, ip));
         request.extensions_mut().insert(session.clone());
 
         // The inner service was polled ready for this call: call it now, and
@@ -127,6 +128,16 @@ where
                                     return Ok(
                                         Error::config("cookie: options produce an invalid header").into_response()
                                     );
+                                }
+                            }
+                        }
+                        for (name, value) in commit.headers {
+                            match (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+                                (Ok(name), Ok(value)) => {
+                                    headers.append(name, value);
+                                }
+                                _ => {
+                                    return Ok(Error::config("id_header: produces an invalid header").into_response());
                                 }
                             }
                         }

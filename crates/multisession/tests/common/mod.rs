@@ -18,14 +18,47 @@ use tokio::sync::{mpsc, oneshot};
 use tower::ServiceExt;
 use tracing::instrument::WithSubscriber as _;
 
-/// The web framework a request-level test runs on.
+/// The web framework a request-level test runs on, and how its client
+/// carries the session id: in a cookie, or (for API and mobile clients) in
+/// a header the session part is configured for ([`Framework::config`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framework {
     Axum,
     Actix,
+    /// axum, the id in `X-Auth-Token`; the part takes cookies too, so the
+    /// client sends the header empty until it has an id.
+    AxumHeader,
+    /// actix-web, the id in `Authorization: Bearer`; the part takes no cookie.
+    ActixBearer,
+}
+
+/// How a test client carries its session id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carrier {
+    Cookie,
+    Header,
+    Bearer,
 }
 
 impl Framework {
+    fn carrier(self) -> Carrier {
+        match self {
+            Framework::Axum | Framework::Actix => Carrier::Cookie,
+            Framework::AxumHeader => Carrier::Header,
+            Framework::ActixBearer => Carrier::Bearer,
+        }
+    }
+
+    /// `config` as this framework's client needs it: with the id header
+    /// its client carries, if any.
+    pub fn config(self, config: multisession::SessionConfig) -> multisession::SessionConfig {
+        match self.carrier() {
+            Carrier::Cookie => config,
+            Carrier::Header => config.with_id_header(multisession::IdHeader::named("X-Auth-Token")),
+            Carrier::Bearer => config.with_id_header(multisession::IdHeader::bearer().without_cookie()),
+        }
+    }
+
     /// The test route set ([`axum_routes`], [`actix_routes`]) behind this
     /// framework's session adapter, with its default options.
     pub fn app(self, sessions: multisession::Sessions) -> App {
@@ -54,10 +87,11 @@ impl Framework {
             > + 'static,
         B: actix_web::body::MessageBody + 'static,
     {
-        match self {
-            Framework::Axum => App(Served::Axum(axum())),
-            Framework::Actix => App(Served::Actix(ActixApp::start(actix))),
-        }
+        let served = match self {
+            Framework::Axum | Framework::AxumHeader => Served::Axum(axum()),
+            Framework::Actix | Framework::ActixBearer => Served::Actix(ActixApp::start(actix)),
+        };
+        App(served, self.carrier())
     }
 }
 
@@ -70,7 +104,7 @@ pub fn app(sessions: multisession::Sessions) -> App {
 /// An app under test, served by either framework. Clones send to the same
 /// app (and, on actix, the same thread).
 #[derive(Clone)]
-pub struct App(Served);
+pub struct App(Served, Carrier);
 
 #[derive(Clone)]
 enum Served {
@@ -223,10 +257,42 @@ macro_rules! both_frameworks {
         }
     };
 }
+
+/// Writes each named `async fn(Framework)` test of the file out for cookie
+/// clients on both frameworks ([`both_frameworks!`]), and those of `all`
+/// also for API clients: as `header::NAME` (axum, the id in
+/// `X-Auth-Token`) and `bearer::NAME` (actix-web, `Authorization: Bearer`,
+/// no cookie). `cookie_only` lists the tests about cookies themselves.
+#[allow(unused_macros)]
+macro_rules! every_client {
+    (cookie_only: [$($cookie:ident),* $(,)?], all: [$($test:ident),+ $(,)?] $(,)?) => {
+        $crate::common::both_frameworks!($($cookie,)* $($test),+);
+        mod header {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test($crate::common::Framework::AxumHeader).await;
+                }
+            )+
+        }
+        mod bearer {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test($crate::common::Framework::ActixBearer).await;
+                }
+            )+
+        }
+    };
+}
 #[allow(unused_imports)]
 pub(crate) use both_frameworks;
+#[allow(unused_imports)]
+pub(crate) use every_client;
 
-/// One browser: its own cookies, User-Agent and address.
+/// One browser: its own cookies, User-Agent and address. A client that
+/// carries its id in a header keeps no cookies: its id is kept in
+/// `cookies` under the part's cookie name, `session`.
 pub struct Device {
     app: App,
     pub cookies: BTreeMap<String, String>,
@@ -247,6 +313,15 @@ impl Reply {
 
     pub fn location(&self) -> Option<&str> {
         self.headers.get(header::LOCATION).and_then(|v| v.to_str().ok())
+    }
+
+    /// Whether the reply tells the client to drop its `session` id: the
+    /// cookie expired, or an id header answered empty.
+    pub fn ends_the_id(&self) -> bool {
+        let cookie = self.set_cookies().iter().any(|c| c.starts_with("session=;") && c.contains("Max-Age=0"));
+        let header =
+            ["x-auth-token", "authorization"].iter().any(|name| self.headers.get(*name).is_some_and(|v| v.is_empty()));
+        cookie || header
     }
 }
 
@@ -282,10 +357,39 @@ impl Device {
     pub async fn send(&mut self, mut request: Request<Vec<u8>>) -> Reply {
         let headers = request.headers_mut();
         headers.insert(header::USER_AGENT, self.user_agent.parse().expect("a header"));
-        if !self.cookies.is_empty() {
-            headers.insert(header::COOKIE, self.cookie_header().parse().expect("a header"));
+        let id = self.cookies.get("session").cloned();
+        match self.app.1 {
+            Carrier::Cookie if !self.cookies.is_empty() => {
+                headers.insert(header::COOKIE, self.cookie_header().parse().expect("a header"));
+            }
+            Carrier::Cookie => {}
+            // Sent empty until there is an id: the part then answers in it.
+            Carrier::Header => {
+                headers.insert("x-auth-token", id.unwrap_or_default().parse().expect("a header"));
+            }
+            Carrier::Bearer => {
+                if let Some(id) = id {
+                    headers.insert(header::AUTHORIZATION, format!("Bearer {id}").parse().expect("a header"));
+                }
+            }
         }
         let reply = self.app.send(request, Some(self.addr)).await;
+        if self.app.1 != Carrier::Cookie {
+            let name = if self.app.1 == Carrier::Header { "x-auth-token" } else { "authorization" };
+            let answered: Vec<&str> = reply.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+            assert!(answered.len() <= 1, "two ids answered in {name}");
+            match answered.first().map(|v| v.strip_prefix("Bearer ").unwrap_or(v)) {
+                Some("") => {
+                    self.cookies.remove("session");
+                }
+                Some(id) => {
+                    self.cookies.insert("session".to_owned(), id.to_owned());
+                }
+                None => {}
+            }
+            assert!(reply.set_cookies().is_empty(), "a header client was sent cookies: {:?}", reply.set_cookies());
+            return reply;
+        }
         for set in reply.set_cookies() {
             let cookie = cookie::Cookie::parse_encoded(set).expect("Set-Cookie parses");
             if cookie.max_age() == Some(time::Duration::ZERO) {

@@ -264,7 +264,7 @@ impl Engine {
                 }
             })
             .collect();
-        State { parts }
+        State { parts, late_over: None }
     }
 
     /// Which part a `name=value` pair of a `Cookie` header is for, and its
@@ -330,7 +330,7 @@ impl Engine {
     }
 
     /// Replaces, by login part `u`'s new session `by`, the sessions a late
-    /// login found had replaced its device's ([`State::late_login_over`]):
+    /// login found had replaced its device's ([`State::late_over`]):
     /// those of the same user are marked and deleted with their other
     /// parts. Another user's are left alone, so an old id cannot end
     /// someone else's login. This only spares the user a stray session, so
@@ -449,6 +449,9 @@ impl std::fmt::Debug for Commit {
 /// One request's parts.
 pub(crate) struct State {
     pub(crate) parts: Vec<PartState>,
+    /// For a login: the sessions that replaced this device's moments ago
+    /// (see [`State::late_over`]), once looked up.
+    late_over: Option<Vec<StoreKey>>,
 }
 
 impl State {
@@ -535,13 +538,18 @@ impl State {
         let server_answers_from = (commit.set_cookies.len(), commit.headers.len());
         let mut minted = None;
         let mut won = false;
-        let mut late_over = Vec::new();
         if let Some(u) = user {
-            late_over = self.late_login_over(engine, u).await;
             // A login whose other parts lost their sessions to a request
             // beside it (a login there, or a logout everywhere) gives way, as
             // it would had its own part lost.
             let lost = others.iter().any(|(_, outcome)| outcome.ended_elsewhere) && self.parts[u].next.is_some();
+            let next = self.parts[u].next.as_ref().map(SessionId::store_key);
+            if let Some(next) = next.filter(|_| !lost && self.parts[u].cycle == Some(Cycle::Login)) {
+                // Before the new session is made, so that the user's cap
+                // does not count the sessions it replaces.
+                let over = self.late_over(engine, u).await;
+                engine.replace_late(u, &over, &next, self.parts[u].user.as_deref()).await;
+            }
             let committed = if lost {
                 Ok(ended_elsewhere())
             } else {
@@ -583,9 +591,6 @@ impl State {
                 commit.add(outcome.answer.clone());
             }
         }
-        if let Some((u, key)) = minted.filter(|_| !ended && !replaced_beside) {
-            engine.replace_late(u, &late_over, &key, self.parts[u].user.as_deref()).await;
-        }
         if replaced_beside {
             // The other request keeps the device; what this one made goes.
             tracing::info!(
@@ -616,7 +621,7 @@ impl State {
     ///
     /// A login never gives way: a double-submitted login form whose first
     /// answer the browser dropped must still log in (it replaces the first
-    /// login's session in turn, see [`State::late_login_over`]).
+    /// login's session in turn, see [`State::late_over`]).
     async fn replaced_beside(&self, engine: &Engine, servers: &[usize]) -> bool {
         if self.parts.iter().any(|p| p.cycle == Some(Cycle::Login)) {
             return false;
@@ -632,21 +637,22 @@ impl State {
         false
     }
 
-    /// A login that read the device's session only after a login beside it
-    /// had replaced it (a double-submitted form, two tabs): the sessions
-    /// that replaced it, which this login replaces in turn once it has
-    /// committed ([`Engine::replace_late`]), so that the user is left with
-    /// one. A login never gives way: the browser may have dropped the other
-    /// one's answer.
+    /// For a login that read the device's session only after a login beside
+    /// it had replaced it (a double-submitted form, two tabs): the sessions
+    /// that replaced it, which this login replaces in turn just before it
+    /// makes its own ([`Engine::replace_late`]), so that the user is left
+    /// with one, and which a cap check does not count
+    /// ([`PartState::login`]). A login never gives way: the browser may
+    /// have dropped the other one's answer. Looked up once per request.
     ///
     /// Any server part whose session was replaced leads there: the login
     /// part's marks name the login sessions directly, another part's name
     /// sessions that record their login ([`Meta::siblings`]).
-    async fn late_login_over(&self, engine: &Engine, u: usize) -> Vec<StoreKey> {
-        let mut over = Vec::new();
-        if self.parts[u].cycle != Some(Cycle::Login) {
-            return over;
+    pub(crate) async fn late_over(&mut self, engine: &Engine, u: usize) -> Vec<StoreKey> {
+        if let Some(over) = &self.late_over {
+            return over.clone();
         }
+        let mut over = Vec::new();
         let login_name = &engine.parts[u].config.cookie_name;
         for (i, (part, state)) in engine.parts.iter().zip(&self.parts).enumerate() {
             let Backend::Server(store) = &part.backend else { continue };
@@ -670,6 +676,7 @@ impl State {
                 }
             }
         }
+        self.late_over = Some(over.clone());
         over
     }
 
@@ -736,7 +743,7 @@ impl Owner {
 /// only spares the browser a stray session, so failing to leave it is logged,
 /// not an error; a mark already there (two requests replaced `old` at once,
 /// and one will give way) is fine.
-async fn leave_replaced_mark(store: &dyn Store, old: &StoreKey, by: &StoreKey, now: OffsetDateTime) {
+async fn leave_replaced_mark(store: &dyn Store, old: &StoreKey, by: &StoreKey, now: OffsetDateTime) -> bool {
     let mark = Record {
         data: Map::from_iter([(REPLACED_BY.to_owned(), Value::String(by.to_string()))]),
         meta: Meta {
@@ -751,9 +758,12 @@ async fn leave_replaced_mark(store: &dyn Store, old: &StoreKey, by: &StoreKey, n
         },
     };
     match store.create(&replaced_mark(old), &mark).await {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::Conflict => {}
-        Err(e) => tracing::warn!(error = %e, "the mark of a replaced session could not be stored"),
+        Ok(()) => true,
+        Err(e) if e.kind() == ErrorKind::Conflict => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "the mark of a replaced session could not be stored");
+            true
+        }
     }
 }
 
@@ -1008,13 +1018,16 @@ impl PartState {
     /// Marks `user` as logging in on this part. With
     /// [`OnLimit::RefuseLogin`], a user already at the cap is refused here,
     /// so the handler sees it; the store holds the cap again at commit.
-    pub(crate) async fn login(&mut self, part: &Part, user: &str) -> Result<()> {
+    /// Sessions in `replacing` (a late login's, [`State::late_over`]) are
+    /// about to be replaced and do not count.
+    pub(crate) async fn login(&mut self, part: &Part, user: &str, replacing: &[StoreKey]) -> Result<()> {
         match &part.backend {
             Backend::Cookie(cookie) => self.generation = cookie.generation(user).await?,
             Backend::Server(store) => {
                 if let Some(limit) = part.limit.filter(|l| l.on_limit == OnLimit::RefuseLogin) {
                     let mine = self.stored_key();
-                    let others = store.user_sessions(user).await?.into_iter().filter(|s| Some(s.key) != mine);
+                    let others = store.user_sessions(user).await?.into_iter();
+                    let others = others.filter(|s| Some(s.key) != mine && !replacing.contains(&s.key));
                     limit.evictions(others.collect())?;
                 }
             }
@@ -1230,12 +1243,23 @@ impl PartState {
         let answer = Some(self.id_answer(&part.config, &id, record.meta.expires_at));
         let outcome = Outcome { answer, evicted, minted: Some(key), ..Outcome::default() };
         let Some(old) = replaces else { return Ok(outcome) };
-        leave_replaced_mark(store, &old, &key, now).await;
+        let marked = leave_replaced_mark(store, &old, &key, now).await;
         if defer_old {
             return Ok(Outcome { replaced: Some(old), ..outcome });
         }
         match store.delete(&old).await {
-            Ok(true) => Ok(Outcome { won: true, ..outcome }),
+            Ok(true) => {
+                if !marked {
+                    // Another request replacing `old` marked it first, but
+                    // this one won: the mark must name the session that
+                    // lives on, for a late login to find.
+                    if let Err(e) = store.delete(&replaced_mark(&old)).await {
+                        tracing::warn!(error = %e, "the mark of a replaced session could not be rewritten");
+                    }
+                    leave_replaced_mark(store, &old, &key, now).await;
+                }
+                Ok(Outcome { won: true, ..outcome })
+            }
             // Ended between the store's check and now: the new one goes too.
             Ok(false) => {
                 store.delete(&key).await?;

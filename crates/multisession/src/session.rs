@@ -288,7 +288,8 @@ impl Session {
         // from one user to another on a shared browser.
         let another_user = state.parts[u].user.as_deref().is_some_and(|previous| previous != user);
         // A refused login (the user at the session cap) changes nothing.
-        state.parts[u].login(&engine.parts[u], user).await?;
+        let replacing = state.late_over(engine, u).await;
+        state.parts[u].login(&engine.parts[u], user, &replacing).await?;
         if another_user {
             for part in &mut state.parts {
                 part.clear();

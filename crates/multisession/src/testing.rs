@@ -132,6 +132,7 @@ macro_rules! store_conformance_tests {
             a_device_writing_while_its_user_logs_out_everywhere_ends_logged_out,
             two_hundred_concurrent_requests_writing_their_own_keys_lose_none,
             requests_beside_a_login_of_their_session_keep_the_browser_logged_in,
+            a_late_login_replaces_only_its_users_session_and_fits_the_cap,
         );
     };
     (@tests $harness:expr; $($check:ident),* $(,)?) => {
@@ -1471,12 +1472,19 @@ pub mod checks {
         }
         for parts in [1, 2] {
             let sessions = server_parts(h, parts, crate::SessionConfig::default());
-            let cases =
-                [true, false].into_iter().flat_map(|overlap| ["login", "write", "read"].map(|then| (overlap, then)));
-            for (round, (overlap, then)) in cases.enumerate() {
+            let cases = [false, true].into_iter().flat_map(|logged_in| {
+                [true, false]
+                    .into_iter()
+                    .flat_map(move |overlap| ["login", "write", "read"].map(|then| (logged_in, overlap, then)))
+            });
+            for (round, (logged_in, overlap, then)) in cases.enumerate() {
                 let u = user(&format!("race-login-{parts}-{round}"));
                 let mut browser = Jar::default();
                 browser.set(&sessions, "cart", "1").await;
+                if logged_in {
+                    // A re-login: every part, the login's included, is replaced.
+                    browser.login(&sessions, &u).await;
+                }
                 let (first, second) = (browser.request(&sessions), browser.request(&sessions));
                 first.login(&u).await.expect("login succeeds");
                 if overlap {
@@ -1490,7 +1498,9 @@ pub mod checks {
                     _ => drop(second.get::<String>("cart").await.expect("reads")),
                 }
                 let two = second.commit().await.expect("the second commit succeeds");
-                let what = format!("{parts} part(s), overlapping: {overlap}, the second request: {then}");
+                let what = format!(
+                    "{parts} part(s), logged in before: {logged_in}, overlapping: {overlap}, the second request: {then}"
+                );
                 let live = h.store().user_sessions(&u).await.expect("listed");
                 assert_eq!(live.len(), 1, "{what}: the user holds {} sessions", live.len());
                 let late_login = then == "login" && !overlap;
@@ -1536,6 +1546,48 @@ pub mod checks {
                 let user = jar.request(&sessions).user().await.expect("reads");
                 assert_eq!(user.as_deref(), Some(u.as_str()), "{what}: the browser is not logged in");
             }
+        }
+    }
+
+    /// A login that reads its device's session only after another login
+    /// replaced it replaces that one in turn, but only a session of the same
+    /// user: a browser that logs in as someone else leaves the first user's
+    /// session alone. And at a cap of one that refuses logins, the late
+    /// login is not refused for the session it is about to replace.
+    pub async fn a_late_login_replaces_only_its_users_session_and_fits_the_cap(h: &dyn Harness) {
+        if !h.has_user_index() {
+            return;
+        }
+        let limited = crate::SessionConfig::default().with_max_sessions_per_user(1, crate::OnLimit::RefuseLogin);
+        for (round, (parts, config)) in
+            [(1, crate::SessionConfig::default()), (2, crate::SessionConfig::default()), (1, limited)]
+                .into_iter()
+                .enumerate()
+        {
+            let sessions = server_parts(h, parts, config);
+            let (first_user, second_user) = (user(&format!("late-a-{round}")), user(&format!("late-b-{round}")));
+            let mut browser = Jar::default();
+            browser.set(&sessions, "cart", "1").await;
+            let (first, second) = (browser.request(&sessions), browser.request(&sessions));
+            first.login(&first_user).await.expect("login succeeds");
+            let one = first.commit().await.expect("the first commit succeeds");
+            // The same user, late: one session left, the second's.
+            let late = browser.request(&sessions);
+            late.login(&first_user).await.expect("a late login at the cap is not refused");
+            let two = late.commit().await.expect("the late commit succeeds");
+            let live = h.store().user_sessions(&first_user).await.expect("listed");
+            assert_eq!(live.len(), 1, "round {round}: the user holds {} sessions", live.len());
+            let mut jar = browser.clone();
+            jar.absorb(&one);
+            jar.absorb(&two);
+            assert_eq!(jar.request(&sessions).user().await.expect("reads"), Some(first_user.clone()));
+            // Another user, late, on the same old id: the first user's session stays.
+            second.login(&second_user).await.expect("login succeeds");
+            second.commit().await.expect("the other user's commit succeeds");
+            let live = h.store().user_sessions(&first_user).await.expect("listed");
+            assert_eq!(live.len(), 1, "round {round}: another user's late login ended the first user's session");
+            assert_eq!(jar.request(&sessions).user().await.expect("reads"), Some(first_user));
+            assert_eq!(h.store().user_sessions(&second_user).await.expect("listed").len(), 1);
         }
     }
 

@@ -14,13 +14,14 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
+use crate::audit::{Audit, AuditEvent, AuditKind};
 use crate::config::{IdCarrier, IncomingId, Limit, MAX_CANDIDATES};
 use crate::fields::Routing;
 use crate::record::now;
 use crate::store::{Backend, CookieStore, SessionInfo, Store, Traced};
 use crate::{
-    Change, Device, Error, ErrorKind, Meta, OnLimit, Record, Result, SessionConfig, SessionId, SessionLimit,
-    SessionSpec, StoreKey, USER_ID_KEY,
+    Change, Device, Error, ErrorKind, Meta, OnLimit, Record, Result, SessionConfig, SessionHandle, SessionId,
+    SessionLimit, SessionSpec, StoreKey, USER_ID_KEY,
 };
 
 /// How many times ending a user's sessions lists them again before it gives
@@ -64,6 +65,8 @@ pub(crate) struct Engine {
     pub(crate) parts: Vec<Part>,
     pub(crate) routing: Routing,
     pub(crate) user_part: Option<usize>,
+    /// The application's lifecycle hooks.
+    pub(crate) audit: Audit,
 }
 
 impl Engine {
@@ -207,7 +210,7 @@ impl Engine {
                 }
             })
             .collect();
-        Ok(Self { parts, routing, user_part })
+        Ok(Self { parts, routing, user_part, audit: Audit::default() })
     }
 
     /// The request headers that may carry a part's id, lowercase.
@@ -264,7 +267,7 @@ impl Engine {
                 }
             })
             .collect();
-        State { parts, late_over: None }
+        State { parts, late_over: None, pending: Vec::new() }
     }
 
     /// Which part a `name=value` pair of a `Cookie` header is for, and its
@@ -452,6 +455,8 @@ pub(crate) struct State {
     /// For a login: the sessions that replaced this device's moments ago
     /// (see [`State::late_over`]), once looked up.
     late_over: Option<Vec<StoreKey>>,
+    /// Audit events of this request, emitted once its commit succeeds.
+    pub(crate) pending: Vec<AuditEvent>,
 }
 
 impl State {
@@ -558,6 +563,14 @@ impl State {
             match committed {
                 Ok(outcome) => {
                     for info in &outcome.evicted {
+                        let handle = SessionHandle::of(&info.user_id, &info.key);
+                        self.pending.push(AuditEvent::new(
+                            AuditKind::Evicted,
+                            &info.user_id,
+                            Some(handle),
+                            &info.device,
+                            1,
+                        ));
                         engine.delete_siblings(&info.siblings).await?;
                     }
                     ended = outcome.ended_elsewhere;
@@ -603,6 +616,12 @@ impl State {
             commit.set_cookies.truncate(server_answers_from.0);
             commit.headers.truncate(server_answers_from.1);
             return Ok(commit);
+        }
+        if let Some(u) = engine.user_part.filter(|&u| !ended && self.parts[u].cycle == Some(Cycle::Login))
+            && let Some(user) = &self.parts[u].user
+        {
+            let handle = minted.map(|(_, key)| SessionHandle::of(user, &key));
+            self.pending.push(AuditEvent::new(AuditKind::Login, user, handle, device, 0));
         }
         let logged_out = engine.parts.iter().zip(&self.parts).any(|(p, s)| p.config.clear_site_data && s.logged_out());
         if logged_out {

@@ -1,8 +1,10 @@
 #![doc = include_str!("docs/guide.md")]
 #![forbid(unsafe_code)]
 
+mod audit;
 mod config;
 mod csrf;
+mod device_name;
 mod engine;
 mod error;
 mod fields;
@@ -18,6 +20,7 @@ pub mod testing;
 mod users;
 pub mod web;
 
+pub use audit::{AUDIT_TARGET, AuditEvent, AuditKind};
 pub use config::{IdHeader, KeyRing, OnLimit, SessionConfig, SessionLimit, SessionSpec};
 pub use engine::Commit;
 pub use error::{Error, ErrorKind, Result};

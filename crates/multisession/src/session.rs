@@ -8,6 +8,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
+use crate::audit::{AuditEvent, AuditKind};
 use crate::engine::{Commit, Cycle, Engine, State};
 use crate::store::Backend;
 use crate::users::{DeviceSession, SessionHandle};
@@ -289,7 +290,12 @@ impl Session {
         let another_user = state.parts[u].user.as_deref().is_some_and(|previous| previous != user);
         // A refused login (the user at the session cap) changes nothing.
         let replacing = state.late_over(engine, u).await;
-        state.parts[u].login(&engine.parts[u], user, &replacing).await?;
+        if let Err(e) = state.parts[u].login(&engine.parts[u], user, &replacing).await {
+            if e.kind() == ErrorKind::TooManySessions {
+                engine.audit.emit(&AuditEvent::new(AuditKind::LoginRefused, user, None, &self.shared.device, 0));
+            }
+            return Err(e);
+        }
         if another_user {
             for part in &mut state.parts {
                 part.clear();
@@ -323,8 +329,21 @@ impl Session {
     /// # Ok(()) }
     /// ```
     pub async fn logout(&self) -> Result<()> {
+        self.end_device(AuditKind::Logout).await
+    }
+
+    /// [`Session::logout`], audited as `kind`: once the request commits,
+    /// the logged-in user's session is reported ended.
+    async fn end_device(&self, kind: AuditKind) -> Result<()> {
         let engine = self.engine();
         let mut state = self.state().await;
+        if let Some(u) = engine.user_part {
+            let login = state.load(engine, u).await?;
+            if let Some(user) = login.user.clone() {
+                let handle = login.stored_key().map(|key| SessionHandle::of(&user, &key));
+                state.pending.push(AuditEvent::new(kind, &user, handle, &self.shared.device, 1));
+            }
+        }
         // With several server parts, the session that keeps the login knows
         // where the device's other parts live, those whose cookies this
         // request lacks too.
@@ -364,12 +383,12 @@ impl Session {
     /// ```
     pub async fn logout_other_devices(&self) -> Result<u64> {
         let Some(user) = self.user().await? else { return Ok(0) };
-        self.end_user_sessions_but_mine(&user).await
+        self.end_user_sessions_but_mine(&user, AuditKind::LogoutOthers).await
     }
 
     /// Ends `user`'s sessions but this request's own, which a cookie part
     /// re-issues under the user's new generation.
-    async fn end_user_sessions_but_mine(&self, user: &str) -> Result<u64> {
+    async fn end_user_sessions_but_mine(&self, user: &str, kind: AuditKind) -> Result<u64> {
         let engine = self.engine();
         let u = engine.user_part()?;
         let mut state = self.state().await;
@@ -377,6 +396,9 @@ impl Session {
         // change replaces it at commit, and needs it still there.
         let keep = state.parts[u].stored_key();
         let (ended, generation) = engine.end_user_sessions(user, keep.as_ref()).await?;
+        let mine = keep.filter(|_| state.parts[u].user.as_deref() == Some(user));
+        let handle = mine.map(|key| SessionHandle::of(user, &key));
+        engine.audit.emit(&AuditEvent::new(kind, user, handle, &self.shared.device, ended));
         let mine = &mut state.parts[u];
         if let Some(generation) = generation.filter(|_| mine.user.as_deref() == Some(user)) {
             mine.regenerate(generation);
@@ -405,6 +427,7 @@ impl Session {
         let engine = self.engine();
         let u = engine.user_part()?;
         let (ended, _) = engine.end_user_sessions(&user, None).await?;
+        engine.audit.emit(&AuditEvent::new(AuditKind::LogoutAll, &user, None, &self.shared.device, ended));
         let mut state = self.state().await;
         let stored_as_user = state.parts[u].current.as_ref().is_some_and(|c| c.meta.user_id.as_deref() == Some(&user));
         for (i, part) in state.parts.iter_mut().enumerate() {
@@ -434,7 +457,7 @@ impl Session {
     pub async fn clear_user_sessions(&self, user: &str) -> Result<u64> {
         check_user_id(user)?;
         self.user().await?;
-        self.end_user_sessions_but_mine(user).await
+        self.end_user_sessions_but_mine(user, AuditKind::Cleared).await
     }
 
     /// The logged-in user's sessions on every device, the current one marked;
@@ -481,7 +504,7 @@ impl Session {
         }
         let mine = self.state().await.parts[self.engine().user_part()?].stored_key();
         if mine.is_some_and(|key| handle.matches(&key)) {
-            self.logout().await?;
+            self.end_device(AuditKind::Revoke).await?;
             return Ok(true);
         }
         crate::users::revoke(self.engine(), &**store, handle).await
@@ -632,7 +655,21 @@ impl Session {
     /// ```
     pub async fn commit(&self) -> Result<Commit> {
         let mut state = self.shared.state.lock().await;
-        state.commit(&self.shared.engine, &self.shared.device).await
+        let committed = state.commit(&self.shared.engine, &self.shared.device).await;
+        // Reported only once they happened.
+        let pending = std::mem::take(&mut state.pending);
+        match &committed {
+            Ok(_) => pending.iter().for_each(|event| self.shared.engine.audit.emit(event)),
+            // A login the store refused at the cap, past the check in `login`.
+            Err(e) if e.kind() == ErrorKind::TooManySessions => {
+                if let Some(user) = self.shared.engine.user_part.and_then(|u| state.parts[u].user.as_deref()) {
+                    let refused = AuditEvent::new(AuditKind::LoginRefused, user, None, &self.shared.device, 0);
+                    self.shared.engine.audit.emit(&refused);
+                }
+            }
+            Err(_) => {}
+        }
+        committed
     }
 }
 

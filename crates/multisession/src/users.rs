@@ -9,6 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use time::OffsetDateTime;
 
+use crate::audit::{AuditEvent, AuditKind};
 use crate::engine::Engine;
 use crate::store::{Backend, SessionInfo, Store};
 use crate::{Device, Error, ErrorKind, Result, Session, SessionConfig, SessionSpec, StoreKey};
@@ -187,7 +188,9 @@ impl Sessions {
     /// ```
     pub async fn clear_user_sessions(&self, user: &str) -> Result<u64> {
         crate::session::check_user_id(user)?;
-        Ok(self.engine.end_user_sessions(user, None).await?.0)
+        let ended = self.engine.end_user_sessions(user, None).await?.0;
+        self.engine.audit.emit(&AuditEvent::new(AuditKind::Cleared, user, None, &Device::default(), ended));
+        Ok(ended)
     }
 
     /// Logs `user` out on every device but the one `keep` names, with each
@@ -221,7 +224,38 @@ impl Sessions {
         };
         let kept =
             kept.ok_or_else(|| Error::new(ErrorKind::Gone, "the session to keep is not a live session of this user"))?;
-        Ok(self.engine.end_user_sessions(user, Some(&kept.key)).await?.0)
+        let ended = self.engine.end_user_sessions(user, Some(&kept.key)).await?.0;
+        self.engine.audit.emit(&AuditEvent::new(AuditKind::Cleared, user, Some(keep.clone()), &kept.device, ended));
+        Ok(ended)
+    }
+
+    /// Registers `hook` to be called with every lifecycle event (login,
+    /// logout, logout of other or all devices, revocation, eviction by the
+    /// session cap, admin clears), after it happened: a login or logout once
+    /// its request committed. Hooks run in the order registered, on the
+    /// task that caused the event, so keep them quick (send the event to a
+    /// channel for slow work). The same events are logged under
+    /// [`AUDIT_TARGET`](crate::AUDIT_TARGET). Expiry is not an event: the
+    /// stores let sessions lapse by themselves (TTLs, `delete_expired`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// use std::sync::{Arc, Mutex};
+    /// use multisession::{AuditKind, Sessions, store::MemoryStore};
+    ///
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = seen.clone();
+    /// let sessions = Sessions::new(MemoryStore::new(), Default::default())?
+    ///     .on_audit(move |event| log.lock().unwrap().push((event.kind, event.user.clone())));
+    /// let session = sessions.session([], Default::default());
+    /// session.login("23").await?;
+    /// session.commit().await?;
+    /// assert_eq!(*seen.lock().unwrap(), [(AuditKind::Login, "23".to_owned())]);
+    /// # Ok(()) }
+    /// ```
+    pub fn on_audit(self, hook: impl Fn(&AuditEvent) + Send + Sync + 'static) -> Self {
+        self.engine.audit.add(Arc::new(hook));
+        self
     }
 
     /// Logs out the one session `handle` names; whether it existed.
@@ -279,10 +313,12 @@ pub(crate) fn listing(sessions: Vec<SessionInfo>, current: Option<StoreKey>) -> 
 /// with the device's other parts.
 pub(crate) async fn revoke(engine: &Engine, store: &dyn Store, handle: &SessionHandle) -> Result<bool> {
     let found = store.user_sessions(handle.user()).await?.into_iter().find(|s| handle.matches(&s.key));
-    match found {
-        Some(info) => engine.end_device(&info).await,
-        None => Ok(false),
+    let Some(info) = found else { return Ok(false) };
+    let ended = engine.end_device(&info).await?;
+    if ended {
+        engine.audit.emit(&AuditEvent::new(AuditKind::Revoke, &info.user_id, Some(handle.clone()), &info.device, 1));
     }
+    Ok(ended)
 }
 
 /// A public name for one of a user's sessions, safe to put in a page or a
@@ -313,6 +349,11 @@ impl SessionHandle {
     /// ```
     pub fn user(&self) -> &str {
         &self.user
+    }
+
+    /// The handle of `user`'s session stored under `key`.
+    pub(crate) fn of(user: &str, key: &StoreKey) -> Self {
+        Self { prefix: key.short(), user: user.to_owned() }
     }
 
     /// Whether this handle names the session stored under `key`, as found

@@ -322,7 +322,7 @@ pub(crate) async fn devices(session: Session) -> Result<Answer> {
 /// One row of the devices table; `token` is the forms' CSRF field.
 fn device_row(device: &DeviceSession, now: OffsetDateTime, token: &str) -> String {
     let agent = device.device.user_agent.as_deref();
-    let name = escape(&describe_user_agent(agent));
+    let name = escape(&device.device.describe());
     let full = escape(agent.unwrap_or("no User-Agent sent"));
     let ip = device.device.ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
     let mut tags = String::new();
@@ -534,82 +534,4 @@ fn time_ago(at: OffsetDateTime, now: OffsetDateTime) -> String {
     };
     let plural = if n == 1 { "" } else { "s" };
     format!("{n} {unit}{plural} ago")
-}
-
-/// A short name for the device behind a User-Agent, such as `Firefox 128 on
-/// Linux` or `curl 8`; the User-Agent itself, cut, when it is not recognised.
-pub(crate) fn describe_user_agent(user_agent: Option<&str>) -> String {
-    let Some(ua) = user_agent.map(str::trim).filter(|ua| !ua.is_empty()) else {
-        return "Unknown device".to_owned();
-    };
-    match (browser(ua), os(ua)) {
-        (Some(browser), Some(os)) => format!("{browser} on {os}"),
-        (Some(browser), None) => browser,
-        (None, Some(os)) => format!("{os} device"),
-        (None, None) => shorten(ua, 40),
-    }
-}
-
-/// The browser (or tool) and its major version.
-fn browser(ua: &str) -> Option<String> {
-    // Most specific first: Edge and Opera also say Chrome, Chrome also says
-    // Safari, and every iOS browser is Safari underneath.
-    const BROWSERS: &[(&str, &str)] = &[
-        ("Edg/", "Edge"),
-        ("EdgA/", "Edge"),
-        ("EdgiOS/", "Edge"),
-        ("OPR/", "Opera"),
-        ("SamsungBrowser/", "Samsung Internet"),
-        ("Firefox/", "Firefox"),
-        ("FxiOS/", "Firefox"),
-        ("HeadlessChrome/", "Headless Chrome"),
-        ("CriOS/", "Chrome"),
-        ("Chromium/", "Chromium"),
-        ("Chrome/", "Chrome"),
-        ("curl/", "curl"),
-        ("Wget/", "Wget"),
-    ];
-    for (token, name) in BROWSERS {
-        if let Some(at) = ua.find(token) {
-            return Some(with_version(name, &ua[at + token.len()..]));
-        }
-    }
-    if ua.contains("Safari/") {
-        let version = ua.find("Version/").map_or("", |at| &ua[at + "Version/".len()..]);
-        return Some(with_version("Safari", version));
-    }
-    None
-}
-
-/// `name` followed by the major version at the start of `rest`, if any.
-fn with_version(name: &str, rest: &str) -> String {
-    let major: String = rest.chars().take_while(char::is_ascii_digit).take(5).collect();
-    if major.is_empty() { name.to_owned() } else { format!("{name} {major}") }
-}
-
-/// The operating system.
-fn os(ua: &str) -> Option<&'static str> {
-    // iPhones say "like Mac OS X" and Android says Linux: check those first.
-    const SYSTEMS: &[(&str, &str)] = &[
-        ("iPhone", "iPhone"),
-        ("iPad", "iPad"),
-        ("Android", "Android"),
-        ("Windows", "Windows"),
-        ("CrOS", "ChromeOS"),
-        ("Mac OS X", "macOS"),
-        ("Macintosh", "macOS"),
-        ("Linux", "Linux"),
-    ];
-    SYSTEMS.iter().find(|(token, _)| ua.contains(token)).map(|(_, name)| *name)
-}
-
-/// `text` cut to `max` characters, with an ellipsis when cut.
-fn shorten(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        text.to_owned()
-    } else {
-        let mut cut: String = text.chars().take(max - 1).collect();
-        cut.push('…');
-        cut
-    }
 }

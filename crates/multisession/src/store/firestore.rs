@@ -21,6 +21,8 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a change is retried when another writer changed the document
 /// between its read and its write.
 const ATTEMPTS: usize = 200;
+/// How often a request Firestore aborted for contention is sent.
+const ABORTED_ATTEMPTS: usize = 8;
 /// Documents deleted per commit by [`Store::delete_expired`].
 const BATCH: usize = 300;
 /// The fields of a session document besides its data, which queries read.
@@ -218,8 +220,32 @@ impl FirestoreStore {
         format!("{}/{}/{key}", self.documents, self.collection)
     }
 
-    /// Sends one request; the JSON reply and its status.
+    /// Sends one request; the JSON reply and its status. A request
+    /// Firestore aborted for contention with another transaction (`409
+    /// ABORTED`, which applied nothing) is sent again, a few times, after a
+    /// short pause that grows: Google's documented answer to it.
     async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value)> {
+        let mut pause = Duration::from_millis(5);
+        for _ in 1..ABORTED_ATTEMPTS {
+            let (status, reply) = self.send_once(method.clone(), url, query, body.clone()).await?;
+            if status != StatusCode::CONFLICT
+                || reply.pointer("/error/status").and_then(Value::as_str) != Some("ABORTED")
+            {
+                return Ok((status, reply));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+        self.send_once(method, url, query, body).await
+    }
+
+    async fn send_once(
         &self,
         method: Method,
         url: &str,

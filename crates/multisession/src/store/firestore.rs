@@ -50,8 +50,9 @@ const PAGE: usize = 500;
 const MAX_REPLY: usize = 64 << 20;
 
 /// Supplies OAuth access tokens for Firestore in Google Cloud (the emulator
-/// needs none). Implement it over your credentials library, for example
-/// `gcp_auth`.
+/// needs none). With the `gcp-auth` feature, `store::GcpAuth` is one, over
+/// Application Default Credentials; or implement it over another
+/// credentials library.
 #[async_trait]
 pub trait TokenSource: Send + Sync + 'static {
     /// A current access token with the `datastore` scope.

@@ -24,6 +24,10 @@ mod field_name;
 mod firestore;
 #[cfg(feature = "firestore")]
 pub use self::firestore::{FirestoreStore, TokenSource};
+#[cfg(feature = "gcp-auth")]
+mod gcp_auth;
+#[cfg(feature = "gcp-auth")]
+pub use self::gcp_auth::GcpAuth;
 #[cfg(feature = "mongodb")]
 mod mongodb;
 #[cfg(feature = "mongodb")]

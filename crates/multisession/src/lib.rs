@@ -46,3 +46,21 @@ pub use time::Duration;
 #[doc = include_str!("../../../README.md")]
 #[cfg(all(doctest, feature = "axum", feature = "actix", feature = "sqlite"))]
 pub struct ReadmeDoctests;
+
+/// docs/MIGRATING.md's examples compile (and run, but for `no_run`): every
+/// store and both adapters, and the TOML files loaded from a temporary folder.
+#[doc = include_str!("../../../docs/MIGRATING.md")]
+#[cfg(all(
+    doctest,
+    feature = "axum",
+    feature = "actix",
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "redis",
+    feature = "memcached",
+    feature = "mongodb",
+    feature = "firestore",
+    feature = "toml"
+))]
+pub struct MigratingDoctests;

@@ -121,7 +121,12 @@ impl Audit {
         );
         let hooks = self.hooks.read().unwrap_or_else(PoisonError::into_inner).clone();
         for hook in hooks {
-            hook(event);
+            // A hook that panics must not unwind through a commit whose
+            // store writes are done (the client would never get its id),
+            // nor keep the hooks after it from running.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(event))).is_err() {
+                tracing::error!(target: AUDIT_TARGET, kind = event.kind.as_str(), "an audit hook panicked");
+            }
         }
     }
 }

@@ -51,7 +51,10 @@ impl Device {
             (None, Some(os)) => format!("{os} device"),
             (None, None) => ua.to_owned(),
         };
-        shorten(&described)
+        match printable(&described) {
+            shown if shown.trim().is_empty() => "Unknown device".to_owned(),
+            shown => shorten(&shown),
+        }
     }
 }
 
@@ -88,6 +91,17 @@ fn product(ua: &str) -> Option<String> {
     let (name, version) = token.split_once('/').unwrap_or((token, ""));
     let plain = name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     (plain && !name.is_empty() && name.len() <= 30 && name != "Mozilla").then(|| with_major(name, version))
+}
+
+/// `text` without control characters and the invisible marks that reorder
+/// text (bidirectional overrides and isolates), which a client could use to
+/// make its device read as another on a devices page.
+fn printable(text: &str) -> String {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
+    text.chars().filter(|&c| !hidden(c)).collect()
 }
 
 /// `text` cut to [`MAX_NAME`] characters, with an ellipsis when cut.
@@ -184,6 +198,8 @@ mod tests {
         let long = named(&"é".repeat(300));
         assert_eq!(long.chars().count(), 40, "{long}");
         assert!(long.ends_with('…'));
+        assert_eq!(named("(evil) \u{202E}moc.knab\u{202C} \u{7}x"), "(evil) moc.knab x");
+        assert_eq!(named("\u{202E}\u{7}"), "Unknown device");
         for ua in ["/", "/1", "a/", "Mozilla/5.0", "\u{0}\u{1}", "(((((", "Firefox/", "Firefox/99999999999999999"] {
             let name = named(ua);
             assert!(!name.is_empty() && name.chars().count() <= 40, "{ua:?}: {name:?}");

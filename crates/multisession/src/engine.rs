@@ -168,6 +168,15 @@ impl Engine {
                     name(i)
                 )));
             }
+            let servers = specs.iter().filter(|s| matches!(s.backend, Backend::Server(_)));
+            let mut with_header = servers.map(|s| s.config.id_header.is_some());
+            if with_header.clone().any(|h| h) && !with_header.all(|h| h) {
+                return Err(Error::config(format!(
+                    "session `{}`: id_header: give every server-side part an id header, or none: a client that \
+                     carries its ids in headers could not carry the others'",
+                    name(i)
+                )));
+            }
             if spec.config.id_header.is_some() && !matches!(spec.backend, Backend::Server(_)) {
                 return Err(Error::config(format!(
                     "session `{}`: id_header: only a server-side part's id can travel in a header; a cookie store's \
@@ -252,13 +261,22 @@ impl Engine {
                         .collect();
                     let cookies: Vec<&str> =
                         if id_header.cookie { values.iter().map(|v| &**v).collect() } else { Vec::new() };
+                    let mut by_header = part.config.read_ids(sent.iter().copied());
+                    by_header.iter_mut().for_each(|id| id.by_header = true);
+                    let by_cookie = part.config.read_ids(cookies.iter().copied());
                     let ordered = match id_header.winner {
-                        IdCarrier::Header => sent.iter().chain(&cookies),
-                        IdCarrier::Cookie => cookies.iter().chain(&sent),
+                        IdCarrier::Header => by_header.into_iter().chain(by_cookie),
+                        IdCarrier::Cookie => by_cookie.into_iter().chain(by_header),
                     };
-                    let mut state =
-                        PartState::new(part.config.read_ids(ordered.copied()), Vec::new(), !cookies.is_empty());
-                    state.by_header = !sent.is_empty() || !id_header.cookie;
+                    let mut incoming: Vec<IncomingId> = Vec::new();
+                    for id in ordered {
+                        if incoming.len() < MAX_CANDIDATES && !incoming.iter().any(|known| known.id == id.id) {
+                            incoming.push(id);
+                        }
+                    }
+                    let mut state = PartState::new(incoming, Vec::new(), !cookies.is_empty());
+                    state.header_sent = !sent.is_empty();
+                    state.header_only = !id_header.cookie;
                     state
                 }
                 (Backend::Cookie(_), _) => {
@@ -563,14 +581,12 @@ impl State {
             match committed {
                 Ok(outcome) => {
                     for info in &outcome.evicted {
+                        // The store evicted it: reported whatever follows.
                         let handle = SessionHandle::of(&info.user_id, &info.key);
-                        self.pending.push(AuditEvent::new(
-                            AuditKind::Evicted,
-                            &info.user_id,
-                            Some(handle),
-                            &info.device,
-                            1,
-                        ));
+                        let event = AuditEvent::new(AuditKind::Evicted, &info.user_id, Some(handle), &info.device, 1);
+                        engine.audit.emit(&event);
+                    }
+                    for info in &outcome.evicted {
                         engine.delete_siblings(&info.siblings).await?;
                     }
                     ended = outcome.ended_elsewhere;
@@ -792,13 +808,27 @@ async fn leave_replaced_mark(store: &dyn Store, old: &StoreKey, by: &StoreKey, n
 enum Answer {
     Cookie(String),
     Header(String, String),
+    /// Drop the id from every carrier the request used: the cookie
+    /// expired, the header answered empty.
+    Removal(Option<String>, Option<String>),
 }
 
 impl Commit {
     fn add(&mut self, answer: Option<Answer>) {
         match answer {
             Some(Answer::Cookie(cookie)) => self.set_cookies.push(cookie),
-            Some(Answer::Header(name, value)) => self.headers.push((name, value)),
+            Some(Answer::Header(name, value)) => {
+                // A response holding an id in a header is no one else's:
+                // caches treat `Set-Cookie` so, not a header of ours.
+                if !self.headers.iter().any(|(n, _)| n == "cache-control") {
+                    self.headers.push(("cache-control".to_owned(), "no-store".to_owned()));
+                }
+                self.headers.push((name, value));
+            }
+            Some(Answer::Removal(cookie, header)) => {
+                self.set_cookies.extend(cookie);
+                self.headers.extend(header.map(|name| (name, String::new())));
+            }
             None => {}
         }
     }
@@ -871,9 +901,10 @@ pub(crate) struct PartState {
     /// A cookie part's cookie values, opened on load.
     raw: Vec<String>,
     cookie_present: bool,
-    /// The part answers in its id header: the request carried it, or the
-    /// part takes no cookie.
-    by_header: bool,
+    /// The request carried the part's id header (with any value).
+    header_sent: bool,
+    /// The part takes no cookie: it answers in its id header only.
+    header_only: bool,
     pub(crate) loaded: bool,
     pub(crate) current: Option<Current>,
     pub(crate) data: Map<String, Value>,
@@ -901,7 +932,8 @@ impl PartState {
             incoming,
             raw,
             cookie_present,
-            by_header: false,
+            header_sent: false,
+            header_only: false,
             loaded: false,
             current: None,
             data: Map::new(),
@@ -1161,7 +1193,7 @@ impl PartState {
         let Backend::Server(store) = &part.backend else { return Ok(Outcome::default()) };
         let store = &**store;
         let cookie = |answer: Option<Answer>| Outcome { answer, ..Outcome::default() };
-        let carried = self.cookie_present || self.by_header || self.ended;
+        let carried = self.cookie_present || self.header_sent || self.ended;
         if !self.loaded {
             return Ok(cookie(None));
         }
@@ -1295,22 +1327,40 @@ impl PartState {
         }
     }
 
-    /// The answer carrying `id`: its header, for a client that carried it
-    /// (or a part without a cookie), else its cookie.
+    /// Whether this part answers in its id header: a part without a cookie
+    /// always; otherwise only if the session it loaded came by the header,
+    /// or, having loaded none, the request sent the header. A session that
+    /// came by cookie is answered by cookie whatever else the request
+    /// carried, so that a script that adds the header to a browser's request
+    /// cannot read the HttpOnly cookie's id from the answer.
+    fn answers_in_header(&self) -> bool {
+        if self.header_only {
+            return true;
+        }
+        match self.current.as_ref().and_then(|c| c.stored.as_ref()) {
+            Some((id, _)) => self.incoming.iter().any(|incoming| incoming.by_header && &incoming.id == id),
+            None => self.header_sent,
+        }
+    }
+
+    /// The answer carrying `id`: its header, for a client that carried its
+    /// id there ([`PartState::answers_in_header`]), else its cookie.
     fn id_answer(&self, config: &SessionConfig, id: &SessionId, expires_at: OffsetDateTime) -> Answer {
-        match config.id_header.as_ref().filter(|_| self.by_header) {
+        match config.id_header.as_ref().filter(|_| self.answers_in_header()) {
             Some(header) => Answer::Header(header.name.clone(), header.carry(&config.id_value(id))),
             None => Answer::Cookie(config.id_cookie(id, self.permanent, expires_at)),
         }
     }
 
-    /// The answer that tells the client to drop its id: the header empty,
-    /// or the cookie expired.
+    /// The answer that tells the client to drop its id, in every carrier
+    /// the request used: the header empty, the cookie expired (the cookie
+    /// also when the request carried neither, as for a part without a
+    /// header).
     fn removal_answer(&self, config: &SessionConfig) -> Answer {
-        match config.id_header.as_ref().filter(|_| self.by_header) {
-            Some(header) => Answer::Header(header.name.clone(), String::new()),
-            None => Answer::Cookie(config.removal_cookie()),
-        }
+        let Some(header) = &config.id_header else { return Answer::Cookie(config.removal_cookie()) };
+        let cookie = !self.header_only && (self.cookie_present || !self.header_sent);
+        let header = (self.header_only || self.header_sent).then(|| header.name.clone());
+        Answer::Removal(cookie.then(|| config.removal_cookie()), header)
     }
 
     /// Whether this request ended the device's session on this part and

@@ -288,6 +288,11 @@ impl Session {
         // Data follows a visitor into their login (a cart, a theme), but never
         // from one user to another on a shared browser.
         let another_user = state.parts[u].user.as_deref().is_some_and(|previous| previous != user);
+        if let Some(previous) = state.parts[u].user.clone().filter(|_| another_user) {
+            // The other user's session is replaced at commit: logged out.
+            let handle = state.parts[u].stored_key().map(|key| SessionHandle::of(&previous, &key));
+            state.pending.push(AuditEvent::new(AuditKind::Logout, &previous, handle, &self.shared.device, 1));
+        }
         // A refused login (the user at the session cap) changes nothing.
         let replacing = state.late_over(engine, u).await;
         if let Err(e) = state.parts[u].login(&engine.parts[u], user, &replacing).await {
@@ -337,11 +342,12 @@ impl Session {
     async fn end_device(&self, kind: AuditKind) -> Result<()> {
         let engine = self.engine();
         let mut state = self.state().await;
+        let mut event = None;
         if let Some(u) = engine.user_part {
             let login = state.load(engine, u).await?;
             if let Some(user) = login.user.clone() {
                 let handle = login.stored_key().map(|key| SessionHandle::of(&user, &key));
-                state.pending.push(AuditEvent::new(kind, &user, handle, &self.shared.device, 1));
+                event = Some(AuditEvent::new(kind, &user, handle, &self.shared.device, 1));
             }
         }
         // With several server parts, the session that keeps the login knows
@@ -361,6 +367,12 @@ impl Session {
         }
         for (i, part) in state.parts.iter_mut().enumerate() {
             part.end(Some(i) == login_deleted);
+        }
+        match event {
+            // Deleted already: it happened, whatever the commit does.
+            Some(event) if login_deleted.is_some() => engine.audit.emit(&event),
+            Some(event) => state.pending.push(event),
+            None => {}
         }
         Ok(())
     }

@@ -68,6 +68,40 @@ fn app_bearer_only() -> App {
     )
 }
 
+/// A script on a page can add the header to the browser's requests, but a
+/// session that came by cookie is answered by cookie: its id never shows in
+/// a header the script could read.
+#[tokio::test]
+async fn a_session_that_came_by_cookie_is_never_answered_in_the_header() {
+    let app = app(SessionConfig::default().with_id_header(IdHeader::named("X-Auth-Token")));
+    let mut cookie = format!("session={}", cookie_id(&get(&app, "/login/23", &[]).await));
+    for (path, value) in [("/permanent", ""), ("/write", "garbage"), ("/cycle", ""), ("/login/23", "")] {
+        let reply = get(&app, path, &[("cookie", &cookie), ("x-auth-token", value)]).await;
+        assert_eq!(reply.status, 200, "{path}");
+        assert!(header(&reply, "x-auth-token").is_none(), "{path}: the cookie's session was answered in the header");
+        assert!(!reply.set_cookies().is_empty(), "{path}: the browser's cookie was not renewed");
+        cookie = format!("session={}", cookie_id(&reply));
+    }
+    assert_eq!(get(&app, "/read", &[("cookie", &cookie)]).await.body, "user=23 n=1");
+}
+
+#[tokio::test]
+async fn an_id_answered_in_a_header_is_not_cached() {
+    let app = app_bearer_only();
+    let reply = get(&app, "/write", &[]).await;
+    assert!(header(&reply, "authorization").is_some_and(|v| v.starts_with("Bearer ")), "no id answered");
+    assert_eq!(header(&reply, "cache-control"), Some("no-store"));
+}
+
+#[tokio::test]
+async fn a_logout_that_carried_both_clears_both() {
+    let app = app(SessionConfig::default().with_id_header(IdHeader::named("X-Auth-Token")));
+    let id = cookie_id(&get(&app, "/login/23", &[]).await);
+    let reply = get(&app, "/logout", &[("cookie", &format!("session={id}")), ("x-auth-token", "")]).await;
+    assert_eq!(header(&reply, "x-auth-token"), Some(""), "the header was not cleared");
+    assert!(reply.set_cookies().iter().any(|c| c.starts_with("session=;")), "the cookie was not expired");
+}
+
 #[tokio::test]
 async fn a_logout_answers_the_header_empty() {
     let app = app_bearer_only();
@@ -162,6 +196,15 @@ fn an_id_header_is_refused_where_it_cannot_work_naming_the_field() {
     refused(vec![SessionSpec::new(MemoryStore::new(), with(IdHeader::named("X Auth")))]);
     refused(vec![SessionSpec::new(MemoryStore::new(), with(IdHeader::named("Cookie")))]);
     refused(vec![SessionSpec::new(MemoryStore::new(), with(IdHeader::bearer().without_cookie().cookie_wins()))]);
+    refused(vec![SessionSpec::new(MemoryStore::new(), with(IdHeader::named("Authorization")))]);
+    refused(vec![SessionSpec::new(MemoryStore::new(), with(IdHeader::named("Cache-Control")))]);
+    // A header client could not carry the ids of a part without a header.
+    refused(vec![
+        SessionSpec::new(MemoryStore::new(), with(IdHeader::named("X-Auth-Token")))
+            .with_fields(multisession::Fields::include(["user_id"])),
+        SessionSpec::new(MemoryStore::new(), SessionConfig::default().with_cookie_name("data"))
+            .with_fields(multisession::Fields::Auto),
+    ]);
 }
 
 #[tokio::test]

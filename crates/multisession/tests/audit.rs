@@ -160,6 +160,29 @@ async fn each_operation_reports_exactly_its_events_and_no_id(fw: Framework) {
     }
 }
 
+/// A hook that panics neither fails the request nor keeps the next hook
+/// from its event; logging in as another user on the same browser reports
+/// the first user's logout.
+#[tokio::test]
+async fn a_panicking_hook_changes_nothing_and_a_user_switch_reports_the_logout() {
+    let seen = Seen::default();
+    let hook = seen.clone();
+    let sessions = Sessions::new(MemoryStore::new(), SessionConfig::default())
+        .expect("valid config")
+        .on_audit(|_| panic!("a broken audit hook"))
+        .on_audit(move |event| hook.0.lock().expect("not poisoned").push(event.clone()));
+    let session = sessions.session([], Default::default());
+    session.login("alice").await.expect("login");
+    let commit = session.commit().await.expect("the commit succeeds despite the hook");
+    assert_eq!(commit.set_cookies.len(), 1, "the login's cookie was lost");
+    assert_eq!(seen.kinds(), [(AuditKind::Login, "alice".to_owned(), 0)]);
+    let cookie = commit.set_cookies[0].split(';').next().expect("a pair").to_owned();
+    let switch = sessions.session([cookie.as_bytes()], Default::default());
+    switch.login("bob").await.expect("login");
+    switch.commit().await.expect("commit");
+    assert_eq!(seen.kinds(), [(AuditKind::Logout, "alice".to_owned(), 1), (AuditKind::Login, "bob".to_owned(), 0)]);
+}
+
 /// A login the cap refuses, whether `login` sees it or the store does at
 /// commit, is reported as refused, not as a login.
 #[tokio::test]

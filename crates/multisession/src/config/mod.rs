@@ -272,7 +272,26 @@ impl IdHeader {
         if !token(&self.name) {
             return Err(Error::config(format!("id_header: {:?} is not a valid header name", self.name)));
         }
-        if ["cookie", "set-cookie", "host", "content-length", "transfer-encoding"].contains(&self.name.as_str()) {
+        if self.name == "authorization" && !self.bearer {
+            return Err(Error::config(
+                "id_header: \"Authorization\" carries credentials of many schemes; use IdHeader::bearer() (TOML: \
+                 id_header = \"bearer\") for `Authorization: Bearer <id>`",
+            ));
+        }
+        const RESERVED: &[&str] = &[
+            "cookie",
+            "set-cookie",
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "te",
+            "upgrade",
+            "vary",
+            "cache-control",
+            "clear-site-data",
+        ];
+        if RESERVED.contains(&self.name.as_str()) {
             return Err(Error::config(format!(
                 "id_header: {:?} is a header HTTP itself uses; pick another",
                 self.name
@@ -692,12 +711,12 @@ impl SessionConfig {
 
     fn verify(&self, value: &str) -> Option<IncomingId> {
         match &self.signing_keys {
-            None => SessionId::decode(value).map(|id| IncomingId { id, stale_key: false }),
+            None => SessionId::decode(value).map(|id| IncomingId { id, stale_key: false, by_header: false }),
             Some(keys) => {
                 let (id_text, signature) = value.split_at_checked(ENCODED_ID_LEN)?;
                 let signature = signature.strip_prefix('.')?;
                 let index = keys.verify(&self.cookie_name, id_text, signature)?;
-                SessionId::decode(id_text).map(|id| IncomingId { id, stale_key: index > 0 })
+                SessionId::decode(id_text).map(|id| IncomingId { id, stale_key: index > 0, by_header: false })
             }
         }
     }
@@ -789,6 +808,8 @@ pub(crate) struct IncomingId {
     pub(crate) id: SessionId,
     /// Verified by a key other than the current one: re-issue the cookie.
     pub(crate) stale_key: bool,
+    /// It came in the part's id header, not its cookie.
+    pub(crate) by_header: bool,
 }
 
 /// Keys for signing: the first signs, every one verifies, so a key can be

@@ -22,7 +22,10 @@ const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// service-account key file named by `GOOGLE_APPLICATION_CREDENTIALS`, the
 /// `gcloud auth application-default login` file, the metadata server of
 /// Compute Engine, Cloud Run or GKE, or the `gcloud` CLI, in that order
-/// (`gcp_auth::provider`). Tokens are cached and renewed by `gcp_auth`.
+/// (`gcp_auth::provider`). A token is fetched once and kept until shortly
+/// before it expires; while the next is fetched, requests wait for it. The
+/// `gcloud` CLI fallback runs the command synchronously, blocking a runtime
+/// thread for its duration: use it for development only.
 ///
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
@@ -35,6 +38,11 @@ const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// ```
 pub struct GcpAuth {
     provider: Arc<dyn gcp_auth::TokenProvider>,
+    /// The token in use. Behind an async lock, so that when it expires one
+    /// request fetches the next and the others wait for it, rather than
+    /// each fetching its own one after another (gcp_auth refetches under
+    /// its own lock without looking at its cache again).
+    current: tokio::sync::Mutex<Option<Arc<gcp_auth::Token>>>,
 }
 
 impl GcpAuth {
@@ -42,7 +50,9 @@ impl GcpAuth {
     ///
     /// # Errors
     ///
-    /// `Config` if no credentials are found, naming where it looked.
+    /// `Config` if no credentials are found (or the file
+    /// `GOOGLE_APPLICATION_CREDENTIALS` names is not a key file), with
+    /// `gcp_auth`'s reason.
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
@@ -55,7 +65,7 @@ impl GcpAuth {
             .await
             .map_err(|_| no_credentials("looking for them took more than 10 s"))?
             .map_err(|e| no_credentials(&e.to_string()))?;
-        Ok(Self { provider })
+        Ok(Self { provider, current: tokio::sync::Mutex::new(None) })
     }
 
     /// The service-account key file at `path` (the JSON file Google Cloud's
@@ -76,7 +86,7 @@ impl GcpAuth {
                 path.as_ref().display()
             ))
         })?;
-        Ok(Self { provider: Arc::new(account) })
+        Ok(Self { provider: Arc::new(account), current: tokio::sync::Mutex::new(None) })
     }
 }
 
@@ -90,11 +100,18 @@ fn no_credentials(why: &str) -> Error {
 #[async_trait]
 impl TokenSource for GcpAuth {
     async fn token(&self) -> Result<String> {
+        let mut current = self.current.lock().await;
+        // `has_expired` allows a margin before the real expiry.
+        if let Some(token) = current.as_ref().filter(|t| !t.has_expired()) {
+            return Ok(token.as_str().to_owned());
+        }
         let token = tokio::time::timeout(TOKEN_TIMEOUT, self.provider.token(&[DATASTORE_SCOPE]))
             .await
             .map_err(|_| Error::new(ErrorKind::Unavailable, "gcp-auth: fetching an access token timed out"))?
             // gcp_auth's errors name what failed, never a token or key.
             .map_err(|e| Error::new(ErrorKind::Unavailable, format!("gcp-auth: no access token: {e}")))?;
-        Ok(token.as_str().to_owned())
+        let text = token.as_str().to_owned();
+        *current = Some(token);
+        Ok(text)
     }
 }

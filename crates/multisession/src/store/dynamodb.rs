@@ -62,10 +62,12 @@ const USER_INDEX: &str = "user_id-index";
 const LISTED: [&str; 9] = [V, CREATED, ACTIVE, EXPIRES, ABSOLUTE, PERMANENT, AGENT, IP, SIBLINGS];
 
 /// How long one call may take, its retries included, before the store
-/// answers `Unavailable`.
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// answers `Unavailable`. DynamoDB answers in milliseconds; DynamoDB Local
+/// on a loaded two-core machine took over 3 s for reads queued behind 200
+/// writes to one item, hence the room.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one attempt of a call may take.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// DynamoDB's limit on an expression's length; a change whose expression
 /// would be longer is written whole (see [`DynamoDbStore`]).
 const MAX_EXPRESSION: usize = 4096;
@@ -260,7 +262,7 @@ impl DynamoDbStore {
     /// DynamoDB in AWS, build the client from your AWS configuration and use
     /// [`DynamoDbStore::from_client`]. Sessions go into `table`, which is
     /// created if missing (see [`DynamoDbStore::from_client`] for what is
-    /// checked). Each call times out after 5 s, retries included.
+    /// checked). Each call times out after 10 s, retries included.
     ///
     /// # Errors
     ///
@@ -295,7 +297,7 @@ impl DynamoDbStore {
     /// (for DynamoDB in AWS: from `aws_config::load_from_env()`, with
     /// [`aws_sdk_dynamodb`](crate::store::aws_sdk_dynamodb) of the version
     /// this crate re-exports). A client without an operation timeout gets
-    /// the store's (5 s); its retry settings are kept.
+    /// the store's (10 s); its retry settings are kept.
     ///
     /// The table is made ready here, as [`SqlStore`](crate::store::SqlStore)
     /// creates its table and [`MongoStore`](crate::store::MongoStore) its

@@ -623,27 +623,36 @@ impl DynamoDbStore {
             .set_expression_attribute_names(put.names())
             .build()
             .map_err(built)?;
-        let written = self
-            .send(|| {
-                self.client
-                    .transact_write_items()
-                    .transact_items(TransactWriteItem::builder().condition_check(check.clone()).build())
-                    .transact_items(TransactWriteItem::builder().put(put.clone()).build())
-                    .send()
-            })
-            .await;
-        let Err(e) = written else { return Ok(()) };
-        if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = e.as_service_error() {
-            let reasons: Vec<Option<&str>> = cancelled.cancellation_reasons().iter().map(|r| r.code()).collect();
-            match reasons.as_slice() {
-                [Some("ConditionalCheckFailed"), ..] => return Err(Error::gone()),
-                [_, Some("ConditionalCheckFailed")] => {
-                    return Err(Error::new(ErrorKind::Conflict, "a session with this key exists"));
+        for attempt in 1..=CONFLICT_ATTEMPTS {
+            let written = self
+                .send(|| {
+                    self.client
+                        .transact_write_items()
+                        .transact_items(TransactWriteItem::builder().condition_check(check.clone()).build())
+                        .transact_items(TransactWriteItem::builder().put(put.clone()).build())
+                        .send()
+                })
+                .await;
+            let Err(e) = written else { return Ok(()) };
+            if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = e.as_service_error() {
+                let reasons: Vec<Option<&str>> = cancelled.cancellation_reasons().iter().map(|r| r.code()).collect();
+                match reasons.as_slice() {
+                    [Some("ConditionalCheckFailed"), ..] => return Err(Error::gone()),
+                    [_, Some("ConditionalCheckFailed")] => {
+                        return Err(Error::new(ErrorKind::Conflict, "a session with this key exists"));
+                    }
+                    // A write to the replaced session (another tab) met the
+                    // transaction: nothing was written, so it is sent again.
+                    _ if attempt < CONFLICT_ATTEMPTS && reasons.contains(&Some("TransactionConflict")) => {
+                        tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
+                        continue;
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
+            return Err(failed("a login's create", e));
         }
-        Err(failed("a login's create", e))
+        Err(Error::new(ErrorKind::Conflict, "a login kept meeting writes to the session it replaces"))
     }
 
     /// A change too large for one expression: the whole data read, changed

@@ -13,11 +13,12 @@ use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, GlobalSecondaryIndex, KeySchemaElement, KeyType,
-    Projection, ProjectionType, Put, ReturnValue, ScalarAttributeType, TableStatus, TimeToLiveSpecification,
-    TimeToLiveStatus, TransactWriteItem,
+    Projection, ProjectionType, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
+    TableStatus, TimeToLiveSpecification, TimeToLiveStatus, TransactWriteItem,
 };
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
@@ -594,11 +595,18 @@ impl DynamoDbStore {
                         .set_item(Some(item.clone()))
                         .condition_expression(&absent)
                         .set_expression_attribute_names(put.names())
+                        .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
                         .send()
                 })
                 .await;
             return match written {
                 Ok(_) => Ok(()),
+                // The SDK retries an attempt that timed out, which DynamoDB
+                // may have carried out: an item equal to this one under a
+                // fresh random key is that attempt's, not another session.
+                Err(e) if matches!(e.as_service_error(), Some(PutItemError::ConditionalCheckFailedException(c)) if c.item() == Some(&item)) => {
+                    Ok(())
+                }
                 Err(e) if condition_failed(&e) => {
                     Err(Error::new(ErrorKind::Conflict, "a session with this key exists"))
                 }
@@ -960,6 +968,9 @@ impl Store for DynamoDbStore {
         // delete's old item to one caller only, but DynamoDB Local answered
         // it to several deletes at the same moment, and the engine relies
         // on exactly one of two logins replacing a session hearing "yes".
+        // A delete the SDK retries after an attempt that timed out but was
+        // carried out answers "no": a login waiting on it then gives way,
+        // and the browser logs in again; nothing is brought back.
         let reply = self
             .send(|| {
                 self.client

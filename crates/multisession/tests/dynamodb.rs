@@ -226,6 +226,8 @@ fn own_dynamodb(persist: bool) -> OwnServer {
     OwnServer::with_probe(
         move |port, dir| {
             let mut java = Command::new("java");
+            // It writes a metadata file where it runs.
+            java.current_dir(dir);
             java.arg(format!("-Djava.library.path={home}/DynamoDBLocal_lib"));
             java.args(["-jar", &format!("{home}/DynamoDBLocal.jar"), "-disableTelemetry", "-sharedDb"]);
             if persist {

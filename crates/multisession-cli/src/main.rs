@@ -32,7 +32,8 @@ Examples:
 
 Store URLs: sqlite://PATH, postgres://…, mysql://… (or mariadb://), redis://HOST:PORT[/DB],
 rediss://… (TLS), redis+cluster://HOST:PORT,HOST:PORT,…, memcached://HOST:PORT,…,
-mongodb://…/DATABASE, firestore://HOST:PORT/PROJECT (the emulator).";
+mongodb://…/DATABASE, firestore://HOST:PORT/PROJECT (the emulator),
+dynamodb://HOST:PORT/TABLE (DynamoDB Local).";
 
 /// See and manage the sessions of a multisession application.
 #[derive(Parser)]

@@ -414,6 +414,8 @@ async fn migrate_moves_sessions_between_every_kind_of_backend_unchanged() {
     let mongo = env("MULTISESSION_MONGO_URL").replace("/multisession_test?", &format!("/{}?", unique("m")));
     let firestore =
         format!("firestore://{}/{}", env("MULTISESSION_FIRESTORE_URL").trim_start_matches("http://"), unique("p"));
+    let dynamodb =
+        format!("dynamodb://{}/{}", env("MULTISESSION_DYNAMODB_URL").trim_start_matches("http://"), unique("d"));
     // SQLite, then each backend in turn, each hop to the next.
     let hops: Vec<(String, Option<String>)> = vec![
         (sqlite.url.clone(), None),
@@ -421,6 +423,7 @@ async fn migrate_moves_sessions_between_every_kind_of_backend_unchanged() {
         (format!("redis+cluster://{}", cluster.join(",")), Some(unique("rc"))),
         (mongo, None),
         (firestore, None),
+        (dynamodb, None),
         (env("MULTISESSION_MYSQL_URL"), Some(unique("my"))),
         (redis_url(), Some(unique("r"))),
     ];

@@ -341,7 +341,8 @@ pub(crate) mod millis {
     feature = "mysql",
     feature = "redis",
     feature = "mongodb",
-    feature = "firestore"
+    feature = "firestore",
+    feature = "dynamodb"
 ))]
 pub(crate) use millis::from_millis;
 #[cfg(any(
@@ -351,6 +352,7 @@ pub(crate) use millis::from_millis;
     feature = "redis",
     feature = "memcached",
     feature = "mongodb",
-    feature = "firestore"
+    feature = "firestore",
+    feature = "dynamodb"
 ))]
 pub(crate) use millis::to_millis;

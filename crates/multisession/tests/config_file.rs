@@ -190,6 +190,7 @@ fn store_urls(folder: &Folder) -> Vec<String> {
     let env = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
     let cluster = env("MULTISESSION_REDIS_CLUSTER_URLS", "redis://127.0.0.1:6391").replace("redis://", "");
     let firestore = env("MULTISESSION_FIRESTORE_URL", "http://127.0.0.1:8790").replace("http://", "");
+    let dynamodb = env("MULTISESSION_DYNAMODB_URL", "http://127.0.0.1:8794").replace("http://", "");
     vec![
         "memory://".to_owned(),
         format!("sqlite://{}", folder.path().join("all.db").display()),
@@ -200,6 +201,7 @@ fn store_urls(folder: &Folder) -> Vec<String> {
         format!("memcached://{}", env("MULTISESSION_MEMCACHED_SERVERS", "127.0.0.1:11290")),
         env("MULTISESSION_MONGO_URL", "mongodb://127.0.0.1:27090/multisession_test?directConnection=true"),
         format!("firestore://{firestore}/multisession-test"),
+        format!("dynamodb://{dynamodb}/multisession-test"),
     ]
 }
 

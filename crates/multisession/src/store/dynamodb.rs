@@ -166,7 +166,12 @@ where
     let prefix = "the DynamoDB session store failed";
     match e {
         SdkError::ServiceError(_) => {
-            let code = e.code().unwrap_or("no error code");
+            // The server's own text: kept only if it looks like an error
+            // code, and short.
+            let code = e
+                .code()
+                .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b".#:_-".contains(&b)))
+                .unwrap_or("no error code");
             if code == "ValidationException" && e.message().is_some_and(|m| m.contains("Item size")) {
                 return Error::new(ErrorKind::TooLarge, "a session is larger than a DynamoDB item can be (400 KB)");
             }
@@ -500,9 +505,18 @@ impl DynamoDbStore {
             .send(|| self.client.describe_time_to_live().table_name(&self.table).send())
             .await
             .map_err(|e| failed("describing the table's TTL", e))?;
-        let status = reply.time_to_live_description().and_then(|d| d.time_to_live_status());
+        let description = reply.time_to_live_description();
+        let status = description.and_then(|d| d.time_to_live_status());
         if matches!(status, Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)) {
-            return Ok(());
+            // On another attribute, no session would ever expire.
+            return match description.and_then(|d| d.attribute_name()) {
+                Some(TTL) | None => Ok(()),
+                Some(_) => Err(Error::config(format!(
+                    "dynamodb: the table {} expires items by another attribute than {TTL}; sessions would never \
+                     expire: switch its TTL to {TTL}",
+                    self.table
+                ))),
+            };
         }
         let spec = TimeToLiveSpecification::builder()
             .enabled(true)
@@ -551,6 +565,9 @@ impl DynamoDbStore {
     async fn user_items(&self, user: &str) -> Result<Vec<Item>> {
         let mut items = Vec::new();
         let mut after: Option<Item> = None;
+        // A page holds at least one item unless the server misbehaves: a
+        // run of empty pages that keep naming a next one ends the walk.
+        let mut empty_pages = 0;
         loop {
             let reply = self
                 .send(|| {
@@ -568,6 +585,13 @@ impl DynamoDbStore {
                 .await
                 .map_err(|e| failed("a query of the user index", e))?;
             items.extend_from_slice(reply.items());
+            empty_pages = if reply.items().is_empty() { empty_pages + 1 } else { 0 };
+            if empty_pages > 3 {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    "the DynamoDB session store failed: the user index kept answering empty pages",
+                ));
+            }
             if items.len() > MAX_USER_SESSIONS {
                 return Err(Error::new(
                     ErrorKind::Unavailable,

@@ -62,7 +62,6 @@ impl Device {
 fn browser(name: &str) -> &str {
     match name {
         "SamsungBrowser" => "Samsung Internet",
-        "Internet Explorer" => "Internet Explorer",
         other => other,
     }
 }

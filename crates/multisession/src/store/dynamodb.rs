@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, GlobalSecondaryIndex, KeySchemaElement, KeyType,
     Projection, ProjectionType, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
@@ -389,6 +391,29 @@ impl DynamoDbStore {
     /// Sends the request `request` makes, with the SDK's tracing muted,
     /// counted; again, after a short pause, while it meets a transaction on
     /// the same item (which DynamoDB refuses rather than queues).
+    /// One conditional `UpdateItem` of the session under `key`, with the
+    /// names and values `e` collected.
+    async fn update_item(
+        &self,
+        key: &StoreKey,
+        e: &Expression,
+        update: &str,
+        condition: &str,
+    ) -> std::result::Result<UpdateItemOutput, SdkError<UpdateItemError, HttpResponse>> {
+        self.send(|| {
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(Self::key_of(key)))
+                .update_expression(update)
+                .condition_expression(condition)
+                .set_expression_attribute_names(e.names())
+                .set_expression_attribute_values(e.values())
+                .send()
+        })
+        .await
+    }
+
     async fn send<T, E, R, F, Fut>(&self, request: F) -> std::result::Result<T, SdkError<E, R>>
     where
         F: Fn() -> Fut,
@@ -715,19 +740,7 @@ impl DynamoDbStore {
             let add = format!("{} {}", e.name(VERSION), e.value(number(1)));
             let update = format!("SET {} ADD {add}", set.join(", "));
             let condition = format!("{} = {} AND {}", e.name(VERSION), e.value(number(version)), e.live());
-            let written = self
-                .send(|| {
-                    self.client
-                        .update_item()
-                        .table_name(&self.table)
-                        .set_key(Some(Self::key_of(key)))
-                        .update_expression(&update)
-                        .condition_expression(&condition)
-                        .set_expression_attribute_names(e.names())
-                        .set_expression_attribute_values(e.values())
-                        .send()
-                })
-                .await;
+            let written = self.update_item(key, &e, &update, &condition).await;
             match written {
                 Ok(_) => return Ok(()),
                 // Changed, deleted or expired since the read: read again.
@@ -960,19 +973,7 @@ impl Store for DynamoDbStore {
             return self.apply_whole(key, change).await;
         }
         let live = e.live();
-        let written = self
-            .send(|| {
-                self.client
-                    .update_item()
-                    .table_name(&self.table)
-                    .set_key(Some(Self::key_of(key)))
-                    .update_expression(&update)
-                    .condition_expression(&live)
-                    .set_expression_attribute_names(e.names())
-                    .set_expression_attribute_values(e.values())
-                    .send()
-            })
-            .await;
+        let written = self.update_item(key, &e, &update, &live).await;
         match written {
             Ok(_) => Ok(()),
             Err(e) if condition_failed(&e) => Err(Error::gone()),

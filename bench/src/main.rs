@@ -143,10 +143,10 @@ mod tower {
             config = config.with_lifetime(lifetime).with_touch_interval(lifetime / 4);
         }
         let store: std::sync::Arc<dyn multisession::store::Store> = std::sync::Arc::new(store);
-        if let Some(every) = seconds("BENCH_CLEANUP_SECONDS")? {
-            multisession::store::spawn_cleanup(store.clone(), multisession::Duration::seconds(every));
-        }
         let sessions = Sessions::new(store, config)?;
+        if let Some(every) = seconds("BENCH_CLEANUP_SECONDS")? {
+            sessions.spawn_cleanup(multisession::Duration::seconds(every));
+        }
         Ok(Router::new()
             .route("/login", get(login))
             .route("/", get(read))

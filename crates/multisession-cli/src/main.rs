@@ -189,7 +189,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Stats { target } => stats(&*open(&target).await?.login_store()?, &out).await,
         Command::Gc { target } => {
-            let deleted = open(&target).await?.login_store()?.delete_expired().await?;
+            let deleted = open(&target).await?.delete_expired().await?;
             out.print(json!({ "deleted": deleted }), || format!("deleted {deleted} expired sessions"));
             Ok(())
         }

@@ -39,11 +39,17 @@ pub enum AuditKind {
     /// ([`Session::clear_user_sessions`](crate::Session::clear_user_sessions),
     /// [`Sessions::clear_user_sessions`](crate::Sessions::clear_user_sessions) and `…_except`).
     Cleared,
+    /// A logged-in session expired, reported by the cleanup that removed it
+    /// ([`Sessions::delete_expired`](crate::Sessions::delete_expired)), where
+    /// the store can tell which it removed: SQL stores, Firestore and
+    /// [`MemoryStore`](crate::store::MemoryStore). Redis, Memcached, MongoDB
+    /// and DynamoDB let sessions lapse by themselves, unreported.
+    Expired,
 }
 
 impl AuditKind {
     /// The kind's name in log lines: `login`, `login_refused`, `logout`, `logout_others`,
-    /// `logout_all`, `revoke`, `evicted`, `cleared`.
+    /// `logout_all`, `revoke`, `evicted`, `cleared`, `expired`.
     ///
     /// ```
     /// assert_eq!(multisession::AuditKind::LogoutAll.as_str(), "logout_all");
@@ -58,6 +64,7 @@ impl AuditKind {
             AuditKind::Revoke => "revoke",
             AuditKind::Evicted => "evicted",
             AuditKind::Cleared => "cleared",
+            AuditKind::Expired => "expired",
         }
     }
 }
@@ -71,17 +78,18 @@ pub struct AuditEvent {
     /// The user whose session(s) it concerns.
     pub user: String,
     /// The session concerned: the new one for a login, the ended one for a
-    /// logout, a revocation or an eviction, the caller's for a logout of
+    /// logout, a revocation, an eviction or an expiry, the caller's for a logout of
     /// other devices; `None` where there is none to name (a logout of every
     /// device, an admin clear) or the login lives in a cookie.
     pub handle: Option<SessionHandle>,
-    /// That session's device (for an eviction or a revocation, the ended
-    /// session's; otherwise the device of the request).
+    /// That session's device (for an eviction, a revocation or an expiry,
+    /// the ended session's; otherwise the device of the request).
     pub device: Device,
     /// How many sessions it ended (0 for a login; a cookie login part with
     /// a revocation store ends them all but cannot count them: 0).
     pub ended: u64,
-    /// When it happened.
+    /// When it happened: for an expiry, when the session expired, which
+    /// is before the cleanup that noticed.
     pub at: OffsetDateTime,
 }
 

@@ -86,6 +86,14 @@ pub trait Harness: Send + Sync {
         true
     }
 
+    /// Whether [`Store::delete_expired`] names the logins it removes
+    /// ([`Expired::logins`](crate::store::Expired::logins)). Without it, the
+    /// check expects it to name none: a store whose backend removes expired
+    /// records by itself cannot tell.
+    fn reports_expired_logins(&self) -> bool {
+        true
+    }
+
     /// Whether the store can walk all its sessions a page at a time
     /// ([`Store::sessions_page`]). Without it, the walk check expects
     /// `Unsupported`.
@@ -116,7 +124,7 @@ macro_rules! store_conformance_tests {
             session_moves_between_users_on_relogin,
             delete_user_sessions_spares_keep_and_others,
             user_operations_cost_does_not_grow_with_store,
-            delete_expired_removes_only_expired,
+            delete_expired_removes_only_expired_and_names_each_expired_login_once,
             errors_name_no_key,
             a_maximal_user_id_and_nul_characters_round_trip,
             the_user_index_stays_the_size_of_the_live_sessions,
@@ -315,7 +323,7 @@ impl<S: Store> Store for CountingStore<S> {
         bump(&self.user_deletes);
         self.inner.delete_user_sessions(user, keep).await
     }
-    async fn delete_expired(&self) -> Result<u64> {
+    async fn delete_expired(&self) -> Result<crate::store::Expired> {
         self.inner.delete_expired().await
     }
     async fn sessions_page(
@@ -715,26 +723,81 @@ pub mod checks {
         }
     }
 
+    /// Calls `delete_expired` until it says nothing is left; the logins it
+    /// named.
+    async fn sweep(store: &dyn Store) -> Vec<SessionInfo> {
+        let mut logins = Vec::new();
+        for _ in 0..100_000 {
+            let done = store.delete_expired().await.expect("delete_expired succeeds");
+            assert!(done.removed >= done.logins.len() as u64, "delete_expired named more logins than it removed");
+            logins.extend(done.logins);
+            if !done.more {
+                return logins;
+            }
+        }
+        panic!("delete_expired still says more after 100 000 calls");
+    }
+
     /// `delete_expired` removes expired records and keeps live ones; an
-    /// expired record is no session to `delete` either.
-    pub async fn delete_expired_removes_only_expired(h: &dyn Harness) {
+    /// expired record is no session to `delete` either. Of two cleanups
+    /// running at once, each expired login is named by exactly one, with its
+    /// user, device and expiry; live sessions and expired sessions without
+    /// a user are never named. Stores that cannot tell name none. (One
+    /// check, so that no other check of the suite sweeps at the same time.)
+    pub async fn delete_expired_removes_only_expired_and_names_each_expired_login_once(h: &dyn Harness) {
         let store = h.store();
-        let live = create(&*store, &record(None, data(&[("n", json!(1))]))).await;
-        let mut short = record(None, data(&[("n", json!(2))]));
-        short.meta.expires_at = now() + Duration::milliseconds(300);
-        let expired = create(&*store, &short).await;
-        let gone = create(&*store, &short).await;
-        wait_past(short.meta.expires_at).await;
-        store.delete_expired().await.expect("delete_expired succeeds");
+        let (gone_user, live_user) = (user("expired"), user("still-live"));
+        let live = create(&*store, &record(Some(&live_user), data(&[("n", json!(1))]))).await;
+        // Each expires 300 ms after its own creation, however slow the backend.
+        let short = |user: Option<&str>| {
+            let mut short = record(user, data(&[("n", json!(2))]));
+            short.meta.expires_at = now() + Duration::milliseconds(300);
+            short
+        };
+        let mut expired = BTreeMap::new();
+        for _ in 0..40 {
+            let record = short(Some(&gone_user));
+            expired.insert(create(&*store, &record).await, record);
+        }
+        let nobody = create(&*store, &short(None)).await;
+        let gone = create(&*store, &short(None)).await;
+        let last = short(None).meta.expires_at;
+        wait_past(last).await;
+        let (a, b) = tokio::join!(sweep(&*store), sweep(&*store));
         assert!(load(&*store, &live).await.is_some(), "delete_expired removed a live session");
-        assert_eq!(load(&*store, &expired).await, None);
-        if let Some(held) = h.holds(&expired).await {
+        assert_eq!(load(&*store, &nobody).await, None);
+        if let Some(held) = h.holds(&nobody).await {
             assert!(!held, "delete_expired left the expired record in the backend");
         }
         if let Some(held) = h.holds(&live).await {
             assert!(held, "the harness's probe does not see a live record");
         }
         assert!(!store.delete(&gone).await.expect("delete succeeds"), "deleting an expired session counted as one");
+
+        let named: Vec<SessionInfo> = a
+            .into_iter()
+            .chain(b)
+            .filter(|info| [&gone_user, &live_user].contains(&&info.user_id) || [live, nobody].contains(&info.key))
+            .collect();
+        if !h.reports_expired_logins() {
+            assert!(named.is_empty(), "a store that cannot tell named expired logins: {named:?}");
+            return;
+        }
+        let keys: Vec<StoreKey> = named.iter().map(|info| info.key).collect();
+        let distinct: BTreeSet<StoreKey> = keys.iter().copied().collect();
+        assert_eq!(keys.len(), distinct.len(), "of two cleanups at once, both named one expired login");
+        assert!(
+            distinct.iter().eq(expired.keys()),
+            "the expired logins named ({}) are not the {} that expired",
+            distinct.len(),
+            expired.len()
+        );
+        for info in &named {
+            let record = &expired[&info.key];
+            assert_eq!(info.user_id, gone_user);
+            assert_eq!(info.device, record.meta.device);
+            assert_eq!(info.expires_at, record.meta.expires_at);
+        }
     }
 
     /// No error a store returns shows a store key: not a conflict, not
@@ -1286,7 +1349,7 @@ pub mod checks {
             }
             self.inner.delete_user_sessions(user, keep).await
         }
-        async fn delete_expired(&self) -> Result<u64> {
+        async fn delete_expired(&self) -> Result<crate::store::Expired> {
             self.inner.delete_expired().await
         }
     }

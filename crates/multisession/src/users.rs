@@ -13,6 +13,9 @@ use crate::audit::{AuditEvent, AuditKind};
 use crate::engine::Engine;
 use crate::store::{Backend, SessionInfo, Store};
 use crate::{Device, Error, ErrorKind, Result, Session, SessionConfig, SessionSpec, StoreKey};
+/// The most batches one [`Sessions::delete_expired`] pass removes from a
+/// store (about five million records).
+const CLEANUP_BATCHES: usize = 10_000;
 
 /// The application's sessions: a store and a configuration, checked once.
 ///
@@ -235,8 +238,9 @@ impl Sessions {
     /// its request committed. Hooks run in the order registered, on the
     /// task that caused the event, so keep them quick (send the event to a
     /// channel for slow work). The same events are logged under
-    /// [`AUDIT_TARGET`](crate::AUDIT_TARGET). Expiry is not an event: the
-    /// stores let sessions lapse by themselves (TTLs, `delete_expired`).
+    /// [`AUDIT_TARGET`](crate::AUDIT_TARGET). An expiry is an event where
+    /// the cleanup ([`Sessions::delete_expired`]) can tell whose session it
+    /// removed (see [`AuditKind::Expired`]).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
@@ -288,11 +292,84 @@ impl Sessions {
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
     /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
     /// let store = sessions.login_store()?;
-    /// assert_eq!(store.delete_expired().await?, 0);
+    /// assert_eq!(store.user_sessions("23").await?.len(), 0);
     /// # Ok(()) }
     /// ```
     pub fn login_store(&self) -> Result<Arc<dyn Store>> {
         self.engine.user_store().cloned()
+    }
+
+    /// Removes the expired sessions of every server-side part, a batch at a
+    /// time ([`Store::delete_expired`]); how many. Each expired login the
+    /// store can name is an [`AuditKind::Expired`] event. Expired sessions
+    /// are never served anyway: this reclaims their space and reports them.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if a store cannot be reached; the batches removed
+    /// before it are reported.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// # let sessions = multisession::Sessions::new(multisession::store::MemoryStore::new(), Default::default())?;
+    /// assert_eq!(sessions.delete_expired().await?, 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete_expired(&self) -> Result<u64> {
+        let mut removed = 0u64;
+        for (i, part) in self.engine.parts.iter().enumerate() {
+            let Backend::Server(store) = &part.backend else { continue };
+            // Bounded, so that a pass ends even if another process keeps
+            // winning the same rows; the next pass goes on.
+            for _ in 0..CLEANUP_BATCHES {
+                let done = store.delete_expired().await?;
+                removed = removed.saturating_add(done.removed);
+                if Some(i) == self.engine.user_part {
+                    for info in &done.logins {
+                        let handle = SessionHandle::of(&info.user_id, &info.key);
+                        let mut event =
+                            AuditEvent::new(AuditKind::Expired, &info.user_id, Some(handle), &info.device, 1);
+                        event.at = info.expires_at;
+                        self.engine.audit.emit(&event);
+                    }
+                }
+                if !done.more {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Runs [`Sessions::delete_expired`] every `period` (at least a second)
+    /// on the current Tokio runtime, logging failures, until the returned
+    /// handle is aborted or the runtime stops.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
+    /// use multisession::{Duration, Sessions, store::MemoryStore};
+    ///
+    /// let sessions = Sessions::new(MemoryStore::new(), Default::default())?;
+    /// let cleanup = sessions.spawn_cleanup(Duration::minutes(1));
+    /// cleanup.abort();
+    /// # Ok(()) }
+    /// ```
+    pub fn spawn_cleanup(&self, period: time::Duration) -> tokio::task::JoinHandle<()> {
+        let period = std::time::Duration::try_from(period).unwrap_or_default().max(std::time::Duration::from_secs(1));
+        let sessions = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                match sessions.delete_expired().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(deleted = n, "expired sessions removed"),
+                    Err(e) => tracing::warn!(error = %e, "expired-session cleanup failed"),
+                }
+            }
+        })
     }
 }
 

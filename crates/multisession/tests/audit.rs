@@ -205,3 +205,54 @@ async fn a_login_refused_at_the_cap_is_reported_as_refused() {
     assert!(third.login("23").await.is_err(), "a login at the cap was not refused");
     assert_eq!(seen.kinds(), [refused], "at login");
 }
+
+/// A login that expires is reported by the cleanup that removes it, once,
+/// with its handle, device and expiry time; an anonymous session that
+/// expires is not; the log holds neither id nor key. On SQLite, whose
+/// store names the rows it deletes.
+#[tokio::test]
+async fn an_expired_login_is_reported_once_by_the_cleanup_that_removes_it() {
+    let logs = Captured::default();
+    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = multisession::store::SqlStore::open(dir.path().join("sessions.db")).await.expect("SQLite opens");
+    let seen = Seen::default();
+    let hook = seen.clone();
+    let lifetime = multisession::Duration::seconds(1);
+    let config = SessionConfig::default().with_lifetime(lifetime).with_touch_interval(lifetime / 4);
+    let sessions = Sessions::new(store.clone(), config)
+        .expect("valid config")
+        .on_audit(move |event| hook.0.lock().expect("not poisoned").push(event.clone()));
+    let app = Framework::Axum.app(sessions.clone());
+    let mut laptop = Device::new(app.clone(), "laptop", "192.0.2.1:1000");
+    let mut visitor = Device::new(app.clone(), "visitor", "192.0.2.2:1000");
+    // The anonymous session first, so that it expires no later than the login.
+    visitor.get("/write").await;
+    laptop.get("/login/23").await;
+    let listed = sessions.user_sessions("23").await.expect("listed");
+    let (handle, expires_at) = (listed[0].handle.clone(), listed[0].expires_at);
+    let key = store.user_sessions("23").await.expect("listed")[0].key.to_string();
+    let ids: Vec<String> = [&laptop, &visitor].into_iter().filter_map(session_cookie).collect();
+    assert_eq!(ids.len(), 2, "both devices hold a session");
+    seen.take();
+
+    multisession::testing::wait_past(expires_at).await;
+    assert_eq!(sessions.delete_expired().await.expect("cleaned"), 2, "the login and the anonymous session");
+    let events = seen.take();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let expired = &events[0];
+    assert_eq!((expired.kind, expired.user.as_str(), expired.ended), (AuditKind::Expired, "23", 1));
+    assert_eq!(expired.handle.as_ref(), Some(&handle));
+    assert_eq!(expired.device.user_agent.as_deref(), Some("laptop"));
+    assert_eq!(expired.at, expires_at);
+    assert_eq!(sessions.delete_expired().await.expect("cleaned"), 0);
+    assert!(seen.take().is_empty(), "a second cleanup reported the expiry again");
+
+    let text = logs.text();
+    let line = format!("{AUDIT_TARGET}: session expired");
+    assert!(text.contains(&line), "no `{line}` in the log:\n{text}");
+    assert!(!text.contains(&key), "a store key is in the log");
+    for id in &ids {
+        assert!(!text.contains(id.as_str()), "a session id is in the log");
+    }
+}

@@ -217,7 +217,7 @@ impl Store for ListsThenDeletes {
         }
         Ok(deleted)
     }
-    async fn delete_expired(&self) -> multisession::Result<u64> {
+    async fn delete_expired(&self) -> multisession::Result<multisession::store::Expired> {
         self.inner.delete_expired().await
     }
 }

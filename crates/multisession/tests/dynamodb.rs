@@ -73,6 +73,11 @@ impl Harness for Dynamo {
     fn caps_logins_atomically(&self) -> bool {
         false
     }
+
+    /// The table's TTL removes expired items, unreported.
+    fn reports_expired_logins(&self) -> bool {
+        false
+    }
 }
 
 multisession::store_conformance_tests!(dynamodb());

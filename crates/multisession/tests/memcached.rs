@@ -136,6 +136,11 @@ impl Harness for Memcached {
     fn caps_logins_atomically(&self) -> bool {
         false
     }
+
+    /// Memcached expires items by itself, unreported.
+    fn reports_expired_logins(&self) -> bool {
+        false
+    }
 }
 
 multisession::store_conformance_tests!(memcached());

@@ -30,14 +30,14 @@ impl Harness for Memory {
 multisession::store_conformance_tests!(async { Memory(Arc::new(MemoryStore::new())) });
 
 #[tokio::test]
-async fn the_cleanup_task_sweeps_expired_sessions() {
-    use multisession::{Device, Meta, Record};
+async fn the_cleanup_task_sweeps_expired_sessions_and_reports_expired_logins() {
+    use multisession::{AuditKind, Device, Meta, Record, Sessions};
     let store = Arc::new(MemoryStore::new());
     let now = time::OffsetDateTime::now_utc();
     let record = Record {
         data: Default::default(),
         meta: Meta {
-            user_id: None,
+            user_id: Some("23".into()),
             created_at: now,
             last_active_at: now,
             expires_at: now + time::Duration::milliseconds(50),
@@ -50,7 +50,12 @@ async fn the_cleanup_task_sweeps_expired_sessions() {
     let key = multisession::SessionId::generate().expect("rng").store_key();
     store.create(&key, &record).await.expect("created");
     assert!(store.holds(&key));
-    let task = multisession::store::spawn_cleanup(store.clone(), multisession::Duration::seconds(1));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let sessions = Sessions::new(store.clone(), Default::default())
+        .expect("valid config")
+        .on_audit(move |event| log.lock().expect("not poisoned").push(event.clone()));
+    let task = sessions.spawn_cleanup(multisession::Duration::seconds(1));
     // The task sweeps once a second; wait for it to have swept the entry
     // (an expired one) rather than for a guess at how long that takes.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -59,4 +64,8 @@ async fn the_cleanup_task_sweeps_expired_sessions() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     task.abort();
+    let seen = seen.lock().expect("not poisoned").clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!((seen[0].kind, seen[0].user.as_str(), seen[0].at), (AuditKind::Expired, "23", record.meta.expires_at));
+    assert!(seen[0].handle.as_ref().is_some_and(|h| h.user() == "23"));
 }

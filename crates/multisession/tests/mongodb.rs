@@ -77,6 +77,11 @@ impl Harness for Mongo {
     fn caps_logins_atomically(&self) -> bool {
         false
     }
+
+    /// The TTL index removes expired documents too, unreported.
+    fn reports_expired_logins(&self) -> bool {
+        false
+    }
 }
 
 multisession::store_conformance_tests!(mongo());

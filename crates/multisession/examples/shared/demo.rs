@@ -11,7 +11,7 @@
 use std::error::Error as StdError;
 use std::net::SocketAddr;
 
-use multisession::store::{CookieStore, Store, spawn_cleanup};
+use multisession::store::{CookieStore, Store};
 use multisession::{
     CSRF_TOKEN_KEY, DeviceSession, ErrorKind, Fields, Key, KeyRing, Result, Session, SessionConfig, SessionHandle,
     SessionSpec, Sessions,
@@ -69,10 +69,10 @@ pub(crate) async fn setup() -> std::result::Result<Setup, Box<dyn StdError>> {
     // The demo serves plain http on localhost, where browsers would drop a
     // `Secure` cookie; keep the default (`Secure`) behind https.
     let config = SessionConfig::default().with_secure(false);
-    let sessions = sessions(store.clone(), config).map_err(|e| fatal(e.to_string()))?;
-    // Expired sessions are never served; this only reclaims their rows. The
-    // task runs until the process ends.
-    drop(spawn_cleanup(store, multisession::Duration::minutes(1)));
+    let sessions = sessions(store, config).map_err(|e| fatal(e.to_string()))?;
+    // Expired sessions are never served; this reclaims their rows and
+    // reports the expired logins. The task runs until the process ends.
+    drop(sessions.spawn_cleanup(multisession::Duration::minutes(1)));
     Ok(Setup { addr, sessions, shown })
 }
 

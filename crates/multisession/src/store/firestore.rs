@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::field_name::decode as decode_key;
-use super::{PageCursor, SessionInfo, SessionsPage, Store};
+use super::{Expired, PageCursor, SessionInfo, SessionsPage, Store};
 use crate::record::{from_millis, to_millis};
 use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result, StoreKey};
 
@@ -588,18 +588,33 @@ impl Store for FirestoreStore {
         Ok(page)
     }
 
-    async fn delete_expired(&self) -> Result<u64> {
-        let mut total = 0;
-        loop {
-            let now = integer(to_millis(OffsetDateTime::now_utc()));
-            let documents = self.query("expires_ms", "LESS_THAN_OR_EQUAL", now, BATCH, None).await?;
-            let names: Vec<String> =
-                documents.iter().filter_map(|d| d.get("name").and_then(Value::as_str).map(str::to_owned)).collect();
-            total += self.delete_names(&names).await?;
-            if names.len() < BATCH {
-                return Ok(total);
-            }
+    async fn delete_expired(&self) -> Result<Expired> {
+        let now = integer(to_millis(OffsetDateTime::now_utc()));
+        let documents = self.query("expires_ms", "LESS_THAN_OR_EQUAL", now, BATCH, None).await?;
+        let names: Vec<&str> = documents.iter().filter_map(|d| d.get("name").and_then(Value::as_str)).collect();
+        if names.is_empty() {
+            return Ok(Expired::default());
         }
+        // Each delete requires its document to exist, so that of two
+        // cleanups at once only the one that removed a document reports it:
+        // the other's commit fails whole, and its next call asks again.
+        let writes: Vec<Value> =
+            names.iter().map(|name| json!({ "delete": name, "currentDocument": { "exists": true } })).collect();
+        let url = format!("{}:commit", self.documents);
+        let (status, reply) = self.send(Method::POST, &url, &[], Some(json!({ "writes": writes }))).await?;
+        let lost =
+            matches!(reply.pointer("/error/status").and_then(Value::as_str), Some("NOT_FOUND" | "FAILED_PRECONDITION"));
+        if lost {
+            return Ok(Expired { more: true, ..Expired::default() });
+        }
+        if !status.is_success() {
+            return Err(refused("a commit", status, &reply));
+        }
+        let logins = documents
+            .iter()
+            .filter_map(|document| SessionInfo::from_meta(key_of(document).ok()?, &meta(document).ok()?))
+            .collect();
+        Ok(Expired { removed: names.len() as u64, logins, more: documents.len() >= BATCH })
     }
 }
 

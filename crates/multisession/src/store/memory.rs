@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use super::{PageCursor, SessionInfo, SessionsPage, Store};
+use super::{Expired, PageCursor, SessionInfo, SessionsPage, Store};
 use crate::{Change, Error, ErrorKind, Record, Result, SessionLimit, StoreKey};
 
 /// Sessions in this process's memory, with a per-user index.
@@ -276,15 +276,24 @@ impl Store for MemoryStore {
         Ok(deleted)
     }
 
-    async fn delete_expired(&self) -> Result<u64> {
+    async fn delete_expired(&self) -> Result<Expired> {
+        // All at once: the entries are in memory already, and a batch would
+        // walk the live ones again for each.
         let now = OffsetDateTime::now_utc();
         let mut inner = self.lock()?;
         let expired: Vec<StoreKey> =
             inner.sessions.iter().filter(|(_, e)| e.expires_at <= now).map(|(k, _)| *k).collect();
-        for key in &expired {
-            inner.remove(key);
+        let mut done = Expired::default();
+        for key in expired {
+            let Some(entry) = inner.remove(&key) else { continue };
+            done.removed += 1;
+            if let Stored::Record(record) = &entry.record
+                && let Some(info) = SessionInfo::from_meta(key, &record.meta)
+            {
+                done.logins.push(info);
+            }
         }
-        Ok(expired.len() as u64)
+        Ok(done)
     }
 
     async fn sessions_page(&self, cursor: Option<&PageCursor>, limit: usize) -> Result<SessionsPage> {

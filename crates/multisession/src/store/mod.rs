@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use time::{Duration, OffsetDateTime};
+use time::OffsetDateTime;
 
 use crate::{Change, Device, Meta, Record, Result, SessionLimit, StoreKey};
 
@@ -125,8 +125,13 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes every session of `user` except `keep`; how many it deleted.
     async fn delete_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> Result<u64>;
 
-    /// Removes expired records; how many. A no-op where expiry is native.
-    async fn delete_expired(&self) -> Result<u64>;
+    /// Removes one batch of expired records (at most about
+    /// [`EXPIRED_BATCH`]): how many, the logins among them where the
+    /// backend can tell, and whether more may be left. A no-op where expiry
+    /// is native (Redis, Memcached, DynamoDB). Callers repeat it while
+    /// [`Expired::more`]; [`Sessions::delete_expired`](crate::Sessions::delete_expired)
+    /// does, and reports the logins as audit events.
+    async fn delete_expired(&self) -> Result<Expired>;
 
     /// One page of every live session in the store, with its key, for tools
     /// that copy or count them all (`multisession migrate`, `stats`): at
@@ -143,6 +148,29 @@ pub trait Store: Send + Sync + 'static {
         let _ = (cursor, limit);
         Err(crate::Error::unsupported("this store cannot list all its sessions a page at a time"))
     }
+}
+
+/// About the most records one [`Store::delete_expired`] call removes, so
+/// that cleanup holds no lock for long and its answer stays small.
+pub const EXPIRED_BATCH: usize = 500;
+
+/// What one [`Store::delete_expired`] call removed.
+///
+/// ```
+/// use multisession::store::Expired;
+/// let none = Expired::default();
+/// assert!(none.removed == 0 && none.logins.is_empty() && !none.more);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Expired {
+    /// How many expired records it removed.
+    pub removed: u64,
+    /// The removed sessions that were logged in, each reported by the one
+    /// call that removed it; empty where the backend cannot tell which it
+    /// removed (MongoDB, whose TTL monitor removes them too).
+    pub logins: Vec<SessionInfo>,
+    /// Whether expired records may be left: call again.
+    pub more: bool,
 }
 
 /// The most sessions one [`Store::sessions_page`] call returns.
@@ -539,7 +567,7 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     async fn delete_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> Result<u64> {
         (**self).delete_user_sessions(user, keep).await
     }
-    async fn delete_expired(&self) -> Result<u64> {
+    async fn delete_expired(&self) -> Result<Expired> {
         (**self).delete_expired().await
     }
     async fn sessions_page(&self, cursor: Option<&PageCursor>, limit: usize) -> Result<SessionsPage> {
@@ -643,36 +671,6 @@ impl SessionInfo {
             siblings: meta.siblings.clone(),
         })
     }
-}
-
-/// Runs [`Store::delete_expired`] every `period` (at least a second) on the
-/// current Tokio runtime, logging failures, until the returned handle is
-/// aborted or the runtime stops. Expired sessions are never served anyway;
-/// this reclaims their space.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// use std::sync::Arc;
-/// use multisession::store::{spawn_cleanup, MemoryStore};
-///
-/// let task = spawn_cleanup(Arc::new(MemoryStore::new()), multisession::Duration::minutes(1));
-/// task.abort();
-/// # }
-/// ```
-pub fn spawn_cleanup(store: Arc<dyn Store>, period: Duration) -> tokio::task::JoinHandle<()> {
-    let period = std::time::Duration::try_from(period).unwrap_or_default().max(std::time::Duration::from_secs(1));
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            match store.delete_expired().await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(deleted = n, "expired sessions removed"),
-                Err(e) => tracing::warn!(error = %e, "expired-session cleanup failed"),
-            }
-        }
-    })
 }
 
 #[cfg(test)]

@@ -15,12 +15,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
 
-use super::{PageCursor, SessionInfo, SessionsPage, Store};
+use super::{EXPIRED_BATCH, Expired, PageCursor, SessionInfo, SessionsPage, Store};
 use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result, SessionLimit, StoreKey};
-
-/// Rows removed per statement by [`Store::delete_expired`], so cleanup never
-/// holds locks for long.
-const EXPIRED_BATCH: i64 = 500;
 
 /// How long a request waits for a connection before the store answers
 /// `Unavailable`.
@@ -127,7 +123,7 @@ fn identifier(field: &str, name: &str) -> Result<()> {
 ///
 /// let dir = tempfile::tempdir().map_err(|e| multisession::Error::config("tempdir").with_source(e))?;
 /// let store = SqlStore::open(dir.path().join("sessions.db")).await?;
-/// assert_eq!(store.delete_expired().await?, 0);
+/// assert_eq!(store.delete_expired().await?.removed, 0);
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
@@ -1179,29 +1175,70 @@ impl Store for SqlStore {
         Ok(page)
     }
 
-    async fn delete_expired(&self) -> Result<u64> {
-        let sql = match self.dialect {
-            Dialect::Sqlite => "DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE expires_at <= ? LIMIT ?)",
-            Dialect::Postgres => {
-                "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE expires_at <= ? LIMIT ?))"
+    async fn delete_expired(&self) -> Result<Expired> {
+        let now = millis(OffsetDateTime::now_utc());
+        let _turn = self.write_turn().await?;
+        // One statement returns the rows it deleted, so that of two cleanups
+        // at once each reports only the rows it removed. MySQL has no
+        // `DELETE … RETURNING`: it locks the rows, then deletes them.
+        let rows = match self.dialect {
+            Dialect::Sqlite | Dialect::Postgres => {
+                let pick = if self.dialect == Dialect::Sqlite {
+                    "rowid IN (SELECT rowid FROM {t} WHERE namespace = ? AND expires_at <= ? LIMIT ?)"
+                } else {
+                    "ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE namespace = ? AND expires_at <= ? LIMIT ?))"
+                };
+                sqlx::query(self.sql(&format!("DELETE FROM {{t}} WHERE {pick} RETURNING {COLUMNS}")))
+                    .bind(&self.prefix)
+                    .bind(now)
+                    .bind(EXPIRED_BATCH as i64)
+                    .fetch_all(&self.writer)
+                    .await
+                    .map_err(db_error)?
             }
-            Dialect::MySql => "DELETE FROM {t} WHERE expires_at <= ? LIMIT ?",
+            Dialect::MySql => {
+                // Read committed: the lock covers the rows read, not the
+                // gaps beside them, so that inserts never wait for cleanup.
+                let mut conn = self.writer.acquire().await.map_err(db_error)?;
+                sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db_error)?;
+                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(db_error)?;
+                let sql =
+                    format!("SELECT {COLUMNS} FROM {{t}} WHERE namespace = ? AND expires_at <= ? LIMIT ? FOR UPDATE");
+                let rows = sqlx::query(self.sql(&sql))
+                    .bind(&self.prefix)
+                    .bind(now)
+                    .bind(EXPIRED_BATCH as i64)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                if !rows.is_empty() {
+                    let keys = rows
+                        .iter()
+                        .map(|row| row.try_get::<String, _>("session_key"))
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                        .map_err(db_error)?;
+                    let marks = vec!["?"; keys.len()].join(", ");
+                    let sql = format!("DELETE FROM {{t}} WHERE namespace = ? AND session_key IN ({marks})");
+                    let mut delete = sqlx::query(self.sql(&sql)).bind(&self.prefix);
+                    for key in keys {
+                        delete = delete.bind(key);
+                    }
+                    delete.execute(&mut *tx).await.map_err(db_error)?;
+                }
+                tx.commit().await.map_err(db_error)?;
+                rows
+            }
         };
-        let mut total = 0;
-        loop {
-            // A turn per batch, so that requests' writes go on between them.
-            let _turn = self.write_turn().await?;
-            let done = sqlx::query(self.sql(sql))
-                .bind(millis(OffsetDateTime::now_utc()))
-                .bind(EXPIRED_BATCH)
-                .execute(&self.writer)
-                .await
-                .map_err(db_error)?;
-            total += done.rows_affected();
-            if done.rows_affected() < EXPIRED_BATCH as u64 {
-                return Ok(total);
-            }
-        }
+        Ok(Expired {
+            removed: rows.len() as u64,
+            // A row without a user, or one that does not decode, is removed
+            // all the same.
+            logins: rows.iter().filter_map(|row| info(row).ok()).collect(),
+            more: rows.len() >= EXPIRED_BATCH,
+        })
     }
 }
 

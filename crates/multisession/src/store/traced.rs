@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tracing::Instrument as _;
 
-use super::{PageCursor, SessionInfo, SessionsPage, Store};
+use super::{Expired, PageCursor, SessionInfo, SessionsPage, Store};
 use crate::{Change, Record, Result, SessionLimit, StoreKey};
 
 /// Wraps the store a [`Sessions`](crate::Sessions) uses, so that each call
@@ -47,7 +47,7 @@ impl Store for Traced {
     async fn delete_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> Result<u64> {
         self.0.delete_user_sessions(user, keep).instrument(span("delete_user_sessions")).await
     }
-    async fn delete_expired(&self) -> Result<u64> {
+    async fn delete_expired(&self) -> Result<Expired> {
         self.0.delete_expired().instrument(span("delete_expired")).await
     }
     async fn sessions_page(&self, cursor: Option<&PageCursor>, limit: usize) -> Result<SessionsPage> {

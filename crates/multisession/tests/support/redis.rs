@@ -210,4 +210,9 @@ impl Harness for Redis {
     fn caps_logins_atomically(&self) -> bool {
         matches!(self.raw, Raw::Single(_))
     }
+
+    /// Redis expires sessions by itself, unreported.
+    fn reports_expired_logins(&self) -> bool {
+        false
+    }
 }

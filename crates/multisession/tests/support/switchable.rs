@@ -51,7 +51,7 @@ impl Store for Switchable {
         self.check()?;
         self.inner.delete_user_sessions(user, keep).await
     }
-    async fn delete_expired(&self) -> Result<u64> {
+    async fn delete_expired(&self) -> Result<multisession::store::Expired> {
         self.check()?;
         self.inner.delete_expired().await
     }

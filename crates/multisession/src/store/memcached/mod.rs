@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use self::client::{Client, Mode, Stored};
-use super::{SessionInfo, Store};
+use super::{Expired, SessionInfo, Store};
 use crate::record::to_millis;
 use crate::{Change, Error, ErrorKind, Record, Result, StoreKey};
 
@@ -587,9 +587,9 @@ impl Store for MemcachedStore {
         within_call_limit("clearing a user's sessions", self.clear(user, keep)).await
     }
 
-    async fn delete_expired(&self) -> Result<u64> {
+    async fn delete_expired(&self) -> Result<Expired> {
         // Items expire natively.
-        Ok(0)
+        Ok(Expired::default())
     }
 }
 

@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 
 pub use self::cache::CacheStats;
 use self::cache::ClientCache;
-use super::{PageCursor, SessionInfo, SessionsPage, Store};
+use super::{Expired, PageCursor, SessionInfo, SessionsPage, Store};
 use crate::record::{from_millis, to_millis};
 use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result, SessionLimit, StoreKey};
 
@@ -1108,9 +1108,9 @@ impl Store for RedisStore {
         Ok(deleted)
     }
 
-    async fn delete_expired(&self) -> Result<u64> {
+    async fn delete_expired(&self) -> Result<Expired> {
         // Sessions and indexes expire natively.
-        Ok(0)
+        Ok(Expired::default())
     }
 
     async fn sessions_page(&self, cursor: Option<&PageCursor>, limit: usize) -> Result<SessionsPage> {

@@ -11,17 +11,18 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use clap::{Args, Parser, Subcommand};
 use multisession::store::{PageCursor, SessionsPage, Store};
-use multisession::{DeviceSession, ErrorKind, SessionConfig, SessionHandle, Sessions};
+use multisession::{AuditKind, DeviceSession, ErrorKind, SessionConfig, SessionHandle, Sessions};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 mod migrate;
 mod output;
 
-use output::{Output, when};
+use output::{Output, shorten, when};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -96,7 +97,7 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Delete expired sessions now and say how many (stores that expire them natively delete none)
+    /// Delete expired sessions now and say how many, naming each expired login on standard error (stores that expire them natively delete none)
     Gc {
         #[command(flatten)]
         target: Target,
@@ -188,12 +189,34 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             inspect(&sessions, &parse_handle(&handle)?, show_data, &out).await
         }
         Command::Stats { target } => stats(&*open(&target).await?.login_store()?, &out).await,
-        Command::Gc { target } => {
-            let deleted = open(&target).await?.delete_expired().await?;
-            out.print(json!({ "deleted": deleted }), || format!("deleted {deleted} expired sessions"));
-            Ok(())
-        }
+        Command::Gc { target } => gc(open(&target).await?, &out).await,
     }
+}
+
+/// Deletes expired sessions. Each expired login the store can name is one
+/// line on standard error as it is found, an audit trail for cron's mail or
+/// a log file; standard output says how many.
+async fn gc(sessions: Sessions, out: &Output) -> Result<(), Failure> {
+    let logins = Arc::new(AtomicU64::new(0));
+    let counted = logins.clone();
+    let sessions = sessions.on_audit(move |event| {
+        if event.kind == AuditKind::Expired {
+            counted.fetch_add(1, Ordering::Relaxed);
+            let handle = event.handle.as_ref().map(ToString::to_string).unwrap_or_default();
+            eprintln!(
+                "expired: user {} session {handle} ({}) at {}",
+                shorten(&event.user, 64),
+                shorten(&event.device.describe(), 64),
+                when(event.at)
+            );
+        }
+    });
+    let deleted = sessions.delete_expired().await?;
+    let logins = logins.load(Ordering::Relaxed);
+    out.print(json!({ "deleted": deleted, "expired_logins": logins }), || {
+        format!("deleted {deleted} expired sessions ({logins} of them logged in)")
+    });
+    Ok(())
 }
 
 /// The store a URL names, with the message saying which URL failed (its

@@ -285,6 +285,50 @@ async fn crowd(store: &Arc<dyn Store>, n: usize) {
     }
 }
 
+/// `gc` deletes expired sessions and keeps live ones, and names each
+/// expired login on standard error (an audit trail for cron), never its id
+/// or key.
+#[tokio::test]
+async fn gc_deletes_expired_sessions_and_names_each_expired_login_on_stderr() {
+    let target = Target::sqlite().await;
+    let now = time::OffsetDateTime::now_utc();
+    let record = |user: Option<&str>, expires_at| Record {
+        data: Default::default(),
+        meta: Meta {
+            user_id: user.map(str::to_owned),
+            created_at: now,
+            last_active_at: now,
+            expires_at,
+            absolute_expires_at: None,
+            permanent: false,
+            device: Device::new(Some(LAPTOP.to_owned()), "198.51.100.7".parse().ok()),
+            siblings: BTreeMap::new(),
+        },
+    };
+    let soon = now + time::Duration::milliseconds(200);
+    let mut keys = Vec::new();
+    for (user, expires_at) in [(Some("ann"), soon), (None, soon), (Some("bob"), now + time::Duration::hours(1))] {
+        let key = SessionId::generate().expect("rng").store_key();
+        target.store.create(&key, &record(user, expires_at)).await.expect("created");
+        keys.push(key.to_string());
+    }
+    multisession::testing::wait_past(soon).await;
+    let gc = target.run(&["gc", "--json"]).await;
+    assert_eq!(gc.code, 0, "{}", gc.stderr);
+    let summary = gc.json();
+    assert_eq!((summary["deleted"].as_u64(), summary["expired_logins"].as_u64()), (Some(2), Some(1)), "{summary}");
+    let lines: Vec<&str> = gc.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", gc.stderr);
+    assert!(lines[0].starts_with("expired: user ann session "), "{}", lines[0]);
+    assert!(lines[0].contains("Firefox 128 on Linux"), "{}", lines[0]);
+    for key in &keys {
+        assert!(!gc.stderr.contains(key.as_str()) && !gc.stdout.contains(key.as_str()), "a store key was printed");
+    }
+    let again = target.run(&["gc"]).await;
+    assert_eq!(again.stdout.trim(), "deleted 0 expired sessions (0 of them logged in)", "{}", again.stderr);
+    assert_eq!(target.store.user_sessions("bob").await.expect("listed").len(), 1, "gc deleted a live session");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_moves_ten_thousand_sessions_from_sqlite_to_redis_and_a_browser_stays_logged_in() {
     let from = Target::sqlite().await;

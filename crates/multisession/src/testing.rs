@@ -86,8 +86,8 @@ pub trait Harness: Send + Sync {
         true
     }
 
-    /// Whether [`Store::delete_expired`] names the logins it removes
-    /// ([`Expired::logins`](crate::store::Expired::logins)). Without it, the
+    /// Whether [`Store::delete_expired_batch`] names the logins it removes
+    /// ([`ExpiredBatch::logins`](crate::store::ExpiredBatch::logins)). Without it, the
     /// check expects it to name none: a store whose backend removes expired
     /// records by itself cannot tell.
     fn reports_expired_logins(&self) -> bool {
@@ -323,8 +323,8 @@ impl<S: Store> Store for CountingStore<S> {
         bump(&self.user_deletes);
         self.inner.delete_user_sessions(user, keep).await
     }
-    async fn delete_expired(&self) -> Result<crate::store::Expired> {
-        self.inner.delete_expired().await
+    async fn delete_expired_batch(&self) -> Result<crate::store::ExpiredBatch> {
+        self.inner.delete_expired_batch().await
     }
     async fn sessions_page(
         &self,
@@ -723,22 +723,22 @@ pub mod checks {
         }
     }
 
-    /// Calls `delete_expired` until it says nothing is left; the logins it
+    /// Calls `delete_expired_batch` until it says nothing is left; the logins it
     /// named.
     async fn sweep(store: &dyn Store) -> Vec<SessionInfo> {
         let mut logins = Vec::new();
         for _ in 0..100_000 {
-            let done = store.delete_expired().await.expect("delete_expired succeeds");
-            assert!(done.removed >= done.logins.len() as u64, "delete_expired named more logins than it removed");
+            let done = store.delete_expired_batch().await.expect("delete_expired_batch succeeds");
+            assert!(done.removed >= done.logins.len() as u64, "delete_expired_batch named more logins than it removed");
             logins.extend(done.logins);
             if !done.more {
                 return logins;
             }
         }
-        panic!("delete_expired still says more after 100 000 calls");
+        panic!("delete_expired_batch still says more after 100 000 calls");
     }
 
-    /// `delete_expired` removes expired records and keeps live ones; an
+    /// `delete_expired_batch` removes expired records and keeps live ones; an
     /// expired record is no session to `delete` either. Of two cleanups
     /// running at once, each expired login is named by exactly one, with its
     /// user, device and expiry; live sessions and expired sessions without
@@ -764,10 +764,10 @@ pub mod checks {
         let last = short(None).meta.expires_at;
         wait_past(last).await;
         let (a, b) = tokio::join!(sweep(&*store), sweep(&*store));
-        assert!(load(&*store, &live).await.is_some(), "delete_expired removed a live session");
+        assert!(load(&*store, &live).await.is_some(), "delete_expired_batch removed a live session");
         assert_eq!(load(&*store, &nobody).await, None);
         if let Some(held) = h.holds(&nobody).await {
-            assert!(!held, "delete_expired left the expired record in the backend");
+            assert!(!held, "delete_expired_batch left the expired record in the backend");
         }
         if let Some(held) = h.holds(&live).await {
             assert!(held, "the harness's probe does not see a live record");
@@ -1349,8 +1349,8 @@ pub mod checks {
             }
             self.inner.delete_user_sessions(user, keep).await
         }
-        async fn delete_expired(&self) -> Result<crate::store::Expired> {
-            self.inner.delete_expired().await
+        async fn delete_expired_batch(&self) -> Result<crate::store::ExpiredBatch> {
+            self.inner.delete_expired_batch().await
         }
     }
 

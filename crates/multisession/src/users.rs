@@ -299,15 +299,17 @@ impl Sessions {
         self.engine.user_store().cloned()
     }
 
-    /// Removes the expired sessions of every server-side part, a batch at a
-    /// time ([`Store::delete_expired`]); how many. Each expired login the
-    /// store can name is an [`AuditKind::Expired`] event. Expired sessions
-    /// are never served anyway: this reclaims their space and reports them.
+    /// Removes the expired sessions of every server-side part (and the
+    /// records of a cookie part's revocation store), a batch at a time
+    /// ([`Store::delete_expired_batch`]); how many. Each expired login the
+    /// store can name is an [`AuditKind::Expired`] event, reported at most
+    /// once. Expired sessions are never served anyway: this reclaims their
+    /// space and reports them.
     ///
     /// # Errors
     ///
-    /// `Unavailable` if a store cannot be reached; the batches removed
-    /// before it are reported.
+    /// `Unavailable` if a store cannot be reached; the other stores are
+    /// still cleaned, and the batches removed are reported.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
@@ -316,28 +318,50 @@ impl Sessions {
     /// # Ok(()) }
     /// ```
     pub async fn delete_expired(&self) -> Result<u64> {
-        let mut removed = 0u64;
-        for (i, part) in self.engine.parts.iter().enumerate() {
-            let Backend::Server(store) = &part.backend else { continue };
-            // Bounded, so that a pass ends even if another process keeps
-            // winning the same rows; the next pass goes on.
-            for _ in 0..CLEANUP_BATCHES {
-                let done = store.delete_expired().await?;
-                removed = removed.saturating_add(done.removed);
-                if Some(i) == self.engine.user_part {
-                    for info in &done.logins {
-                        let handle = SessionHandle::of(&info.user_id, &info.key);
-                        let mut event =
-                            AuditEvent::new(AuditKind::Expired, &info.user_id, Some(handle), &info.device, 1);
-                        event.at = info.expires_at;
-                        self.engine.audit.emit(&event);
-                    }
-                }
-                if !done.more {
-                    break;
-                }
-                tokio::task::yield_now().await;
+        let engine = &self.engine;
+        // The login part first, so that its expired logins are reported even
+        // where another part shares its store.
+        let order =
+            engine.user_part.into_iter().chain((0..engine.parts.len()).filter(|&i| Some(i) != engine.user_part));
+        let (mut removed, mut failed) = (0u64, None);
+        for i in order {
+            let store = match &engine.parts[i].backend {
+                Backend::Server(store) => store,
+                Backend::Cookie(cookie) => match cookie.revocation_store() {
+                    Some(store) => store,
+                    None => continue,
+                },
+            };
+            let reports = Some(i) == engine.user_part && engine.parts[i].is_server();
+            match self.sweep(&**store, reports).await {
+                Ok(n) => removed = removed.saturating_add(n),
+                // The first failure is returned; any later one is logged.
+                Err(e) if failed.is_some() => tracing::warn!(error = %e, "expired-session cleanup of a part failed"),
+                Err(e) => failed = Some(e),
             }
+        }
+        failed.map_or(Ok(removed), Err)
+    }
+
+    /// Removes `store`'s expired records batch by batch, emitting the
+    /// logins among them if `reports`; how many.
+    async fn sweep(&self, store: &dyn Store, reports: bool) -> Result<u64> {
+        let mut removed = 0u64;
+        // Bounded, so that a pass ends even if another process keeps
+        // winning the same rows; the next pass goes on.
+        for _ in 0..CLEANUP_BATCHES {
+            let done = store.delete_expired_batch().await?;
+            removed = removed.saturating_add(done.removed);
+            for info in done.logins.iter().filter(|_| reports) {
+                let handle = SessionHandle::of(&info.user_id, &info.key);
+                let mut event = AuditEvent::new(AuditKind::Expired, &info.user_id, Some(handle), &info.device, 1);
+                event.at = info.expires_at;
+                self.engine.audit.emit(&event);
+            }
+            if !done.more {
+                break;
+            }
+            tokio::task::yield_now().await;
         }
         Ok(removed)
     }

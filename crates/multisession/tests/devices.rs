@@ -217,8 +217,8 @@ impl Store for ListsThenDeletes {
         }
         Ok(deleted)
     }
-    async fn delete_expired(&self) -> multisession::Result<multisession::store::Expired> {
-        self.inner.delete_expired().await
+    async fn delete_expired_batch(&self) -> multisession::Result<multisession::store::ExpiredBatch> {
+        self.inner.delete_expired_batch().await
     }
 }
 

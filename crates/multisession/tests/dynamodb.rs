@@ -61,7 +61,7 @@ impl Harness for Dynamo {
     }
 
     /// DynamoDB deletes expired items by the table's TTL on a clock of its
-    /// own (within days), and `delete_expired` leaves them to it.
+    /// own (within days), and `delete_expired_batch` leaves them to it.
     async fn holds(&self, _key: &StoreKey) -> Option<bool> {
         None
     }

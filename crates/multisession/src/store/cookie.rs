@@ -109,6 +109,11 @@ impl CookieStore {
         Self { revocation: Some(Arc::new(store)), ..self }
     }
 
+    /// The store that keeps the users' revocation generations, if any.
+    pub(crate) fn revocation_store(&self) -> Option<&Arc<dyn Store>> {
+        self.revocation.as_ref()
+    }
+
     /// Whether logout-all works on this store (a revocation store is set).
     pub(crate) fn revocable(&self) -> bool {
         self.revocation.is_some()

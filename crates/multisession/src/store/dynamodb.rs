@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 use tracing::instrument::WithSubscriber;
 
 use super::field_name::decode as decode_key;
-use super::{Expired, PageCursor, SessionInfo, SessionsPage, Store};
+use super::{ExpiredBatch, PageCursor, SessionInfo, SessionsPage, Store};
 use crate::record::{from_millis, to_millis};
 use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result, SessionLimit, StoreKey};
 
@@ -105,7 +105,7 @@ const TABLE_PATIENCE: Duration = Duration::from_secs(120);
 /// - Expiry: the table's TTL on `expires_at` lets DynamoDB delete expired
 ///   items by itself, but that lags (up to days), so every read and every
 ///   conditional write checks `expires_ms`: an expired session is never
-///   returned or changed. `delete_expired` is therefore a no-op: a scan of
+///   returned or changed. `delete_expired_batch` is therefore a no-op: a scan of
 ///   the whole table would cost more than the space it frees.
 /// - `load` is a strongly consistent `GetItem`. A change is one
 ///   `UpdateItem` — `SET` and `REMOVE` on `data.<key>` — conditional on
@@ -1081,10 +1081,10 @@ impl Store for DynamoDbStore {
         Ok(page)
     }
 
-    async fn delete_expired(&self) -> Result<Expired> {
+    async fn delete_expired_batch(&self) -> Result<ExpiredBatch> {
         // The table's TTL removes expired items; finding them here would
         // take a scan of the whole table.
-        Ok(Expired::default())
+        Ok(ExpiredBatch::default())
     }
 }
 

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::field_name::decode as decode_key;
-use super::{Expired, PageCursor, SessionInfo, SessionsPage, Store};
+use super::{ExpiredBatch, PageCursor, SessionInfo, SessionsPage, Store};
 use crate::record::{from_millis, to_millis};
 use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result, StoreKey};
 
@@ -23,7 +23,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 const ATTEMPTS: usize = 200;
 /// How often a request Firestore aborted for contention is sent.
 const ABORTED_ATTEMPTS: usize = 8;
-/// Documents deleted per commit by [`Store::delete_expired`].
+/// Documents deleted per commit by [`Store::delete_expired_batch`].
 const BATCH: usize = 300;
 /// The fields of a session document besides its data, which queries read.
 const META_FIELDS: [&str; 10] = [
@@ -76,9 +76,10 @@ pub trait TokenSource: Send + Sync + 'static {
 /// - A user's sessions come from an equality query on `user_id`, which
 ///   Firestore's automatic single-field index serves (expiry is checked on
 ///   the results, so no composite index is needed).
-/// - `delete_expired` deletes expired documents in batches, for the cleanup
-///   task; Firestore's own TTL policy on `expires_at` is a bonus, not relied
-///   on.
+/// - `delete_expired_batch` deletes expired documents in batches, for the
+///   cleanup task, and names the logins among them. Firestore's own TTL
+///   policy on `expires_at` is a bonus, not relied on; what it removes is
+///   not reported as expired.
 /// - The session cap is counted, then applied, so logins at the same moment
 ///   may pass it (by one session each; see
 ///   [`Store::create_login`](crate::store::Store::create_login)).
@@ -588,12 +589,12 @@ impl Store for FirestoreStore {
         Ok(page)
     }
 
-    async fn delete_expired(&self) -> Result<Expired> {
+    async fn delete_expired_batch(&self) -> Result<ExpiredBatch> {
         let now = integer(to_millis(OffsetDateTime::now_utc()));
         let documents = self.query("expires_ms", "LESS_THAN_OR_EQUAL", now, BATCH, None).await?;
         let names: Vec<&str> = documents.iter().filter_map(|d| d.get("name").and_then(Value::as_str)).collect();
         if names.is_empty() {
-            return Ok(Expired::default());
+            return Ok(ExpiredBatch::default());
         }
         // Each delete requires its document to exist, so that of two
         // cleanups at once only the one that removed a document reports it:
@@ -605,7 +606,7 @@ impl Store for FirestoreStore {
         let lost =
             matches!(reply.pointer("/error/status").and_then(Value::as_str), Some("NOT_FOUND" | "FAILED_PRECONDITION"));
         if lost {
-            return Ok(Expired { more: true, ..Expired::default() });
+            return Ok(ExpiredBatch { more: true, ..ExpiredBatch::default() });
         }
         if !status.is_success() {
             return Err(refused("a commit", status, &reply));
@@ -614,7 +615,7 @@ impl Store for FirestoreStore {
             .iter()
             .filter_map(|document| SessionInfo::from_meta(key_of(document).ok()?, &meta(document).ok()?))
             .collect();
-        Ok(Expired { removed: names.len() as u64, logins, more: documents.len() >= BATCH })
+        Ok(ExpiredBatch { removed: names.len() as u64, logins, more: documents.len() >= BATCH })
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use super::{Expired, PageCursor, SessionInfo, SessionsPage, Store};
+use super::{ExpiredBatch, PageCursor, SessionInfo, SessionsPage, Store};
 use crate::{Change, Error, ErrorKind, Record, Result, SessionLimit, StoreKey};
 
 /// Sessions in this process's memory, with a per-user index.
@@ -18,8 +18,9 @@ use crate::{Change, Error, ErrorKind, Record, Result, SessionLimit, StoreKey};
 /// still holds before writing it. A login's session cap is counted and
 /// applied under the store's lock, so concurrent logins never pass it.
 /// Expired records are never returned and are removed by
-/// [`Store::delete_expired`] (see [`super::spawn_cleanup`]). Everything is
-/// lost when the process exits.
+/// [`Store::delete_expired_batch`] (see
+/// [`Sessions::spawn_cleanup`](crate::Sessions::spawn_cleanup)). Everything
+/// is lost when the process exits.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
@@ -276,14 +277,14 @@ impl Store for MemoryStore {
         Ok(deleted)
     }
 
-    async fn delete_expired(&self) -> Result<Expired> {
+    async fn delete_expired_batch(&self) -> Result<ExpiredBatch> {
         // All at once: the entries are in memory already, and a batch would
         // walk the live ones again for each.
         let now = OffsetDateTime::now_utc();
         let mut inner = self.lock()?;
         let expired: Vec<StoreKey> =
             inner.sessions.iter().filter(|(_, e)| e.expires_at <= now).map(|(k, _)| *k).collect();
-        let mut done = Expired::default();
+        let mut done = ExpiredBatch::default();
         for key in expired {
             let Some(entry) = inner.remove(&key) else { continue };
             done.removed += 1;

@@ -125,13 +125,15 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes every session of `user` except `keep`; how many it deleted.
     async fn delete_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> Result<u64>;
 
-    /// Removes one batch of expired records (at most about
-    /// [`EXPIRED_BATCH`]): how many, the logins among them where the
-    /// backend can tell, and whether more may be left. A no-op where expiry
-    /// is native (Redis, Memcached, DynamoDB). Callers repeat it while
-    /// [`Expired::more`]; [`Sessions::delete_expired`](crate::Sessions::delete_expired)
+    /// Removes one batch of expired records: how many, the logins among
+    /// them where the backend can tell, and whether more may be left. A
+    /// batch is at most about [`EXPIRED_BATCH`] records where the backend is
+    /// read a batch at a time (SQL, Firestore), and everything expired
+    /// where it is not (memory, MongoDB); nothing where expiry is native
+    /// (Redis, Memcached, DynamoDB). Callers repeat it while
+    /// [`ExpiredBatch::more`]; [`Sessions::delete_expired`](crate::Sessions::delete_expired)
     /// does, and reports the logins as audit events.
-    async fn delete_expired(&self) -> Result<Expired>;
+    async fn delete_expired_batch(&self) -> Result<ExpiredBatch>;
 
     /// One page of every live session in the store, with its key, for tools
     /// that copy or count them all (`multisession migrate`, `stats`): at
@@ -150,24 +152,25 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-/// About the most records one [`Store::delete_expired`] call removes, so
+/// About the most records one [`Store::delete_expired_batch`] call removes, so
 /// that cleanup holds no lock for long and its answer stays small.
 pub const EXPIRED_BATCH: usize = 500;
 
-/// What one [`Store::delete_expired`] call removed.
+/// What one [`Store::delete_expired_batch`] call removed.
 ///
 /// ```
-/// use multisession::store::Expired;
-/// let none = Expired::default();
+/// use multisession::store::ExpiredBatch;
+/// let none = ExpiredBatch::default();
 /// assert!(none.removed == 0 && none.logins.is_empty() && !none.more);
 /// ```
 #[derive(Clone, Debug, Default)]
-pub struct Expired {
+pub struct ExpiredBatch {
     /// How many expired records it removed.
     pub removed: u64,
-    /// The removed sessions that were logged in, each reported by the one
-    /// call that removed it; empty where the backend cannot tell which it
-    /// removed (MongoDB, whose TTL monitor removes them too).
+    /// The removed sessions that were logged in. Each is named by at most
+    /// one call, the one that removed it (none if that call's answer was
+    /// lost); none where the backend cannot tell which it removed (MongoDB,
+    /// whose TTL monitor removes them too).
     pub logins: Vec<SessionInfo>,
     /// Whether expired records may be left: call again.
     pub more: bool,
@@ -567,8 +570,8 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     async fn delete_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> Result<u64> {
         (**self).delete_user_sessions(user, keep).await
     }
-    async fn delete_expired(&self) -> Result<Expired> {
-        (**self).delete_expired().await
+    async fn delete_expired_batch(&self) -> Result<ExpiredBatch> {
+        (**self).delete_expired_batch().await
     }
     async fn sessions_page(&self, cursor: Option<&PageCursor>, limit: usize) -> Result<SessionsPage> {
         (**self).sessions_page(cursor, limit).await

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use super::field_name::decode as decode_key;
-use super::{Expired, PageCursor, SessionInfo, SessionsPage, Store};
+use super::{ExpiredBatch, PageCursor, SessionInfo, SessionsPage, Store};
 use crate::record::{from_millis, to_millis};
 use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result, StoreKey};
 
@@ -358,12 +358,12 @@ impl Store for MongoStore {
         Ok(page)
     }
 
-    async fn delete_expired(&self) -> Result<Expired> {
+    async fn delete_expired_batch(&self) -> Result<ExpiredBatch> {
         // The TTL index does this on MongoDB, about once a minute; this
         // removes what it has not reached yet. Which logins expired cannot
         // be told: the TTL monitor removes them unreported.
         let done = self.sessions.delete_many(doc! { "expires_ms": { "$lte": now_ms() } }).await.map_err(unavailable)?;
-        Ok(Expired { removed: done.deleted_count, ..Expired::default() })
+        Ok(ExpiredBatch { removed: done.deleted_count, ..ExpiredBatch::default() })
     }
 }
 

@@ -15,7 +15,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
 
-use super::{EXPIRED_BATCH, Expired, PageCursor, SessionInfo, SessionsPage, Store};
+use super::{EXPIRED_BATCH, ExpiredBatch, PageCursor, SessionInfo, SessionsPage, Store};
 use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result, SessionLimit, StoreKey};
 
 /// How long a request waits for a connection before the store answers
@@ -117,13 +117,19 @@ fn identifier(field: &str, name: &str) -> Result<()> {
 /// user ids are compared exactly (binary collation on MySQL, where they are at
 /// most 255 characters).
 ///
+/// Cleanup ([`Store::delete_expired_batch`]) removes 500 expired rows of the
+/// prefix at a time and names the logins among them: `DELETE … RETURNING`
+/// on SQLite and PostgreSQL; on MySQL, which has no `RETURNING`, the rows
+/// are read `FOR UPDATE SKIP LOCKED` (MySQL 8, MariaDB 10.6) and deleted in
+/// one transaction.
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> multisession::Result<()> {
 /// use multisession::store::{SqlStore, Store};
 ///
 /// let dir = tempfile::tempdir().map_err(|e| multisession::Error::config("tempdir").with_source(e))?;
 /// let store = SqlStore::open(dir.path().join("sessions.db")).await?;
-/// assert_eq!(store.delete_expired().await?.removed, 0);
+/// assert_eq!(store.delete_expired_batch().await?.removed, 0);
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
@@ -1175,7 +1181,7 @@ impl Store for SqlStore {
         Ok(page)
     }
 
-    async fn delete_expired(&self) -> Result<Expired> {
+    async fn delete_expired_batch(&self) -> Result<ExpiredBatch> {
         let now = millis(OffsetDateTime::now_utc());
         let _turn = self.write_turn().await?;
         // One statement returns the rows it deleted, so that of two cleanups
@@ -1197,16 +1203,13 @@ impl Store for SqlStore {
                     .map_err(db_error)?
             }
             Dialect::MySql => {
-                // Read committed: the lock covers the rows read, not the
-                // gaps beside them, so that inserts never wait for cleanup.
-                let mut conn = self.writer.acquire().await.map_err(db_error)?;
-                sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db_error)?;
-                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(db_error)?;
-                let sql =
-                    format!("SELECT {COLUMNS} FROM {{t}} WHERE namespace = ? AND expires_at <= ? LIMIT ? FOR UPDATE");
+                // `SKIP LOCKED`: cleanup never waits for a lock, so it is in
+                // no deadlock with a request's writes, and of two cleanups
+                // at once the second passes the rows the first holds.
+                let mut tx = self.writer.begin().await.map_err(db_error)?;
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM {{t}} WHERE namespace = ? AND expires_at <= ? LIMIT ? FOR UPDATE SKIP LOCKED"
+                );
                 let rows = sqlx::query(self.sql(&sql))
                     .bind(&self.prefix)
                     .bind(now)
@@ -1232,7 +1235,7 @@ impl Store for SqlStore {
                 rows
             }
         };
-        Ok(Expired {
+        Ok(ExpiredBatch {
             removed: rows.len() as u64,
             // A row without a user, or one that does not decode, is removed
             // all the same.

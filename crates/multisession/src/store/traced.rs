@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tracing::Instrument as _;
 
-use super::{Expired, PageCursor, SessionInfo, SessionsPage, Store};
+use super::{ExpiredBatch, PageCursor, SessionInfo, SessionsPage, Store};
 use crate::{Change, Record, Result, SessionLimit, StoreKey};
 
 /// Wraps the store a [`Sessions`](crate::Sessions) uses, so that each call
@@ -47,8 +47,8 @@ impl Store for Traced {
     async fn delete_user_sessions(&self, user: &str, keep: Option<&StoreKey>) -> Result<u64> {
         self.0.delete_user_sessions(user, keep).instrument(span("delete_user_sessions")).await
     }
-    async fn delete_expired(&self) -> Result<Expired> {
-        self.0.delete_expired().instrument(span("delete_expired")).await
+    async fn delete_expired_batch(&self) -> Result<ExpiredBatch> {
+        self.0.delete_expired_batch().instrument(span("delete_expired_batch")).await
     }
     async fn sessions_page(&self, cursor: Option<&PageCursor>, limit: usize) -> Result<SessionsPage> {
         self.0.sessions_page(cursor, limit).instrument(span("sessions_page")).await

@@ -51,8 +51,8 @@ impl Store for Switchable {
         self.check()?;
         self.inner.delete_user_sessions(user, keep).await
     }
-    async fn delete_expired(&self) -> Result<multisession::store::Expired> {
+    async fn delete_expired_batch(&self) -> Result<multisession::store::ExpiredBatch> {
         self.check()?;
-        self.inner.delete_expired().await
+        self.inner.delete_expired_batch().await
     }
 }

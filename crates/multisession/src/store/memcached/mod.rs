@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use self::client::{Client, Mode, Stored};
-use super::{Expired, SessionInfo, Store};
+use super::{ExpiredBatch, SessionInfo, Store};
 use crate::record::to_millis;
 use crate::{Change, Error, ErrorKind, Record, Result, StoreKey};
 
@@ -587,9 +587,9 @@ impl Store for MemcachedStore {
         within_call_limit("clearing a user's sessions", self.clear(user, keep)).await
     }
 
-    async fn delete_expired(&self) -> Result<Expired> {
+    async fn delete_expired_batch(&self) -> Result<ExpiredBatch> {
         // Items expire natively.
-        Ok(Expired::default())
+        Ok(ExpiredBatch::default())
     }
 }
 

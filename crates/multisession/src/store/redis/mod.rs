@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 
 pub use self::cache::CacheStats;
 use self::cache::ClientCache;
-use super::{Expired, PageCursor, SessionInfo, SessionsPage, Store};
+use super::{ExpiredBatch, PageCursor, SessionInfo, SessionsPage, Store};
 use crate::record::{from_millis, to_millis};
 use crate::{Change, Device, Error, ErrorKind, Meta, Record, Result, SessionLimit, StoreKey};
 
@@ -1108,9 +1108,9 @@ impl Store for RedisStore {
         Ok(deleted)
     }
 
-    async fn delete_expired(&self) -> Result<Expired> {
+    async fn delete_expired_batch(&self) -> Result<ExpiredBatch> {
         // Sessions and indexes expire natively.
-        Ok(Expired::default())
+        Ok(ExpiredBatch::default())
     }
 
     async fn sessions_page(&self, cursor: Option<&PageCursor>, limit: usize) -> Result<SessionsPage> {

@@ -218,7 +218,8 @@ async fn an_expired_login_is_reported_once_by_the_cleanup_that_removes_it() {
     let store = multisession::store::SqlStore::open(dir.path().join("sessions.db")).await.expect("SQLite opens");
     let seen = Seen::default();
     let hook = seen.clone();
-    let lifetime = multisession::Duration::seconds(1);
+    // Long enough that the login and the listing below never outlast it.
+    let lifetime = multisession::Duration::seconds(3);
     let config = SessionConfig::default().with_lifetime(lifetime).with_touch_interval(lifetime / 4);
     let sessions = Sessions::new(store.clone(), config)
         .expect("valid config")

@@ -988,6 +988,56 @@ impl SqlStore {
         Ok(None)
     }
 
+    /// One batch of cleanup on MySQL: the expired rows of the prefix, read
+    /// and deleted in one transaction, returned.
+    async fn mysql_expired(&self, now: i64) -> Result<Vec<AnyRow>> {
+        // Cleanup never waits for a lock, so it is in no deadlock with a
+        // request's writes or another cleanup: `SKIP LOCKED` passes the rows
+        // another transaction holds, and read committed locks only the rows
+        // that match, not every row a small table's full scan reads (nor the
+        // gaps between them). `SET` goes by the text protocol, for servers
+        // that do not prepare it. A connection that failed on the way is
+        // closed, not pooled, lest it keep the level pending.
+        let mut conn = self.writer.acquire().await.map_err(db_error)?;
+        let batch = async {
+            sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                .execute(&mut *conn)
+                .await
+                .map_err(db_error)?;
+            let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(db_error)?;
+            let sql = format!(
+                "SELECT {COLUMNS} FROM {{t}} WHERE namespace = ? AND expires_at <= ? LIMIT ? FOR UPDATE SKIP LOCKED"
+            );
+            let rows = sqlx::query(self.sql(&sql))
+                .bind(&self.prefix)
+                .bind(now)
+                .bind(EXPIRED_BATCH as i64)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            // One key at a time: a primary-key lookup touches only the row
+            // this transaction holds, where an `IN` list over a small table
+            // was planned as a scan that waited on the rows another cleanup
+            // held.
+            for row in &rows {
+                let key: String = row.try_get("session_key").map_err(db_error)?;
+                sqlx::query(self.sql("DELETE FROM {t} WHERE namespace = ? AND session_key = ?"))
+                    .bind(&self.prefix)
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+            }
+            tx.commit().await.map_err(db_error)?;
+            Ok(rows)
+        }
+        .await;
+        if batch.is_err() {
+            conn.close_on_drop();
+        }
+        batch
+    }
+
     /// The name of a user's login lock: MySQL keeps at most 64 characters.
     fn lock_name(&self, user: &str) -> String {
         use sha2::Digest as _;
@@ -1205,43 +1255,13 @@ impl Store for SqlStore {
                     .map_err(db_error)?
             }
             Dialect::MySql => {
-                // Cleanup never waits for a lock, so it is in no deadlock
-                // with a request's writes or another cleanup: `SKIP LOCKED`
-                // passes the rows another transaction holds, and read
-                // committed locks only the rows that match, not every row a
-                // small table's full scan reads (nor the gaps between them).
-                // The text protocol, for servers that do not prepare `SET`.
-                let mut conn = self.writer.acquire().await.map_err(db_error)?;
-                sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                    .execute(&mut *conn)
+                // A task of its own, so that a caller that gives up cannot
+                // return the connection to the pool with its isolation level
+                // set for the next transaction, or inside this one.
+                let store = self.clone();
+                tokio::spawn(async move { store.mysql_expired(now).await })
                     .await
-                    .map_err(db_error)?;
-                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(db_error)?;
-                let sql = format!(
-                    "SELECT {COLUMNS} FROM {{t}} WHERE namespace = ? AND expires_at <= ? LIMIT ? FOR UPDATE SKIP LOCKED"
-                );
-                let rows = sqlx::query(self.sql(&sql))
-                    .bind(&self.prefix)
-                    .bind(now)
-                    .bind(EXPIRED_BATCH as i64)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
-                // One key at a time: a primary-key lookup touches only the
-                // row this transaction holds, where an `IN` list over a small
-                // table was planned as a scan that waited on the rows another
-                // cleanup held.
-                for row in &rows {
-                    let key: String = row.try_get("session_key").map_err(db_error)?;
-                    sqlx::query(self.sql("DELETE FROM {t} WHERE namespace = ? AND session_key = ?"))
-                        .bind(&self.prefix)
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_error)?;
-                }
-                tx.commit().await.map_err(db_error)?;
-                rows
+                    .map_err(|e| Error::unavailable("a cleanup task of the SQL session store failed", e))??
             }
         };
         Ok(ExpiredBatch {

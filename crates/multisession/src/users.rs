@@ -13,6 +13,7 @@ use crate::audit::{AuditEvent, AuditKind};
 use crate::engine::Engine;
 use crate::store::{Backend, SessionInfo, Store};
 use crate::{Device, Error, ErrorKind, Result, Session, SessionConfig, SessionSpec, StoreKey};
+
 /// The most batches one [`Sessions::delete_expired`] pass removes from a
 /// store (about five million records).
 const CLEANUP_BATCHES: usize = 10_000;
